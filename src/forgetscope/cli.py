@@ -1,0 +1,236 @@
+"""`forgetscope`: a thin typer front over the same functions Python users call.
+
+Exit codes: 0 success, 2 bad input (one line `error: ...` on stderr), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forgetscope.errors import UserInputError
+
+app = typer.Typer(
+    help="Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def _max_positions(model) -> int | None:
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def _check_seq_len(model, seq_len: int) -> None:
+    limit = _max_positions(model)
+    if limit is not None and seq_len > limit:
+        raise UserInputError(f"--seq-len {seq_len} exceeds the model's context of {limit} positions")
+
+
+def _check_files_exist(paths: list[Path], what: str) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise UserInputError(f"{what} not found: {path}")
+
+
+def _fmt_ci(values: dict, key: str) -> str:
+    ci = values.get("ci", {}).get(key)
+    return f"{values[key]:.4f}" + (f"\n[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def print_measure_table(result: dict) -> None:
+    """Overall and per-domain rows of the metric, with 95% intervals."""
+    table = Table(title="Forgetting (nats per token; 95% bootstrap intervals over sequences)")
+    for column in ("domain", "tokens", "L_f (forgetting_ce)", "KL", "H_base", "hard CE", "base loss", "fine-tuned loss"):
+        table.add_column(column, justify="left" if column == "domain" else "right", no_wrap=column == "domain")
+    rows = [("all", result)] + list(result["domains"].items()) if len(result["domains"]) > 1 else list(result["domains"].items())
+    for name, values in rows:
+        table.add_row(
+            name, str(values["tokens"]), _fmt_ci(values, "forgetting_ce"), _fmt_ci(values, "kl"),
+            f"{values['base_entropy']:.4f}", f"{values['hard_ce']:.4f}", f"{values['base_loss']:.4f}",
+            f"{values['finetuned_loss']:.4f}",
+        )
+    console.print(table)
+
+
+def print_records_table(records: list[dict], title: str) -> None:
+    """One row per measured step: how fine-tuning loss and forgetting move together."""
+    domains = list(records[0].get("domains", {})) if records else []
+    table = Table(title=title)
+    for column in ("step", "train loss", "ft loss", "L_f", "KL", "hard CE", *(f"KL {d}" for d in domains)):
+        table.add_column(column, justify="right")
+    for r in records:
+        train_loss = "-" if r.get("train_loss") is None else f"{r['train_loss']:.3f}"
+        ft_loss = f"{r['ft_loss']:.3f}" if "ft_loss" in r else "-"
+        table.add_row(
+            str(r["step"]), train_loss, ft_loss, f"{r['forgetting_ce']:.4f}", f"{r['kl']:.4f}", f"{r['hard_ce']:.4f}",
+            *(f"{r['domains'][d]['kl']:.4f}" for d in domains),
+        )
+    console.print(table)
+
+
+@app.command()
+def measure(
+    base: Annotated[str, typer.Option(help="Base model: a local directory or a hub id.")],
+    eval_data: Annotated[list[Path], typer.Option(help="Held-out text: .txt, .jsonl or .parquet; repeat for several files.")],
+    finetuned: Annotated[Optional[str], typer.Option(help="Fine-tuned model (full weights): directory or hub id.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter directory fine-tuned from --base.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Token budget per domain (whole sequences).")] = 65536,
+    seq_len: Annotated[int, typer.Option(help="Tokens per eval sequence.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (reductions stay float32/64).")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
+    text_column: Annotated[str, typer.Option(help="Text column of JSONL / Parquet files.")] = "text",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    sequences: Annotated[Optional[Path], typer.Option(help="Also write per-sequence values to this JSONL file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Forgetting of an existing fine-tune against its base on held-out text (L_f, KL, ...)."""
+    from forgetscope.data import load_eval_blocks
+    from forgetscope.metric import measure_forgetting
+    from forgetscope.models import load_pair
+
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    _check_files_exist(eval_data, "eval data file")  # before loading a large model, not after
+    pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
+    _check_seq_len(pair.finetuned, seq_len)
+    blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, max_tokens, text_column)
+    result = measure_forgetting(
+        pair.finetuned, blocks, base=pair.base, batch_size=batch_size, n_bootstrap=bootstrap, seed=seed,
+        progress=not as_json,
+    )
+    if sequences is not None:
+        sequences.parent.mkdir(parents=True, exist_ok=True)
+        sequences.write_text("".join(json.dumps(row) + "\n" for row in result.sequences))
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print_measure_table(result.to_dict())
+
+
+@app.command()
+def train(
+    base: Annotated[str, typer.Option(help="Base model: a local directory or a hub id.")],
+    train_data: Annotated[list[Path], typer.Option(help="Fine-tuning text (.txt, .jsonl, .parquet).")],
+    eval_data: Annotated[list[Path], typer.Option(help="Held-out pretraining-like text to measure forgetting on.")],
+    out: Annotated[Path, typer.Option(help="Output directory: records.jsonl, adapter/, run.json.")],
+    ft_eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out fine-tuning text (default: last 5% of --train-data).")] = None,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha.")] = 16.0,
+    target_modules: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear.")] = "all-linear",
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated block indices to adapt (default all).")] = None,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
+    rslora: Annotated[bool, typer.Option("--rslora/--no-rslora", help="alpha/sqrt(r) scaling (rsLoRA) or alpha/r.")] = True,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
+    eval_points: Annotated[int, typer.Option(help="Log-spaced forgetting measurements, step 0 included.")] = 8,
+    eval_tokens: Annotated[int, typer.Option(help="Eval token budget per domain.")] = 16384,
+    seed: Annotated[int, typer.Option(help="Seed for adapter init and data order.")] = 0,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16 weights.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
+    report_to: Annotated[str, typer.Option(help="Trainer integrations, comma-separated (tensorboard, wandb, mlflow) or none.")] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+) -> None:
+    """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
+    import torch
+
+    from forgetscope.data import group_into_blocks, load_eval_blocks, read_domains
+    from forgetscope.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+    from forgetscope.train import LoraSettings, TrainSettings, finetune
+
+    modules = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",") if m.strip()]
+    try:
+        layer_ids = None if layers is None else [int(x) for x in layers.split(",")]
+    except ValueError:
+        raise UserInputError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    lora = LoraSettings(rank=rank, alpha=alpha, target_modules=modules, layers=layer_ids, dropout=dropout, rslora=rslora)
+    settings = TrainSettings(
+        steps=steps, learning_rate=learning_rate, batch_size=batch_size, seq_len=seq_len, eval_points=eval_points,
+        seed=seed, bf16=resolve_dtype(dtype) == torch.bfloat16,
+        report_to=[] if report_to == "none" else report_to.split(","),
+    )
+    _check_files_exist([*train_data, *eval_data, *(ft_eval_data or [])], "data file")
+    tokenizer = load_tokenizer(base)
+    model = load_causal_lm(base, device=resolve_device(device))
+    _check_seq_len(model, seq_len)
+    docs = [d for texts in read_domains(train_data).values() for d in texts]
+    train_blocks = group_into_blocks(docs, tokenizer, seq_len)
+    if ft_eval_data:
+        ft_eval = torch.cat(list(load_eval_blocks(ft_eval_data, tokenizer, seq_len, eval_tokens).values()))
+    else:
+        n_heldout = max(1, len(train_blocks) // 20)
+        if len(train_blocks) < 2:
+            raise UserInputError(f"--train-data is shorter than two sequences of {seq_len} tokens")
+        train_blocks, ft_eval = train_blocks[:-n_heldout], train_blocks[-n_heldout:]
+    eval_blocks = load_eval_blocks(eval_data, tokenizer, seq_len, eval_tokens)
+    records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=not as_json)
+    if as_json:
+        print(json.dumps(records))
+    else:
+        print_records_table(records, f"Forgetting during fine-tuning ({'rsLoRA' if rslora else 'LoRA'} r={rank})")
+        console.print(f"records: {out / 'records.jsonl'}\nadapter: {out / 'adapter'}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to write the demo's records and adapter.")] = Path("forgetscope-demo"),
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 200,
+) -> None:
+    """The embedded default end to end: pretrain a tiny Llama (cached), fine-tune with rsLoRA, watch forgetting."""
+    from forgetscope.demo import DemoSettings, run_demo
+
+    settings = DemoSettings()
+    settings.train = dataclasses.replace(settings.train, steps=steps)  # re-validates
+    console.print("[bold]forgetscope demo[/bold]: tiny Llama, pretrained here on scripture + Python docs + Python code;")
+    console.print("fine-tuned with rsLoRA on Python code; forgetting measured on held-out scripture and docs.\n")
+    summary = run_demo(out, settings=settings)
+    tm = summary["tiny_metrics"]
+    held = ", ".join(f"{d} {v:.3f}" for d, v in tm["heldout_loss"].items())
+    console.print(
+        f"\nbase model: {summary['base']}\n  {tm['parameters']:,} parameters "
+        f"({tm['non_embedding_parameters']:,} non-embedding), held-out loss (nats/token): {held}"
+    )
+    print_records_table(summary["records"], "Forgetting during rsLoRA fine-tuning on code (KL to the base, nats/token)")
+    console.print(
+        f"records: {out / 'run' / 'records.jsonl'}\nadapter: {out / 'run' / 'adapter'}\n"
+        f"summary: {out / 'demo.json'}\ntook {summary['seconds']:.0f} s"
+    )
+
+
+def main() -> None:
+    """Entry point: map bad input to exit 2 with one line, and keep tracebacks for bugs."""
+    import click
+
+    if not sys.stderr.isatty():  # scripts and CI: no weight-loading bars around the output
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        app(standalone_mode=False)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

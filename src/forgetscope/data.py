@@ -1,0 +1,105 @@
+"""Eval and fine-tuning text -> fixed-length token blocks, one tensor per domain.
+
+Documents are read with `datasets` (a line of a `.txt` file, a row of JSONL or Parquet),
+tokenized without special tokens, each followed by EOS when the tokenizer has one; the
+documents of a domain are concatenated and cut into blocks of exactly `seq_len` tokens, the
+remainder dropped, the way Hugging Face's causal-LM examples group texts. `max_tokens` keeps
+whole blocks, in order, up to that many tokens per domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from forgetscope.errors import UserInputError
+
+_LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def read_documents(path: str | Path, text_column: str = "text") -> dict[str, list[str]]:
+    """Read one file into `{domain: [document, ...]}`.
+
+    The domain is the file's stem, unless the file has a `domain` column, whose values then
+    name the domains.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"eval data file not found: {path}")
+    loader = _LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise UserInputError(f"unsupported data file type {path.suffix!r} for {path} (use .txt, .jsonl, .json or .parquet)")
+    datasets.disable_progress_bars()
+    try:
+        table = datasets.load_dataset(loader, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for a malformed file
+        raise UserInputError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if text_column not in table.column_names:
+        raise UserInputError(f"{path} has no {text_column!r} column (columns: {', '.join(table.column_names)})")
+    texts = [t if t is not None else "" for t in table[text_column]]
+    if "domain" not in table.column_names:
+        return {path.stem: texts}
+    by_domain: dict[str, list[str]] = {}
+    for text, domain in zip(texts, table["domain"]):
+        by_domain.setdefault(str(domain), []).append(text)
+    return by_domain
+
+
+def read_domains(paths: Sequence[str | Path], text_column: str = "text") -> dict[str, list[str]]:
+    """Read several files; documents of the same domain from different files are joined in order."""
+    if not paths:
+        raise UserInputError("no eval data given")
+    domains: dict[str, list[str]] = {}
+    for path in paths:
+        for name, docs in read_documents(path, text_column).items():
+            domains.setdefault(name, []).extend(docs)
+    return domains
+
+
+def group_into_blocks(
+    documents: Iterable[str], tokenizer, seq_len: int, max_tokens: int | None = None
+) -> torch.Tensor:
+    """Tokenize `documents` and cut them into a `[n_blocks, seq_len]` LongTensor.
+
+    Returns an empty `[0, seq_len]` tensor when the text is shorter than one block.
+    """
+    if seq_len < 2:
+        raise UserInputError(f"seq_len must be at least 2, got {seq_len}")
+    max_blocks = None if max_tokens is None else max_tokens // seq_len
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for doc in documents:
+        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if max_blocks is not None and len(ids) >= max_blocks * seq_len:
+            break  # enough text for the budget; don't tokenize the rest
+    n_blocks = len(ids) // seq_len
+    if max_blocks is not None:
+        n_blocks = min(n_blocks, max_blocks)
+    return torch.tensor(ids[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
+
+
+def load_eval_blocks(
+    paths: Sequence[str | Path],
+    tokenizer,
+    seq_len: int,
+    max_tokens: int | None = None,
+    text_column: str = "text",
+) -> dict[str, torch.Tensor]:
+    """Read eval files and return `{domain: [n_blocks, seq_len] token ids}`.
+
+    Raises `UserInputError` if a domain has less text than one block of `seq_len` tokens.
+    """
+    if max_tokens is not None and max_tokens < seq_len:
+        raise UserInputError(f"--max-tokens ({max_tokens}) is smaller than one sequence (--seq-len {seq_len})")
+    blocks = {}
+    for name, docs in read_domains(paths, text_column).items():
+        blocks[name] = group_into_blocks(docs, tokenizer, seq_len, max_tokens)
+        if len(blocks[name]) == 0:
+            raise UserInputError(f"eval domain {name!r} is shorter than one sequence of {seq_len} tokens")
+    return blocks

@@ -1,0 +1,217 @@
+"""The forgetting metric of Kalajdzievski (2024), computed exactly as DESIGN.md defines it.
+
+For eval tokens with base next-token distribution p_t and fine-tuned q_t:
+
+    forgetting_ce_t = -sum_v p_t(v) log q_t(v)       (L_f, soft cross-entropy)
+    base_entropy_t  = -sum_v p_t(v) log p_t(v)       (H_base, the floor of L_f)
+    kl_t            =  sum_v p_t(v) (log p_t(v) - log q_t(v)) = forgetting_ce_t - base_entropy_t
+    hard_ce_t       = -log q_t(argmax_v p_t(v))
+    base_loss_t, finetuned_loss_t: the ordinary next-token losses of both models.
+
+Everything is reduced in float32/float64 whatever the models' dtype, over chunks of
+positions so that a 128k vocabulary does not materialise several [tokens, vocab] copies.
+Means are token-weighted; 95% intervals come from a bootstrap over whole sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+METRIC_KEYS = ("forgetting_ce", "kl", "base_entropy", "hard_ce", "base_loss", "finetuned_loss")
+
+
+def token_stats(
+    base_logits: torch.Tensor, finetuned_logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 2048
+) -> dict[str, torch.Tensor]:
+    """Per-position metric values for aligned `[n, vocab]` logits and `[n]` next tokens.
+
+    Returns float64 tensors of shape `[n]`, one per key of `METRIC_KEYS`.
+    """
+    if base_logits.shape != finetuned_logits.shape:
+        raise ValueError(f"logit shapes differ: {tuple(base_logits.shape)} vs {tuple(finetuned_logits.shape)}")
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in METRIC_KEYS}
+    for start in range(0, base_logits.shape[0], chunk_size):
+        stop = start + chunk_size
+        log_p = torch.log_softmax(base_logits[start:stop].float(), dim=-1)
+        log_q = torch.log_softmax(finetuned_logits[start:stop].float(), dim=-1)
+        tgt = targets[start:stop].unsqueeze(-1)
+        p = log_p.exp()
+        entropy = -torch.sum(p * log_p, dim=-1, dtype=torch.float64)
+        # KL from its own sum (not ce - h) so identical models give exactly 0; clamp the
+        # rounding-level negatives that a sum of p*(log p - log q) can produce.
+        kl = torch.sum(p * (log_p - log_q), dim=-1, dtype=torch.float64).clamp_min(0.0)
+        parts["base_entropy"].append(entropy)
+        parts["kl"].append(kl)
+        parts["forgetting_ce"].append(entropy + kl)
+        parts["hard_ce"].append(-log_q.gather(-1, log_p.argmax(-1, keepdim=True)).squeeze(-1).double())
+        parts["base_loss"].append(-log_p.gather(-1, tgt).squeeze(-1).double())
+        parts["finetuned_loss"].append(-log_q.gather(-1, tgt).squeeze(-1).double())
+    return {key: torch.cat(values) if values else torch.zeros(0, dtype=torch.float64) for key, values in parts.items()}
+
+
+def sequence_sums(
+    base_logits: torch.Tensor, finetuned_logits: torch.Tensor, input_ids: torch.Tensor, chunk_size: int = 2048
+) -> dict[str, torch.Tensor]:
+    """Per-sequence sums over the `seq_len - 1` scored positions of `[batch, seq_len]` blocks."""
+    batch, seq_len = input_ids.shape
+    vocab = base_logits.shape[-1]
+    stats = token_stats(
+        base_logits[:, :-1].reshape(-1, vocab),
+        finetuned_logits[:, :-1].reshape(-1, vocab),
+        input_ids[:, 1:].reshape(-1).to(base_logits.device),
+        chunk_size,
+    )
+    return {key: value.view(batch, seq_len - 1).sum(dim=1).cpu() for key, value in stats.items()}
+
+
+def summarize(
+    sums: Mapping[str, np.ndarray], tokens: np.ndarray, n_bootstrap: int = 1000, seed: int = 0
+) -> dict[str, object]:
+    """Token-weighted means of per-sequence sums, with 95% bootstrap intervals over sequences.
+
+    Returns `{key: mean, ..., "tokens": n, "ci": {key: [low, high]}}`; no `ci` when
+    `n_bootstrap` is 0 (with one sequence the interval collapses to the point).
+    """
+    tokens = np.asarray(tokens, dtype=np.float64)
+    total = float(tokens.sum())
+    out: dict[str, object] = {key: float(np.sum(sums[key]) / total) for key in METRIC_KEYS}
+    out["tokens"] = int(total)
+    if n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        n = len(tokens)
+        # Multinomial counts are a resample of whole sequences; ratio of sums per resample.
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap).astype(np.float64)
+        denom = counts @ tokens
+        out["ci"] = {
+            key: [float(v) for v in np.percentile((counts @ np.asarray(sums[key], dtype=np.float64)) / denom, [2.5, 97.5])]
+            for key in METRIC_KEYS
+        }
+    return out
+
+
+@dataclass
+class ForgettingResult:
+    """The metric overall and per domain, plus per-sequence values for further analysis."""
+
+    overall: dict[str, object]
+    domains: dict[str, dict[str, object]]
+    sequences: list[dict[str, object]] = field(repr=False, default_factory=list)
+
+    def to_dict(self, include_sequences: bool = False) -> dict[str, object]:
+        """The `measure --json` object: overall keys at the top, `domains` by name."""
+        out = dict(self.overall)
+        out["domains"] = self.domains
+        if include_sequences:
+            out["sequences"] = self.sequences
+        return out
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """`{key: value}` for the overall means and `{domain/key: value}` per domain (for logging)."""
+        out = {f"{prefix}{key}": float(self.overall[key]) for key in METRIC_KEYS}
+        for name, values in self.domains.items():
+            out.update({f"{prefix}{name}/{key}": float(values[key]) for key in METRIC_KEYS})
+        return out
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def adapter_disabled_logits(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Base logits from a PEFT model with its adapters switched off: one copy of the weights."""
+    if not hasattr(model, "disable_adapter"):
+        raise ValueError("the fine-tuned model is not a PEFT model: pass a separate base model")
+
+    def logits(input_ids: torch.Tensor) -> torch.Tensor:
+        with model.disable_adapter():
+            return model(input_ids=input_ids).logits
+
+    return logits
+
+
+def model_logits(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits of a separate model (the reference path for base predictions)."""
+
+    def logits(input_ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=input_ids.to(_device_of(model))).logits
+
+    return logits
+
+
+@torch.no_grad()
+def measure_forgetting(
+    finetuned: torch.nn.Module,
+    blocks: Mapping[str, torch.Tensor],
+    base: torch.nn.Module | None = None,
+    batch_size: int = 8,
+    chunk_size: int = 2048,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> ForgettingResult:
+    """Measure forgetting of `finetuned` against `base` on `{domain: [n, seq_len] ids}`.
+
+    With `base=None`, `finetuned` must be a PEFT model and the base predictions come from
+    `disable_adapter()`; otherwise `base` is run as a separate model (both must share the
+    tokenizer). Both models are put in eval mode and restored afterwards.
+    """
+    base_logits = model_logits(base) if base is not None else adapter_disabled_logits(finetuned)
+    models = [m for m in (finetuned, base) if m is not None]
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    device = _device_of(finetuned)
+    total_batches = sum((len(b) + batch_size - 1) // batch_size for b in blocks.values())
+    bar = _progress_bar(total_batches) if progress else nullcontext()
+    try:
+        domains, sequences, all_sums, all_tokens = {}, [], {k: [] for k in METRIC_KEYS}, []
+        with bar as advance:
+            for name, ids in blocks.items():
+                dom_sums = {k: [] for k in METRIC_KEYS}
+                for start in range(0, len(ids), batch_size):
+                    batch = ids[start : start + batch_size].to(device)
+                    ft = finetuned(input_ids=batch).logits
+                    sums = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)
+                    for k in METRIC_KEYS:
+                        dom_sums[k].append(sums[k].numpy())
+                    if advance is not None:
+                        advance()
+                dom_sums = {k: np.concatenate(v) for k, v in dom_sums.items()}
+                dom_tokens = np.full(len(ids), ids.shape[1] - 1)
+                domains[name] = summarize(dom_sums, dom_tokens, n_bootstrap, seed)
+                for i in range(len(ids)):
+                    sequences.append(
+                        {"domain": name, "index": i, "tokens": int(dom_tokens[i])}
+                        | {k: float(dom_sums[k][i] / dom_tokens[i]) for k in METRIC_KEYS}
+                    )
+                for k in METRIC_KEYS:
+                    all_sums[k].append(dom_sums[k])
+                all_tokens.append(dom_tokens)
+        overall = summarize({k: np.concatenate(v) for k, v in all_sums.items()}, np.concatenate(all_tokens), n_bootstrap, seed)
+    finally:
+        for m, training in zip(models, was_training):
+            m.train(training)
+    return ForgettingResult(overall=overall, domains=domains, sequences=sequences)
+
+
+class _progress_bar:
+    """A rich progress bar over eval batches; yields a callable that advances it."""
+
+    def __init__(self, total: int):
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True)
+        self._total = total
+
+    def __enter__(self):
+        self._progress.__enter__()
+        task = self._progress.add_task("measuring forgetting", total=self._total)
+        return lambda: self._progress.advance(task)
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)

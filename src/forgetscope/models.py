@@ -1,0 +1,142 @@
+"""Loading base models, fine-tuned models and PEFT adapters, and checking they fit together.
+
+Everything goes through `transformers` / `peft` loaders (`from_pretrained` works for local
+directories and hub ids alike); what this module adds is the checks that turn their many
+failure modes into one clear `UserInputError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from forgetscope.errors import UserInputError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`"float32"`, `"bfloat16"`, `"float16"` (or fp32/bf16/fp16) -> torch dtype."""
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise UserInputError(f"unknown dtype {name!r} (choose from float32, bfloat16, float16)") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`"auto"` picks CUDA, then MPS, then CPU; an explicit device must exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserInputError(f"unknown device {name!r} (use cpu, cuda, cuda:N, mps or auto)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserInputError(f"device {name!r} is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError(f"device {name!r} is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserInputError(f"unsupported device {name!r} (use cpu, cuda, cuda:N, mps or auto)")
+    return device
+
+
+def _check_location(name: str, what: str) -> None:
+    """A name that looks like a path must exist; anything else is left to the hub loader."""
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise UserInputError(f"{what} not found: {name} (expected a model directory or a hub id)")
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a model directory or hub id."""
+    from transformers import AutoTokenizer
+
+    _check_location(name, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot load a tokenizer from {name}: {_first_line(exc)}") from exc
+
+
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    """A `transformers` causal LM in eval mode; a model of another kind is a `UserInputError`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _check_location(name, "model")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot load a model config from {name}: {_first_line(exc)}") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise UserInputError(f"{name} is not a causal language model (its config is {type(config).__name__})") from exc
+        raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
+    except OSError as exc:
+        raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
+    return model.to(device).eval()
+
+
+def load_adapter(base_model, adapter: str):
+    """Wrap `base_model` with the PEFT adapter in directory `adapter` (frozen, eval mode)."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base_model, adapter).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise UserInputError(f"cannot apply adapter {adapter} to the base model: {_first_line(exc)}") from exc
+
+
+def check_same_tokenizer(base_tok, ft_tok, base_model, ft_model) -> None:
+    """Forgetting compares distributions token by token: both sides need one vocabulary."""
+    if base_tok.get_vocab() != ft_tok.get_vocab():
+        raise UserInputError("base and fine-tuned tokenizers differ: the forgetting metric needs one shared vocabulary")
+    base_size = base_model.get_output_embeddings().weight.shape[0]
+    ft_size = ft_model.get_output_embeddings().weight.shape[0]
+    if base_size != ft_size:
+        raise UserInputError(f"base and fine-tuned output vocabularies differ in size ({base_size} vs {ft_size})")
+
+
+@dataclass
+class ModelPair:
+    """What `measure` compares: `finetuned` and either a separate `base` or `None` (adapter path)."""
+
+    finetuned: torch.nn.Module
+    base: torch.nn.Module | None
+    tokenizer: object
+
+
+def load_pair(
+    base: str,
+    finetuned: str | None = None,
+    adapter: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> ModelPair:
+    """Load a base model and a fine-tune of it: full weights (`finetuned`) or a PEFT `adapter`."""
+    if (finetuned is None) == (adapter is None):
+        raise UserInputError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserInputError(f"adapter not found: {adapter} (expected a directory with adapter_config.json)")
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    base_model = load_causal_lm(base, torch_dtype, torch_device)
+    tokenizer = load_tokenizer(base)
+    if adapter is not None:
+        return ModelPair(finetuned=load_adapter(base_model, adapter), base=None, tokenizer=tokenizer)
+    ft_model = load_causal_lm(finetuned, torch_dtype, torch_device)
+    ft_tokenizer = load_tokenizer(finetuned)
+    check_same_tokenizer(tokenizer, ft_tokenizer, base_model, ft_model)
+    return ModelPair(finetuned=ft_model, base=base_model, tokenizer=tokenizer)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

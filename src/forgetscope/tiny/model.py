@@ -1,0 +1,178 @@
+"""The tiny Llama base model that `forgetscope demo` and the tests stand on.
+
+It is pretrained here, on the CPU, from the embedded corpora (`forgetscope.tiny.corpora`)
+with a byte-level BPE tokenizer trained by `tokenizers`, and cached under the user's cache
+directory keyed by its settings, so only the first run pays for it. The result is an
+ordinary `transformers` model directory: everything downstream loads it with
+`from_pretrained`, exactly as it would load a hub model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from forgetscope.tiny import corpora
+
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Size and pretraining budget of the tiny base model."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 6
+    intermediate_size: int = 512
+    seq_len: int = 128
+    pretrain_steps: int = 700
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    heldout_tokens: int = 16_384
+    """Held-out tokens per domain for the reported loss."""
+    seed: int = 0
+
+    def key(self) -> str:
+        """Cache key: changes whenever a setting or the corpus version changes."""
+        payload = json.dumps(asdict(self) | {"corpus": CORPUS_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+CORPUS_VERSION = 1  # bump when corpora.py changes what text the model sees
+
+
+def cache_root() -> Path:
+    """`$FORGETSCOPE_CACHE`, else `$XDG_CACHE_HOME/forgetscope`, else `~/.cache/forgetscope`."""
+    if "FORGETSCOPE_CACHE" in os.environ:
+        return Path(os.environ["FORGETSCOPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "forgetscope"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2 style) wrapped as a `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+
+
+def build_model(config: TinyConfig, vocab_size: int):
+    """A freshly initialised tiny Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(config.seed)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.layers,
+            num_attention_heads=config.heads,
+            num_key_value_heads=config.heads,
+            intermediate_size=config.intermediate_size,
+            max_position_embeddings=max(256, config.seq_len),
+            tie_word_embeddings=True,
+            eos_token_id=0,
+            bos_token_id=0,
+            pad_token_id=0,
+        )
+    )
+
+
+def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Train tokenizer and model from scratch into `out_dir`; return the metrics written there."""
+    import datasets
+    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+
+    from forgetscope.callback import mean_loss
+    from forgetscope.data import group_into_blocks
+
+    started = time.time()
+    set_seed(config.seed)
+    splits = {domain: corpora.load(domain) for domain in corpora.DOMAINS}
+    tokenizer = train_tokenizer([d for train, _ in splits.values() for d in train], config.vocab_size)
+    train_ids = torch.cat([group_into_blocks(train, tokenizer, config.seq_len) for train, _ in splits.values()])
+    heldout = {d: group_into_blocks(h, tokenizer, config.seq_len, config.heldout_tokens) for d, (_, h) in splits.items()}
+    model = build_model(config, len(tokenizer))
+    ids = train_ids.tolist()
+    args = TrainingArguments(
+        output_dir=str(out_dir / "trainer"),
+        max_steps=config.pretrain_steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_steps,
+        weight_decay=0.1,
+        logging_steps=50,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=True,
+        disable_tqdm=not progress,
+    )
+    Trainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}),
+        data_collator=default_data_collator,
+    ).train()
+    shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+    model.eval()
+    metrics = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "non_embedding_parameters": sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n),
+        "pretrain_tokens": config.pretrain_steps * config.batch_size * config.seq_len,
+        "corpus_tokens": int(train_ids.numel()),
+        "heldout_loss": {d: mean_loss(model, ids_) for d, ids_ in heldout.items()},
+        "pretrain_seconds": round(time.time() - started, 1),
+        "config": asdict(config),
+    }
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "tiny_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def ensure_tiny_base(config: TinyConfig = TinyConfig(), cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """The cached tiny base model directory, pretraining it first if needed.
+
+    The model is built in a scratch directory and renamed into place when complete, so an
+    interrupted pretraining never leaves a half-written model in the cache.
+    """
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    target = root / f"tiny-llama-{config.key()}"
+    if (target / "tiny_metrics.json").is_file():
+        return target
+    scratch = root / f".tmp-{config.key()}-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        pretrain(config, scratch, progress)
+        shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def tiny_metrics(model_dir: Path) -> dict:
+    """What pretraining measured: sizes, held-out loss per domain, time."""
+    return json.loads((Path(model_dir) / "tiny_metrics.json").read_text())

@@ -1,0 +1,216 @@
+"""One LoRA / rsLoRA fine-tuning run with forgetting measured along the way.
+
+base model + LoRA settings + fine-tuning text + a step budget -> records at log-spaced steps
+(step 0 included), each `{step, train_loss, ft_loss, forgetting_ce, kl, hard_ce, ...,
+domains, trainable_params}`, and the adapter saved at the end. It is a plain
+`transformers.Trainer` run with `ForgettingCallback`, the same callback users add to their
+own Trainer or TRL scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from forgetscope.callback import ForgettingCallback
+from forgetscope.errors import UserInputError
+
+
+@dataclass
+class LoraSettings:
+    """Which parameters are fine-tuned, and how the adapter is scaled."""
+
+    rank: int = 8
+    """LoRA rank r (at least 1)."""
+    alpha: float = 16.0
+    """Scale numerator: the update B A is scaled by alpha / r, or alpha / sqrt(r) with rslora."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names (or suffixes) to adapt, or "all-linear" for every linear layer but the head."""
+    layers: list[int] | None = None
+    """Indices of the transformer blocks to adapt; None adapts all of them."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    rslora: bool = True
+    """Rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023) instead of alpha / r."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise UserInputError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        if self.alpha <= 0:
+            raise UserInputError(f"LoRA alpha must be positive, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserInputError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules:
+            raise UserInputError("target_modules is empty")
+        if self.layers is not None and (not self.layers or any(i < 0 for i in self.layers)):
+            raise UserInputError(f"layers must be a non-empty list of block indices >= 0, got {self.layers!r}")
+
+    def to_peft(self):
+        """The equivalent `peft.LoraConfig` (causal-LM task, default init so B = 0)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            target_modules=self.target_modules,
+            layers_to_transform=self.layers,
+            lora_dropout=self.dropout,
+            use_rslora=self.rslora,
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class TrainSettings:
+    """The optimisation budget and the forgetting-evaluation schedule of one run."""
+
+    steps: int = 200
+    learning_rate: float = 1e-3
+    batch_size: int = 8
+    seq_len: int = 128
+    warmup_steps: int = 0
+    scheduler: str = "constant_with_warmup"
+    """Any `transformers` scheduler name; constant keeps step counts comparable across budgets."""
+    eval_points: int = 8
+    """Number of log-spaced forgetting measurements, step 0 included."""
+    eval_batch_size: int = 16
+    seed: int = 0
+    bf16: bool = False
+    report_to: list[str] = field(default_factory=list)
+    """Trainer integrations ("tensorboard", "wandb", "mlflow", ...) that also receive forgetting."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_points", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise UserInputError(f"seq_len must be at least 2, got {self.seq_len}")
+        if self.learning_rate <= 0:
+            raise UserInputError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+def count_trainable_params(model: torch.nn.Module) -> int:
+    """Parameters being trained, not counting input or output embeddings (the law's `P`)."""
+    embedding_ids = set()
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            embedding_ids.update(id(p) for p in module.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embedding_ids)
+
+
+def apply_lora(model: torch.nn.Module, lora: LoraSettings):
+    """`peft.get_peft_model`, with "matches nothing" turned into a clear error."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora.to_peft())
+    except ValueError as exc:
+        msg = str(exc).splitlines()[0]
+        raise UserInputError(f"LoRA settings do not fit the model: {msg}") from exc
+
+
+def _quiet_progress_callback():
+    """Trainer's progress bar without its one printed line per log (we log every step)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+
+    return QuietProgress()
+
+
+def finetune(
+    model: torch.nn.Module,
+    tokenizer,
+    lora: LoraSettings,
+    settings: TrainSettings,
+    train_blocks: torch.Tensor,
+    eval_blocks: Mapping[str, torch.Tensor],
+    ft_eval_blocks: torch.Tensor | None = None,
+    out_dir: str | Path | None = None,
+    on_record: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
+
+    `train_blocks` are `[n, seq_len]` ids of the fine-tuning text, `ft_eval_blocks` held-out
+    ids of the same domain, `eval_blocks` the `{domain: ids}` that forgetting is measured on.
+    With `out_dir`, the adapter is saved to `out_dir/adapter` and the records to
+    `out_dir/records.jsonl`.
+    """
+    import tempfile
+
+    import datasets
+    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+    from transformers.trainer_callback import ProgressCallback
+
+    if len(train_blocks) == 0:
+        raise UserInputError(f"fine-tuning text is shorter than one sequence of {settings.seq_len} tokens")
+    set_seed(settings.seed)  # LoRA's A init draws from the global generator
+    peft_model = apply_lora(model, lora)
+    trainable = count_trainable_params(peft_model)
+    out = Path(out_dir) if out_dir is not None else None
+    records_file = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        records_file = open(out / "records.jsonl", "w")
+
+    def record_sink(record: dict) -> None:
+        record["trainable_params"] = trainable
+        if records_file is not None:
+            records_file.write(json.dumps(record) + "\n")
+            records_file.flush()
+        if on_record is not None:
+            on_record(record)
+
+    scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-")  # Trainer wants an output_dir
+    ids = train_blocks.tolist()
+    dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    args = TrainingArguments(
+        output_dir=scratch.name,
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=settings.warmup_steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=settings.report_to or "none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=settings.bf16,
+        use_cpu=next(model.parameters()).device.type == "cpu",
+        disable_tqdm=not progress,
+    )
+    trainer = Trainer(model=peft_model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_quiet_progress_callback())
+    callback = ForgettingCallback(
+        trainer,
+        eval_blocks,
+        ft_eval_blocks=ft_eval_blocks,
+        n_eval_points=settings.eval_points,
+        batch_size=settings.eval_batch_size,
+        on_record=record_sink,
+    )
+    trainer.add_callback(callback)
+    try:
+        trainer.train()
+    finally:
+        scratch.cleanup()
+        if records_file is not None:
+            records_file.close()
+    if out is not None:
+        peft_model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        (out / "run.json").write_text(
+            json.dumps({"lora": asdict(lora), "train": asdict(settings), "trainable_params": trainable}, indent=2)
+        )
+    return callback.records

@@ -1,0 +1,84 @@
+"""Tiny models, tokenizers and text that the tests build themselves in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from forgetscope.tiny import corpora  # noqa: E402
+from forgetscope.tiny.model import train_tokenizer  # noqa: E402
+
+
+def scripture_text(n_chapters: int = 40) -> list[str]:
+    return corpora.scripture()[:n_chapters]
+
+
+def docs_text(n: int = 200) -> list[str]:
+    return corpora.docs()[:n]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A 512-token byte-level BPE tokenizer trained on a slice of the embedded corpora."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(scripture_text() + docs_text(), vocab_size=512).save_pretrained(path)
+    return path
+
+
+def _save(model, tokenizer_dir: Path, path: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+def make_llama(tokenizer_dir: Path, path: Path, seed: int = 0, vocab_size: int | None = None) -> Path:
+    """A 2-layer, 32-wide Llama saved with the shared tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    vocab = vocab_size or len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False,
+    )
+    return _save(LlamaForCausalLM(config), tokenizer_dir, path)
+
+
+def make_gpt2(tokenizer_dir: Path, path: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide GPT-2 saved with the shared tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    return _save(GPT2LMHeadModel(config), tokenizer_dir, path)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    return make_llama(tokenizer_dir, tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    return make_gpt2(tokenizer_dir, tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="session")
+def eval_files(tmp_path_factory) -> list[Path]:
+    """Two eval domains as files: scripture as .txt (a line a document), docs as .jsonl."""
+    root = tmp_path_factory.mktemp("eval")
+    txt = root / "scripture.txt"
+    txt.write_text("\n".join(scripture_text(60)[40:]) + "\n")
+    jsonl = root / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs_text(400)[200:]))
+    return [txt, jsonl]
