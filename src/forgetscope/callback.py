@@ -126,20 +126,28 @@ class ForgettingCallback(TrainerCallback):
             self._emit(self.measure(model, state.global_step))  # step 0: before any update
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.eval_steps:
-            # The Trainer logs this step's training loss right after this event: wait for it.
-            self._pending = self.measure(model, state.global_step)
+        if state.global_step not in self.eval_steps:
+            return
+        should_log = control.should_log  # trainer.log() below clears it; the step's own log must still happen
+        record = self.measure(model, state.global_step)
+        control.should_log = should_log
+        if should_log:
+            self._pending = record  # the Trainer logs this step's loss right after this event
+        else:
+            record["train_loss"] = self._last_train_loss  # latest logged loss, from an earlier step
+            self._emit(record)
+        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self._last_train_loss = float(logs["loss"])
-            if self._pending is not None and self._pending["step"] == state.global_step:
+            if self._pending is not None:
                 self._pending["train_loss"] = self._last_train_loss
                 self._emit(self._pending)
                 self._pending = None
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._pending is not None:  # logging_steps did not land on this step
+        if self._pending is not None:  # training stopped before the step's loss was logged
             self._pending["train_loss"] = self._last_train_loss
             self._emit(self._pending)
             self._pending = None

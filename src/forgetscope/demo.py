@@ -1,7 +1,7 @@
 """`forgetscope demo`: the whole pipeline on the embedded tiny default, offline, on a CPU.
 
 1. pretrain the tiny Llama on scripture + docs + code (cached after the first run);
-2. fine-tune it with rsLoRA on Python code;
+2. fine-tune it with rsLoRA on Python code files it never saw;
 3. measure forgetting on held-out scripture and docs at log-spaced steps;
 4. print the forgetting table and say where the records and the adapter are.
 """
@@ -49,11 +49,11 @@ def run_demo(
     tokenizer = load_tokenizer(str(base_dir))
     model = load_causal_lm(str(base_dir))
     seq_len = settings.train.seq_len
-    ft_train, ft_heldout = corpora.load(settings.finetune_domain)
+    ft = corpora.load(settings.finetune_domain)
     budget = settings.train.steps * settings.train.batch_size * seq_len  # one pass, no repeats
-    train_blocks = group_into_blocks(ft_train, tokenizer, seq_len, budget)
-    ft_eval_blocks = group_into_blocks(ft_heldout, tokenizer, seq_len, settings.eval_tokens)
-    eval_blocks = {d: group_into_blocks(corpora.load(d)[1], tokenizer, seq_len, settings.eval_tokens) for d in settings.eval_domains}
+    train_blocks = group_into_blocks(ft.finetune or ft.pretrain, tokenizer, seq_len, budget)
+    ft_eval_blocks = group_into_blocks(ft.heldout, tokenizer, seq_len, settings.eval_tokens)
+    eval_blocks = {d: group_into_blocks(corpora.load(d).heldout, tokenizer, seq_len, settings.eval_tokens) for d in settings.eval_domains}
     records = finetune(
         model, tokenizer, settings.lora, settings.train, train_blocks, eval_blocks, ft_eval_blocks, out / "run", progress=progress
     )

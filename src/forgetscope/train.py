@@ -115,7 +115,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings):
 
 def _quiet_progress_callback():
     """Trainer's progress bar without its one printed line per log (we log every step)."""
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class QuietProgress(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -148,7 +148,7 @@ def finetune(
 
     import datasets
     from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     if len(train_blocks) == 0:
         raise UserInputError(f"fine-tuning text is shorter than one sequence of {settings.seq_len} tokens")
@@ -189,8 +189,10 @@ def finetune(
         disable_tqdm=not progress,
     )
     trainer = Trainer(model=peft_model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+    # The Trainer prints every log line (each step here); keep a bar, or nothing.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
     if progress:
-        trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_quiet_progress_callback())
     callback = ForgettingCallback(
         trainer,

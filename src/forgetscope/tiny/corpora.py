@@ -6,8 +6,11 @@
   paragraph a document: English technical prose.
 - `code`: Python standard-library source files, one file a document.
 
-The tiny base model is pretrained on all three; the demo fine-tunes it on code and measures
-what it forgets on scripture and docs.
+Each domain is split by a hash of each document's content into `pretrain`, `heldout` (10%)
+and, for code only, `finetune` (half the rest): the tiny base model is pretrained on the
+`pretrain` parts of all three, and the demo fine-tunes it on code files it has never seen
+(as Code Llama was fine-tuned from Llama 2), then measures what it forgot on held-out
+scripture and docs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sysconfig
+from typing import NamedTuple
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -22,6 +26,14 @@ from forgetscope.errors import UserInputError
 
 DOMAINS = ("scripture", "docs", "code")
 HELDOUT_FRACTION = 0.1
+FINETUNE_FRACTION = {"code": 0.5}
+"""Share of each domain's non-held-out documents reserved for fine-tuning, never pretrained on."""
+
+
+class Splits(NamedTuple):
+    pretrain: list[str]
+    finetune: list[str]
+    heldout: list[str]
 
 
 def scripture() -> list[str]:
@@ -61,18 +73,28 @@ def code(max_chars: int = 4_000_000) -> list[str]:
     return files
 
 
-def is_heldout(document: str) -> bool:
-    """A stable, content-based split: the same document lands on the same side everywhere."""
+def _unit_hashes(document: str) -> tuple[float, float]:
+    """Two independent, stable numbers in [0, 1) from a document's content."""
     digest = hashlib.sha256(document.encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "little") / 2**32 < HELDOUT_FRACTION
+    return int.from_bytes(digest[:4], "little") / 2**32, int.from_bytes(digest[4:8], "little") / 2**32
 
 
-def load(domain: str) -> tuple[list[str], list[str]]:
-    """`(train, heldout)` documents of one domain."""
+def load(domain: str) -> Splits:
+    """The `pretrain`, `finetune` and `heldout` documents of one domain, in corpus order.
+
+    The split depends only on each document's content, so it is the same on every machine.
+    """
     readers = {"scripture": scripture, "docs": docs, "code": code}
     if domain not in readers:
         raise UserInputError(f"unknown embedded domain {domain!r} (choose from {', '.join(DOMAINS)})")
-    documents = readers[domain]()
-    train = [d for d in documents if not is_heldout(d)]
-    heldout = [d for d in documents if is_heldout(d)]
-    return train, heldout
+    splits = Splits([], [], [])
+    finetune_share = FINETUNE_FRACTION.get(domain, 0.0)
+    for document in readers[domain]():
+        heldout_draw, finetune_draw = _unit_hashes(document)
+        if heldout_draw < HELDOUT_FRACTION:
+            splits.heldout.append(document)
+        elif finetune_draw < finetune_share:
+            splits.finetune.append(document)
+        else:
+            splits.pretrain.append(document)
+    return splits

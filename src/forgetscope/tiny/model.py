@@ -48,7 +48,7 @@ class TinyConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-CORPUS_VERSION = 1  # bump when corpora.py changes what text the model sees
+CORPUS_VERSION = 2  # bump when corpora.py changes what text the model sees
 
 
 def cache_root() -> Path:
@@ -109,9 +109,12 @@ def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True) -> dict:
     started = time.time()
     set_seed(config.seed)
     splits = {domain: corpora.load(domain) for domain in corpora.DOMAINS}
-    tokenizer = train_tokenizer([d for train, _ in splits.values() for d in train], config.vocab_size)
-    train_ids = torch.cat([group_into_blocks(train, tokenizer, config.seq_len) for train, _ in splits.values()])
-    heldout = {d: group_into_blocks(h, tokenizer, config.seq_len, config.heldout_tokens) for d, (_, h) in splits.items()}
+    # The tokenizer sees all non-held-out text, fine-tuning text included, as a released
+    # model's tokenizer is trained on a broad corpus.
+    tokenizer = train_tokenizer([d for s in splits.values() for d in s.pretrain + s.finetune], config.vocab_size)
+    budget = config.pretrain_steps * config.batch_size * config.seq_len  # no domain needs more than one pass
+    train_ids = torch.cat([group_into_blocks(s.pretrain, tokenizer, config.seq_len, budget) for s in splits.values()])
+    heldout = {d: group_into_blocks(s.heldout, tokenizer, config.seq_len, config.heldout_tokens) for d, s in splits.items()}
     model = build_model(config, len(tokenizer))
     ids = train_ids.tolist()
     args = TrainingArguments(

@@ -1,0 +1,183 @@
+"""One LoRA / rsLoRA fine-tune with live forgetting, and the callback in a plain Trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import datasets
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+
+from cli_helpers import assert_user_error, run_cli
+from forgetscope.callback import ForgettingCallback, log_spaced_steps
+from forgetscope.data import group_into_blocks, load_eval_blocks
+from forgetscope.errors import UserInputError
+from forgetscope.metric import METRIC_KEYS
+from forgetscope.train import LoraSettings, TrainSettings, count_trainable_params, finetune
+
+SEQ_LEN = 32
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def code_blocks(tok):
+    """Fine-tuning text of another domain than the eval text: Python source."""
+    import inspect
+    import json as json_module
+
+    return group_into_blocks([inspect.getsource(json_module.decoder), inspect.getsource(json_module.encoder)], tok, SEQ_LEN)
+
+
+@pytest.fixture(scope="module")
+def eval_blocks(eval_files, tok):
+    return load_eval_blocks(eval_files, tok, SEQ_LEN, max_tokens=256)
+
+
+@pytest.fixture(scope="module")
+def run(llama_dir, tok, code_blocks, eval_blocks, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    settings = TrainSettings(steps=20, learning_rate=1e-2, batch_size=4, seq_len=SEQ_LEN, eval_points=5)
+    records = finetune(model, tok, LoraSettings(rank=4, alpha=8), settings, code_blocks[:-4], eval_blocks, code_blocks[-4:],
+                       out, progress=False)
+    return records, out
+
+
+def test_log_spaced_steps_start_at_zero_and_end_at_the_budget():
+    assert log_spaced_steps(1000, 6) == [0, 1, 6, 32, 178, 1000]
+    assert log_spaced_steps(3, 8) == [0, 1, 2, 3]
+
+
+def test_records_come_at_log_spaced_steps_with_every_field(run):
+    records, _ = run
+    assert [r["step"] for r in records] == log_spaced_steps(20, 5)
+    for r in records:
+        assert {"step", "train_loss", "ft_loss", "trainable_params", "domains", *METRIC_KEYS} <= set(r)
+        assert set(r["domains"]) == {"scripture", "docs"}
+    assert records[0]["train_loss"] is None and all(math.isfinite(r["train_loss"]) for r in records[1:])
+
+
+def test_kl_is_exactly_zero_at_step_zero_with_peft_default_init(run):
+    first = run[0][0]
+    assert first["kl"] == 0.0
+    assert all(d["kl"] == 0.0 for d in first["domains"].values())
+
+
+def test_kl_is_never_negative_and_rises_while_fine_tuning_loss_falls(run):
+    records, _ = run
+    kls = [r["kl"] for r in records]
+    assert all(k >= 0 for k in kls)
+    assert kls[-1] > kls[1] > 0
+    assert records[-1]["ft_loss"] < records[0]["ft_loss"]
+
+
+def test_the_run_saves_its_adapter_records_and_settings(run):
+    records, out = run
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    on_disk = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert on_disk == records
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["use_rslora"] is True and config["r"] == 4
+
+
+def test_trainable_params_count_lora_matrices_but_not_embeddings(llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    peft_model = get_peft_model(model, LoraSettings(rank=2, target_modules=["q_proj"]).to_peft())
+    # q_proj is 32x32 in each of 2 layers: A is 2x32, B is 32x2.
+    assert count_trainable_params(peft_model) == 2 * (2 * 32 + 32 * 2)
+
+
+def test_layers_restrict_which_blocks_are_adapted(llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    peft_model = get_peft_model(model, LoraSettings(rank=2, target_modules=["q_proj"], layers=[1]).to_peft())
+    assert count_trainable_params(peft_model) == 2 * 32 + 32 * 2
+
+
+def test_rslora_scales_by_alpha_over_sqrt_rank(llama_dir):
+    for rslora, expected in [(True, 8 / math.sqrt(4)), (False, 8 / 4)]:
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraSettings(rank=4, alpha=8, rslora=rslora).to_peft())
+        q = model.base_model.model.model.layers[0].self_attn.q_proj
+        assert q.scaling["default"] == pytest.approx(expected)
+
+
+def test_the_callback_logs_forgetting_through_a_plain_trainer(llama_dir, code_blocks, eval_blocks, tmp_path):
+    """What a user writes in their own script: their Trainer, our callback."""
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    ids = code_blocks.tolist()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2,
+                             logging_steps=2, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}),
+                      data_collator=default_data_collator)
+    seen = []
+    callback = ForgettingCallback(trainer, eval_blocks, eval_steps=[0, 3, 6], on_record=seen.append)
+    trainer.add_callback(callback)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "forgetting/kl" in entry]
+    assert [entry["step"] for entry in logged] == [0, 3, 6]
+    assert "forgetting/scripture/kl" in logged[-1]
+    assert logged[0]["forgetting/kl"] == 0.0 and logged[-1]["forgetting/kl"] > 0
+    assert [r["step"] for r in seen] == [0, 3, 6] == [r["step"] for r in callback.records]
+    assert seen[1]["train_loss"] is not None  # step 3 is not a logging step: the latest logged loss is used
+
+
+def test_the_callback_with_a_separate_base_model_matches_disable_adapter(llama_dir, eval_blocks):
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    one_copy = ForgettingCallback(None, eval_blocks).measure(model, 0)
+    two_models = ForgettingCallback(None, eval_blocks, base_model=base).measure(model, 0)
+    assert one_copy["kl"] > 0
+    assert one_copy["forgetting_ce"] == pytest.approx(two_models["forgetting_ce"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("lora", "message"),
+    [
+        (dict(rank=0), "rank must be a positive integer"),
+        (dict(rank=-3), "rank must be a positive integer"),
+        (dict(alpha=0), "alpha must be positive"),
+        (dict(dropout=1.5), "dropout"),
+        (dict(layers=[]), "layers"),
+    ],
+)
+def test_bad_lora_settings_are_user_errors(lora, message):
+    with pytest.raises(UserInputError, match=message):
+        LoraSettings(**lora)
+
+
+def test_target_modules_that_match_nothing_are_a_user_error(llama_dir, tok, code_blocks, eval_blocks):
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    with pytest.raises(UserInputError, match="do not fit the model"):
+        finetune(model, tok, LoraSettings(target_modules=["no_such_proj"]), TrainSettings(steps=1, seq_len=SEQ_LEN),
+                 code_blocks, eval_blocks, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--rank", "0"], "rank must be a positive integer"),
+        (["--target-modules", "no_such_proj"], "do not fit the model"),
+        (["--layers", "one,two"], "--layers must be comma-separated integers"),
+        (["--steps", "0"], "steps must be at least 1"),
+    ],
+)
+def test_train_cli_bad_input_is_one_line_and_exit_2(extra, fragment, llama_dir, eval_files, tmp_path, capsys):
+    code, _, err = run_cli(["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0],
+                            "--out", tmp_path / "o", "--seq-len", SEQ_LEN, *extra], capsys)
+    assert_user_error(code, err, fragment)
+
+
+def test_train_cli_runs_and_prints_json_records(llama_dir, eval_files, tmp_path, capsys):
+    code, out, err = run_cli(["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0],
+                              "--out", tmp_path / "o", "--seq-len", SEQ_LEN, "--steps", 4, "--eval-points", 3,
+                              "--eval-tokens", 128, "--device", "cpu", "--no-rslora", "--json"], capsys)
+    assert code == 0, err
+    records = json.loads(out)
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()
