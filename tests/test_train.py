@@ -179,5 +179,5 @@ def test_train_cli_runs_and_prints_json_records(llama_dir, eval_files, tmp_path,
                               "--eval-tokens", 128, "--device", "cpu", "--no-rslora", "--json"], capsys)
     assert code == 0, err
     records = json.loads(out)
-    assert [r["step"] for r in records] == [0, 2, 4]
+    assert [r["step"] for r in records] == [0, 1, 4]
     assert (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -213,23 +214,28 @@ def demo(
 
 def main() -> None:
     """Entry point: map bad input to exit 2 with one line, and keep tracebacks for bugs."""
-    import click
-
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers 5 vs peft
     if not sys.stderr.isatty():  # scripts and CI: no weight-loading bars around the output
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:
+        # Usage errors (a missing or malformed option) are click exceptions; typer vendors
+        # its own click, so recognise them by their interface rather than their class.
+        if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

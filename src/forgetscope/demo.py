@@ -2,7 +2,8 @@
 
 1. pretrain the tiny Llama on scripture + docs + code (cached after the first run);
 2. fine-tune it with rsLoRA on Python code files it never saw;
-3. measure forgetting on held-out scripture and docs at log-spaced steps;
+3. measure forgetting on held-out scripture and docs at log-spaced steps, next to the
+   held-out loss on code (`ft_loss`);
 4. print the forgetting table and say where the records and the adapter are.
 """
 
@@ -12,6 +13,8 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from forgetscope.data import group_into_blocks
 from forgetscope.models import load_causal_lm, load_tokenizer
@@ -30,7 +33,7 @@ class DemoSettings:
     """Held-out tokens per eval domain."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(rank=8, alpha=16.0, rslora=True))
     train: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=200, learning_rate=2e-3, batch_size=8, seq_len=128, eval_points=8)
+        default_factory=lambda: TrainSettings(steps=200, learning_rate=1e-3, batch_size=8, seq_len=128, eval_points=8)
     )
 
 
@@ -50,9 +53,13 @@ def run_demo(
     model = load_causal_lm(str(base_dir))
     seq_len = settings.train.seq_len
     ft = corpora.load(settings.finetune_domain)
-    budget = settings.train.steps * settings.train.batch_size * seq_len  # one pass, no repeats
-    train_blocks = group_into_blocks(ft.finetune or ft.pretrain, tokenizer, seq_len, budget)
-    ft_eval_blocks = group_into_blocks(ft.heldout, tokenizer, seq_len, settings.eval_tokens)
+    # Fine-tuning data with a validation split, as a fine-tuning dataset has: held-out
+    # blocks drawn at random from the same files give `ft_loss`.
+    budget = settings.train.steps * settings.train.batch_size * seq_len + settings.eval_tokens
+    ft_blocks = group_into_blocks(ft.finetune or ft.pretrain, tokenizer, seq_len, budget)
+    order = torch.randperm(len(ft_blocks), generator=torch.Generator().manual_seed(settings.train.seed))
+    n_val = max(1, settings.eval_tokens // seq_len)
+    ft_eval_blocks, train_blocks = ft_blocks[order[:n_val]], ft_blocks[order[n_val:]]
     eval_blocks = {d: group_into_blocks(corpora.load(d).heldout, tokenizer, seq_len, settings.eval_tokens) for d in settings.eval_domains}
     records = finetune(
         model, tokenizer, settings.lora, settings.train, train_blocks, eval_blocks, ft_eval_blocks, out / "run", progress=progress

@@ -34,7 +34,7 @@ class TinyConfig:
     heads: int = 6
     intermediate_size: int = 512
     seq_len: int = 128
-    pretrain_steps: int = 700
+    pretrain_steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 3e-3
     warmup_steps: int = 50

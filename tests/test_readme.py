@@ -1,0 +1,25 @@
+"""The README is the front door: its set-up commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    test_command = next(c for c in readme_commands() if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command.replace(" -c constraints.txt", " -q -c constraints.txt") in ci
+
+
+def test_the_readme_demo_command_installs_with_the_pinned_constraints_and_runs_the_demo():
+    demo_command = readme_commands()[0]
+    assert "-c constraints.txt" in demo_command and demo_command.endswith("forgetscope demo")
+    pins = (ROOT / "constraints.txt").read_text().splitlines()
+    assert "torch==2.13.0" in pins
