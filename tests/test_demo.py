@@ -1,4 +1,4 @@
-"""The embedded default end to end, on a reduced budget: pretrain, cache, fine-tune, forget."""
+"""The embedded default end to end, on a reduced budget: pretrain, cache, sweep, forget."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import json
 import pytest
 
 from cli_helpers import run_cli
-from forgetscope.demo import DemoSettings, run_demo
+from forgetscope.demo import demo_config, run_demo
 from forgetscope.tiny import corpora
 from forgetscope.tiny.model import TinyConfig, ensure_tiny_base
-from forgetscope.train import LoraSettings, TrainSettings
 
 SMALL = TinyConfig(vocab_size=512, hidden_size=32, layers=2, heads=2, intermediate_size=64, seq_len=64,
                    pretrain_steps=30, batch_size=8, heldout_tokens=1024)
@@ -19,13 +18,14 @@ SMALL = TinyConfig(vocab_size=512, hidden_size=32, layers=2, heads=2, intermedia
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    settings = DemoSettings(
-        eval_tokens=1024,
-        lora=LoraSettings(rank=4, alpha=8),
-        train=TrainSettings(steps=12, learning_rate=5e-3, batch_size=4, seq_len=64, eval_points=4),
+    config = demo_config().model_copy(
+        update={"steps": 12, "eval_points": 4, "eval_tokens": 512, "ft_eval_tokens": 256, "batch_size": 4, "seq_len": 64}
     )
+    config.grid.rank = [1, 8]
+    config.grid.learning_rate = [5e-3]
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(out, SMALL, settings, cache_dir=cache, progress=False), out, cache
+    result, summary = run_demo(out, config, SMALL, cache_dir=cache, progress=False)
+    return result, summary, out, cache
 
 
 def test_the_corpora_ship_with_python_and_pypi_and_split_the_same_way_every_time():
@@ -38,23 +38,29 @@ def test_the_corpora_ship_with_python_and_pypi_and_split_the_same_way_every_time
     assert corpora.load("docs") == corpora.load("docs")
 
 
-def test_the_demo_pretrains_fine_tunes_and_reports_growing_forgetting(demo):
-    summary, out, _ = demo
-    records = summary["records"]
-    assert records[0]["step"] == 0 and records[0]["kl"] == 0.0
-    assert records[-1]["kl"] > 0
-    assert set(records[-1]["domains"]) == {"scripture", "docs"}
+def test_the_demo_pretrains_sweeps_and_shows_forgetting_growing(demo):
+    result, summary, out, _ = demo
+    assert result.failed == {} and len(result.points) == 4
+    kl_at = {0: [], 1: [], 3: [], 12: []}
+    for point in result.points:
+        steps = sorted((r for r in result.records if r["point_id"] == point.point_id), key=lambda r: r["step"])
+        assert [r["step"] for r in steps] == [0, 1, 3, 12]
+        assert set(steps[-1]["domains"]) == {"scripture", "docs"}
+        for r in steps:
+            kl_at[r["step"]].append(r["kl"])
+    assert kl_at[0] == [0.0] * 4
+    mean = {step: sum(kls) / len(kls) for step, kls in kl_at.items()}
+    assert 0 < mean[1] < mean[12]
     metrics = summary["tiny_metrics"]
     assert set(metrics["heldout_loss"]) == set(corpora.DOMAINS)
-    assert all(0 < loss < 7 for loss in metrics["heldout_loss"].values())  # better than uniform over 512 tokens (6.24)
-    assert (out / "run" / "adapter" / "adapter_config.json").is_file()
-    assert json.loads((out / "demo.json").read_text())["records"] == records
+    assert all(0 < loss < 6.2 for loss in metrics["heldout_loss"].values())  # better than uniform over 512 tokens (6.24)
+    assert json.loads((out / "demo.json").read_text())["points"] == 4
 
 
 def test_the_tiny_base_is_cached_and_loadable_by_transformers(demo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    summary, _, cache = demo
+    _, summary, _, cache = demo
     path = ensure_tiny_base(SMALL, cache)  # second call: from the cache, no retraining
     assert str(path) == summary["base"]
     assert len(list(cache.iterdir())) == 1  # no scratch directories left behind
@@ -64,6 +70,6 @@ def test_the_tiny_base_is_cached_and_loadable_by_transformers(demo):
 
 
 def test_every_command_has_help(capsys):
-    for command in ([], ["measure"], ["train"], ["demo"]):
+    for command in ([], ["measure"], ["train"], ["sweep"], ["demo"]):
         code, out, _ = run_cli([*command, "--help"], capsys)
         assert code == 0 and "Usage" in out

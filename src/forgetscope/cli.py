@@ -127,7 +127,7 @@ def train(
     train_data: Annotated[list[Path], typer.Option(help="Fine-tuning text (.txt, .jsonl, .parquet).")],
     eval_data: Annotated[list[Path], typer.Option(help="Held-out pretraining-like text to measure forgetting on.")],
     out: Annotated[Path, typer.Option(help="Output directory: records.jsonl, adapter/, run.json.")],
-    ft_eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out fine-tuning text (default: last 5% of --train-data).")] = None,
+    ft_eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out fine-tuning text (default: a seeded random 5% of --train-data's sequences).")] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     alpha: Annotated[float, typer.Option(help="LoRA alpha.")] = 16.0,
     target_modules: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear.")] = "all-linear",
@@ -149,7 +149,7 @@ def train(
     """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
     import torch
 
-    from forgetscope.data import group_into_blocks, load_eval_blocks, read_domains
+    from forgetscope.data import group_into_blocks, load_eval_blocks, read_domains, split_validation
     from forgetscope.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
     from forgetscope.train import LoraSettings, TrainSettings, finetune
 
@@ -173,10 +173,7 @@ def train(
     if ft_eval_data:
         ft_eval = torch.cat(list(load_eval_blocks(ft_eval_data, tokenizer, seq_len, eval_tokens).values()))
     else:
-        n_heldout = max(1, len(train_blocks) // 20)
-        if len(train_blocks) < 2:
-            raise UserInputError(f"--train-data is shorter than two sequences of {seq_len} tokens")
-        train_blocks, ft_eval = train_blocks[:-n_heldout], train_blocks[-n_heldout:]
+        train_blocks, ft_eval = split_validation(train_blocks, train_blocks.numel() // 20, seed)
     eval_blocks = load_eval_blocks(eval_data, tokenizer, seq_len, eval_tokens)
     records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=not as_json)
     if as_json:
@@ -186,30 +183,74 @@ def train(
         console.print(f"records: {out / 'records.jsonl'}\nadapter: {out / 'adapter'}")
 
 
+def print_sweep_summary(result) -> None:
+    """One row per point: what was fine-tuned, and where fine-tuning loss and forgetting ended."""
+    last: dict[str, dict] = {}
+    for record in result.records:
+        if record["step"] >= last.get(record["point_id"], {}).get("step", -1):
+            last[record["point_id"]] = record
+    table = Table(title="Each point at its last measured step (P: non-embedding parameters fine-tuned)")
+    for column in ("rank", "modules", "scaling", "P", "step", "ft loss", "L_f", "KL"):
+        table.add_column(column, justify="left" if column in ("modules", "scaling") else "right")
+    for point in result.points:
+        r = last.get(point.point_id)
+        if r is None:
+            continue
+        modules = point.target_modules if isinstance(point.target_modules, str) else ",".join(point.target_modules)
+        table.add_row(
+            str(point.rank), modules, "rsLoRA" if point.rslora else "LoRA", f"{r['trainable_params']:,}",
+            str(r["step"]), f"{r['ft_loss']:.3f}", f"{r['forgetting_ce']:.4f}", f"{r['kl']:.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"{len(result.ran)} points run, {len(result.skipped)} already done; records: {result.directory / 'records.jsonl'}"
+    )
+    for point_id, error in result.failed.items():
+        console.print(f"[red]failed[/red] {point_id}: {error}")
+    if result.failed:
+        console.print("run again with --retry-failed to retry the failed points")
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep config (YAML); see examples/.")],
+    out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default sweeps/NAME); an existing one is resumed.")] = None,
+    executor: Annotated[str, typer.Option(help="local (one point after another) or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto or HOST:6379); default starts a local one.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the points that failed before again.")] = False,
+) -> None:
+    """Run or resume a grid of LoRA / rsLoRA fine-tunes, storing every record as it arrives."""
+    from forgetscope.sweep.config import load_config
+    from forgetscope.sweep.run import run_sweep
+
+    sweep_config = load_config(config)
+    result = run_sweep(sweep_config, out or Path("sweeps") / sweep_config.name, executor, address, retry_failed)
+    print_sweep_summary(result)
+
+
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Where to write the demo's records and adapter.")] = Path("forgetscope-demo"),
-    steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 200,
+    out: Annotated[Path, typer.Option(help="Where to write the demo's sweep (resumed if it is there).")] = Path("forgetscope-demo"),
 ) -> None:
-    """The embedded default end to end: pretrain a tiny Llama (cached), fine-tune with rsLoRA, watch forgetting."""
-    from forgetscope.demo import DemoSettings, run_demo
+    """The embedded default end to end: pretrain a tiny Llama (cached), sweep rsLoRA fine-tunes, watch forgetting."""
+    from forgetscope.demo import run_demo
 
-    settings = DemoSettings()
-    settings.train = dataclasses.replace(settings.train, steps=steps)  # re-validates
-    console.print("[bold]forgetscope demo[/bold]: tiny Llama, pretrained here on scripture + Python docs + Python code;")
-    console.print("fine-tuned with rsLoRA on Python code; forgetting measured on held-out scripture and docs.\n")
-    summary = run_demo(out, settings=settings)
+    console.print("[bold]forgetscope demo[/bold]: a tiny Llama pretrained here on scripture, Python docs and code,")
+    console.print("fine-tuned with rsLoRA on unseen Python code (8 runs: ranks 1-64, attention or all linear layers);")
+    console.print("forgetting measured on held-out scripture and docs.\n")
+    result, summary = run_demo(out)
     tm = summary["tiny_metrics"]
     held = ", ".join(f"{d} {v:.3f}" for d, v in tm["heldout_loss"].items())
     console.print(
         f"\nbase model: {summary['base']}\n  {tm['parameters']:,} parameters "
         f"({tm['non_embedding_parameters']:,} non-embedding), held-out loss (nats/token): {held}"
     )
-    print_records_table(summary["records"], "Forgetting during rsLoRA fine-tuning on code (KL to the base, nats/token)")
-    console.print(
-        f"records: {out / 'run' / 'records.jsonl'}\nadapter: {out / 'run' / 'adapter'}\n"
-        f"summary: {out / 'demo.json'}\ntook {summary['seconds']:.0f} s"
-    )
+    largest = max(result.points, key=lambda p: (p.target_modules == "all-linear", p.rank))
+    steps = [r for r in result.records if r["point_id"] == largest.point_id]
+    if steps:
+        print_records_table(steps, f"Forgetting over steps, rsLoRA r={largest.rank} on all linear layers (KL to the base, nats/token)")
+    print_sweep_summary(result)
+    console.print(f"summary: {out / 'demo.json'}\ntook {summary['seconds']:.0f} s")
 
 
 def main() -> None:

@@ -103,3 +103,16 @@ def load_eval_blocks(
         if len(blocks[name]) == 0:
             raise UserInputError(f"eval domain {name!r} is shorter than one sequence of {seq_len} tokens")
     return blocks
+
+
+def split_validation(blocks: torch.Tensor, n_tokens: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(train, validation)`: a seeded random `n_tokens` worth of whole blocks held out.
+
+    A fine-tuning dataset's validation split: `ft_loss` is measured on blocks drawn from the
+    same text as the training blocks, never trained on.
+    """
+    if len(blocks) < 2:
+        raise UserInputError("fine-tuning text is shorter than two sequences: nothing left to hold out")
+    n_val = min(max(1, n_tokens // blocks.shape[1]), len(blocks) - 1)
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
+    return blocks[order[n_val:]], blocks[order[:n_val]]

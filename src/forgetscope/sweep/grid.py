@@ -1,0 +1,46 @@
+"""Expand a grid into points: one fine-tuning run each, named by a stable id."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+
+from forgetscope.sweep.config import Grid
+from forgetscope.train import LoraSettings
+
+
+@dataclass(frozen=True)
+class Point:
+    """One combination of the grid."""
+
+    rank: int
+    target_modules: list[str] | str
+    layers: list[int] | None
+    rslora: bool
+    lora_alpha: float
+    learning_rate: float
+    seed: int
+
+    @property
+    def point_id(self) -> str:
+        """A readable, stable id: the same settings get the same id in every sweep."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        modules = "all" if self.target_modules == "all-linear" else "+".join(self.target_modules)
+        return f"r{self.rank}-{modules}-{'rs' if self.rslora else 'lora'}-s{self.seed}-{digest}"
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(
+            rank=self.rank, alpha=self.lora_alpha, target_modules=self.target_modules, layers=self.layers, rslora=self.rslora
+        )
+
+    def labels(self) -> dict:
+        """What every record of this point carries to name it."""
+        return {"point_id": self.point_id, **asdict(self)}
+
+
+def expand(grid: Grid) -> list[Point]:
+    """Every combination, in a fixed order (the order of the YAML lists)."""
+    axes = [grid.rank, grid.target_modules, grid.layers, grid.rslora, grid.lora_alpha, grid.learning_rate, grid.seed]
+    return [Point(*values) for values in itertools.product(*axes)]

@@ -1,0 +1,134 @@
+"""The sweep directory: the only place a sweep's results live, and what makes resuming safe.
+
+    DIR/config.yaml      the config as resolved (every default filled in)
+    DIR/records.jsonl    one JSON record a line, appended and flushed as each arrives
+    DIR/points/ID.json   one file per point that ended: finished, or failed with its error
+
+A point's records count only once its `points/ID.json` says "finished". Opening the
+directory again drops the records of points that never finished (and a torn last line),
+so a sweep killed at any moment resumes without losing or duplicating a finished record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from forgetscope.errors import UserInputError
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Every complete record of a `records.jsonl`; a torn last line (a crash mid-write) is skipped."""
+    records = []
+    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # torn last line
+            raise UserInputError(f"{path}: line {number} is not valid JSON") from None
+    return records
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class SweepStore:
+    """Open (or create) a sweep directory for `config` and keep it consistent."""
+
+    def __init__(self, directory: str | Path, config: dict):
+        self.dir = Path(directory)
+        self.records_path = self.dir / "records.jsonl"
+        self.points_dir = self.dir / "points"
+        config_path = self.dir / "config.yaml"
+        if config_path.is_file():
+            existing = yaml.safe_load(config_path.read_text())
+            if existing != config:
+                changed = sorted(k for k in set(existing or {}) | set(config) if (existing or {}).get(k) != config.get(k))
+                raise UserInputError(
+                    f"{self.dir} holds a sweep with a different config (differs in: {', '.join(changed)}): "
+                    "use another --out directory"
+                )
+        elif self.dir.exists() and any(self.dir.iterdir()):
+            raise UserInputError(f"{self.dir} is not empty and holds no sweep config.yaml: use another --out directory")
+        self.points_dir.mkdir(parents=True, exist_ok=True)
+        if not config_path.is_file():
+            _write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
+        self._drop_unfinished_records()
+        self._records = open(self.records_path, "a")
+
+    def close(self) -> None:
+        self._records.close()
+
+    def __enter__(self) -> SweepStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- points --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, dict]:
+        """`{point_id: {"status": "finished" | "failed", ...}}` for every point that ended."""
+        out = {}
+        for path in sorted(self.points_dir.glob("*.json")):
+            try:
+                out[path.stem] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue  # written atomically, so only a foreign file can be torn
+        return out
+
+    def finished(self) -> set[str]:
+        return {pid for pid, s in self.status().items() if s.get("status") == "finished"}
+
+    def failed(self) -> dict[str, str]:
+        return {pid: s.get("error", "") for pid, s in self.status().items() if s.get("status") == "failed"}
+
+    def mark(self, point_id: str, status: str, labels: dict, **extra) -> None:
+        """Record that a point ended; "finished" makes its records count."""
+        _write_atomically(self.points_dir / f"{point_id}.json", json.dumps({"status": status, **labels, **extra}, indent=2))
+
+    def forget_point(self, point_id: str) -> None:
+        """Drop a point's status (to run it again) and any records it left."""
+        (self.points_dir / f"{point_id}.json").unlink(missing_ok=True)
+        self._rewrite(lambda r: r.get("point_id") != point_id)
+
+    # -- records -------------------------------------------------------------------------------
+
+    def append(self, record: dict) -> None:
+        """Append one record and flush it to the OS: a killed process loses nothing written."""
+        self._records.write(json.dumps(record) + "\n")
+        self._records.flush()
+
+    def records(self) -> list[dict]:
+        """The records of finished points."""
+        done = self.finished()
+        return [r for r in read_records(self.records_path) if r.get("point_id") in done]
+
+    def _drop_unfinished_records(self) -> None:
+        done = self.finished()
+        self._rewrite(lambda r: r.get("point_id") in done)
+
+    def _rewrite(self, keep) -> None:
+        records = read_records(self.records_path)
+        kept = [r for r in records if keep(r)]
+        raw = self.records_path.read_text() if self.records_path.is_file() else ""
+        if len(kept) != len(records) or (raw and not raw.endswith("\n")):
+            reopen = hasattr(self, "_records") and not self._records.closed
+            if reopen:
+                self._records.close()
+            _write_atomically(self.records_path, "".join(json.dumps(r) + "\n" for r in kept))
+            if reopen:
+                self._records = open(self.records_path, "a")

@@ -1,0 +1,190 @@
+"""Sweeps: grid expansion, the sweep directory contract, resuming, failures, bad configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from cli_helpers import assert_user_error, run_cli
+from forgetscope.errors import UserInputError
+from forgetscope.metric import METRIC_KEYS
+from forgetscope.sweep.config import Grid, load_config, parse_config
+from forgetscope.sweep.grid import expand
+from forgetscope.sweep.run import run_sweep
+from forgetscope.sweep.store import SweepStore, read_records
+from sweep_helpers import by_point_and_step, tiny_sweep_config, write_config
+
+RECORD_FIELDS = {"point_id", "rank", "target_modules", "layers", "rslora", "lora_alpha", "learning_rate", "seed",
+                 "trainable_params", "step", "train_loss", "ft_loss", "domains", *METRIC_KEYS}
+
+
+def test_the_grid_expands_to_every_combination_with_stable_unique_ids():
+    grid = Grid(rank=[1, 2, 4], target_modules=[["q_proj"], "all-linear"], rslora=[True, False])
+    points = expand(grid)
+    assert len(points) == 12
+    assert len({p.point_id for p in points}) == 12
+    assert [p.point_id for p in expand(grid)] == [p.point_id for p in points]
+    assert points[0].point_id.startswith("r1-q_proj-rs-s0-")
+
+
+def test_the_demo_config_and_the_gpu_example_are_valid():
+    from pathlib import Path
+
+    from forgetscope.demo import demo_config
+
+    assert len(expand(demo_config().grid)) >= 8
+    example = load_config(Path(__file__).parent.parent / "examples" / "llama2-7b-gpu.yaml")
+    assert example.dtype == "bfloat16" and example.resources.gpus == 1
+
+
+@pytest.fixture(scope="module")
+def sweep(llama_dir, eval_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    config = parse_config(tiny_sweep_config(llama_dir, eval_files))
+    return run_sweep(config, out / "s", progress=False), config
+
+
+def test_a_sweep_directory_holds_config_records_and_one_file_per_point(sweep):
+    result, config = sweep
+    d = result.directory
+    assert yaml.safe_load((d / "config.yaml").read_text()) == config.canonical()
+    assert sorted(p.stem for p in (d / "points").glob("*.json")) == sorted(p.point_id for p in result.points)
+    records = read_records(d / "records.jsonl")
+    assert len(records) == 4 * 4  # 4 points x 4 eval steps
+    for record in records:
+        assert RECORD_FIELDS <= set(record)
+    assert {r["step"] for r in records} == {0, 1, 3, 8}
+
+
+def test_trainable_params_grow_with_rank_and_modules(sweep):
+    result, _ = sweep
+    params = {(r["rank"], str(r["target_modules"])): r["trainable_params"] for r in result.records}
+    assert params[(1, "['q_proj']")] < params[(4, "['q_proj']")] < params[(4, "all-linear")]
+    assert params[(1, "['q_proj']")] == 2 * (32 + 32)  # A 1x32 and B 32x1, in 2 layers
+
+
+def test_running_a_finished_sweep_again_skips_every_point(sweep):
+    result, config = sweep
+    again = run_sweep(config, result.directory, progress=False)
+    assert again.ran == [] and len(again.skipped) == 4
+    assert by_point_and_step(again.records) == by_point_and_step(result.records)
+
+
+def test_a_directory_from_another_config_is_refused(sweep):
+    result, config = sweep
+    other = config.model_copy(update={"steps": 9})
+    with pytest.raises(UserInputError, match="different config .*steps"):
+        run_sweep(other, result.directory, progress=False)
+
+
+def test_a_failing_point_is_recorded_and_the_sweep_goes_on(llama_dir, eval_files, tmp_path, monkeypatch):
+    import forgetscope.sweep.run as run_module
+
+    real = run_module.run_point
+
+    def flaky(config, point, *args, **kwargs):
+        if point.rank == 4:
+            raise RuntimeError("simulated out-of-memory")
+        return real(config, point, *args, **kwargs)
+
+    config = parse_config(tiny_sweep_config(llama_dir, eval_files, grid={"rank": [1, 4, 2], "target_modules": [["q_proj"]]}))
+    monkeypatch.setattr(run_module, "run_point", flaky)
+    result = run_sweep(config, tmp_path / "s", progress=False)
+    failed_id = next(p.point_id for p in result.points if p.rank == 4)
+    assert set(result.failed) == {failed_id} and "simulated out-of-memory" in result.failed[failed_id]
+    assert {r["rank"] for r in result.records} == {1, 2}  # the points after the failure ran
+
+    assert run_sweep(config, tmp_path / "s", progress=False).ran == []  # failed points wait for --retry-failed
+    monkeypatch.setattr(run_module, "run_point", real)
+    retried = run_sweep(config, tmp_path / "s", retry_failed=True, progress=False)
+    assert retried.ran == [failed_id] and retried.failed == {}
+    assert {r["rank"] for r in retried.records} == {1, 2, 4}
+
+
+def test_a_diverging_point_fails_with_non_finite_loss(llama_dir, eval_files, tmp_path):
+    config = parse_config(tiny_sweep_config(llama_dir, eval_files, grid={"rank": [4], "learning_rate": [1e30]}))
+    result = run_sweep(config, tmp_path / "s", progress=False)
+    assert list(result.failed.values())[0].startswith("NonFiniteLoss")
+    assert result.records == []  # a failed point leaves no records behind
+
+
+def test_reopening_drops_records_of_unfinished_points_and_a_torn_last_line(tmp_path):
+    config = {"name": "x"}
+    with SweepStore(tmp_path / "s", config) as store:
+        store.append({"point_id": "done", "step": 0})
+        store.mark("done", "finished", {})
+        store.append({"point_id": "killed", "step": 0})
+    with open(tmp_path / "s" / "records.jsonl", "a") as f:
+        f.write('{"point_id": "killed", "st')  # SIGKILL mid-write
+    assert [r["point_id"] for r in read_records(tmp_path / "s" / "records.jsonl")] == ["done", "killed"]
+    with SweepStore(tmp_path / "s", config) as store:
+        assert store.records() == [{"point_id": "done", "step": 0}]
+    assert (tmp_path / "s" / "records.jsonl").read_text() == '{"point_id": "done", "step": 0}\n'
+
+
+def test_a_non_empty_directory_without_a_sweep_is_refused(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(UserInputError, match="not empty"):
+        SweepStore(tmp_path, {"name": "x"})
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda c: c.update(unknown_knob=3), "`unknown_knob`: unknown field"),
+        (lambda c: c.update(steps="many"), "`steps`: Input should be a valid integer"),
+        (lambda c: c["grid"].update(rank=[]), "`grid.rank`: empty list"),
+        (lambda c: c["grid"].update(rank=[0, 4]), "`grid.rank`: LoRA rank must be at least 1"),
+        (lambda c: c["grid"].update(target_modules=[["no_such_proj"]]), "match nothing"),
+        (lambda c: c.update(finetune_data={}), "`finetune_data`: give exactly one of `files` or `embedded`"),
+        (lambda c: c.update(eval_data=[{"embedded": "klingon"}]), "`eval_data.0.embedded`"),
+        (lambda c: c.update(eval_tokens=8), "smaller than one sequence"),
+    ],
+)
+def test_bad_configs_are_one_line_errors_with_exit_2(edit, fragment, llama_dir, eval_files, tmp_path, capsys):
+    config = tiny_sweep_config(llama_dir, eval_files)
+    edit(config)
+    path = write_config(tmp_path / "bad.yaml", config)
+    code, _, err = run_cli(["sweep", path, "--out", tmp_path / "out"], capsys)
+    assert_user_error(code, err, fragment)
+    assert not (tmp_path / "out" / "records.jsonl").exists() or not (tmp_path / "out" / "records.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("grid: [unclosed", "not valid YAML"), ("- just\n- a list\n", "expected a mapping")],
+)
+def test_malformed_yaml_is_a_one_line_error(text, fragment, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code, _, err = run_cli(["sweep", path], capsys)
+    assert_user_error(code, err, fragment)
+
+
+def test_a_missing_config_file_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = run_cli(["sweep", tmp_path / "nope.yaml"], capsys)
+    assert_user_error(code, err, "sweep config not found")
+
+
+def test_the_sweep_command_prints_a_summary(llama_dir, eval_files, tmp_path, capsys):
+    config = tiny_sweep_config(llama_dir, eval_files, grid={"rank": [2], "target_modules": [["q_proj"]]})
+    code, out, err = run_cli(["sweep", write_config(tmp_path / "c.yaml", config), "--out", tmp_path / "s"], capsys)
+    assert code == 0, err
+    assert "q_proj" in out and "rsLoRA" in out and "1 points run" in out
+    summary = json.loads((tmp_path / "s" / "points" / f"{expand(parse_config(config).grid)[0].point_id}.json").read_text())
+    assert summary["status"] == "finished" and summary["records"] == 4
+
+
+def test_the_ray_executor_gives_the_same_records_as_local(sweep, tmp_path):
+    ray = pytest.importorskip("ray")
+    result, config = sweep
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        on_ray = run_sweep(config, tmp_path / "ray", executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert on_ray.failed == {}
+    assert by_point_and_step(on_ray.records) == by_point_and_step(result.records)
