@@ -10,7 +10,7 @@ own Trainer or TRL scripts.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,13 +136,14 @@ def finetune(
     out_dir: str | Path | None = None,
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
+    callbacks: Sequence = (),
 ) -> list[dict]:
     """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
 
     `train_blocks` are `[n, seq_len]` ids of the fine-tuning text, `ft_eval_blocks` held-out
     ids of the same domain, `eval_blocks` the `{domain: ids}` that forgetting is measured on.
     With `out_dir`, the adapter is saved to `out_dir/adapter` and the records to
-    `out_dir/records.jsonl`.
+    `out_dir/records.jsonl`. `callbacks` are extra `TrainerCallback`s (e.g. a progress display).
     """
     import tempfile
 
@@ -194,6 +195,8 @@ def finetune(
     trainer.remove_callback(PrinterCallback)
     if progress:
         trainer.add_callback(_quiet_progress_callback())
+    for extra in callbacks:
+        trainer.add_callback(extra)
     callback = ForgettingCallback(
         trainer,
         eval_blocks,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +78,7 @@ def prepare(config: SweepConfig, progress: bool = True) -> SweepInputs:
 
 def run_point(
     config: SweepConfig, point: Point, inputs: SweepInputs, on_record: Callable[[dict], None] | None = None,
-    progress: bool = False,
+    callbacks: Sequence = (),
 ) -> list[dict]:
     """Fine-tune one point; every record carries the point's labels. Raises on failure."""
     from forgetscope.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
@@ -105,7 +105,7 @@ def run_point(
 
         return finetune(
             model, load_tokenizer(inputs.tokenizer_path), point.lora(), settings, inputs.train_blocks, inputs.eval_blocks,
-            inputs.ft_eval_blocks, on_record=labelled, progress=progress,
+            inputs.ft_eval_blocks, on_record=labelled, progress=False, callbacks=callbacks,
         )
     finally:
         torch.set_num_threads(threads)
@@ -115,10 +115,10 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-def _run_local(config, points, inputs, store: SweepStore, advance, progress: bool) -> None:
+def _run_local(config, points, inputs, store: SweepStore, bar: _SweepProgress) -> None:
     for point in points:
         try:
-            records = run_point(config, point, inputs, on_record=store.append, progress=progress)
+            records = run_point(config, point, inputs, on_record=store.append, callbacks=[bar.step_callback(point)])
             store.mark(point.point_id, "finished", point.labels(), records=len(records))
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -127,7 +127,7 @@ def _run_local(config, points, inputs, store: SweepStore, advance, progress: boo
         except Exception as exc:  # noqa: BLE001 - a failing point must not stop the sweep
             store.forget_point(point.point_id)
             store.mark(point.point_id, "failed", point.labels(), error=_error_text(exc), traceback=traceback.format_exc())
-        advance(point)
+        bar.point_done()
 
 
 def _ray_point(config_data: dict, point: Point, inputs: SweepInputs) -> tuple[list[dict] | None, str | None]:
@@ -138,7 +138,7 @@ def _ray_point(config_data: dict, point: Point, inputs: SweepInputs) -> tuple[li
         return None, _error_text(exc)
 
 
-def _run_ray(config, points, inputs, store: SweepStore, advance, address: str | None) -> None:
+def _run_ray(config, points, inputs, store: SweepStore, bar: _SweepProgress, address: str | None) -> None:
     try:
         import ray
     except ImportError:
@@ -162,7 +162,7 @@ def _run_ray(config, points, inputs, store: SweepStore, advance, address: str | 
                 store.mark(point.point_id, "finished", point.labels(), records=len(records))
             else:
                 store.mark(point.point_id, "failed", point.labels(), error=error)
-            advance(point)
+            bar.point_done()
     finally:
         if started_here:
             ray.shutdown()
@@ -204,11 +204,11 @@ def run_sweep(
         if todo:
             inputs = prepare(config, progress)
             _check_modules(config, todo, inputs)
-            with _overall_bar(len(points), len(skipped), progress) as advance:
+            with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:
                 if executor == "local":
-                    _run_local(config, todo, inputs, store, advance, progress)
+                    _run_local(config, todo, inputs, store, bar)
                 else:
-                    _run_ray(config, todo, inputs, store, advance, address)
+                    _run_ray(config, todo, inputs, store, bar, address)
         return SweepResult(Path(out), points, [p.point_id for p in todo], skipped, store.failed(), store.records())
 
 
@@ -239,19 +239,37 @@ def _check_modules(config: SweepConfig, points: list[Point], inputs: SweepInputs
             ) from None
 
 
-class _overall_bar:
-    """A rich bar over the sweep's points; yields `advance(point)`."""
+class _SweepProgress:
+    """Two rich bars: the sweep's points, and the steps of the point running here (local executor)."""
 
-    def __init__(self, total: int, completed: int, enabled: bool):
-        from rich.progress import Progress
+    def __init__(self, total_points: int, done_points: int, steps: int, enabled: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._progress = Progress(transient=False, disable=not enabled)
-        self._total, self._completed = total, completed
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
+        )
+        self._points = self._progress.add_task("sweep points", total=total_points, completed=done_points)
+        self._steps = self._progress.add_task("steps", total=steps, visible=False)
 
-    def __enter__(self):
+    def __enter__(self) -> _SweepProgress:
         self._progress.__enter__()
-        task = self._progress.add_task("sweep points", total=self._total, completed=self._completed)
-        return lambda point: self._progress.advance(task)
+        return self
 
     def __exit__(self, *exc):
         return self._progress.__exit__(*exc)
+
+    def point_done(self) -> None:
+        self._progress.advance(self._points)
+
+    def step_callback(self, point: Point):
+        """A `TrainerCallback` that moves the steps bar through one point's fine-tune."""
+        from transformers import TrainerCallback
+
+        progress, task = self._progress, self._steps
+        progress.reset(task, description=f"  {point.point_id}", visible=True)
+
+        class StepProgress(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                progress.update(task, completed=state.global_step)
+
+        return StepProgress()

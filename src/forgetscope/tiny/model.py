@@ -164,6 +164,9 @@ def ensure_tiny_base(config: TinyConfig = TinyConfig(), cache_dir: Path | None =
     target = root / f"tiny-llama-{config.key()}"
     if (target / "tiny_metrics.json").is_file():
         return target
+    for stale in root.glob(f".tmp-{config.key()}-*"):  # left by a pretraining that was killed
+        if not _process_alive(int(stale.name.rsplit("-", 1)[1])):
+            shutil.rmtree(stale, ignore_errors=True)
     scratch = root / f".tmp-{config.key()}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -174,6 +177,16 @@ def ensure_tiny_base(config: TinyConfig = TinyConfig(), cache_dir: Path | None =
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def tiny_metrics(model_dir: Path) -> dict:
