@@ -141,7 +141,7 @@ def train(
     eval_points: Annotated[int, typer.Option(help="Log-spaced forgetting measurements, step 0 included.")] = 8,
     eval_tokens: Annotated[int, typer.Option(help="Eval token budget per domain.")] = 16384,
     seed: Annotated[int, typer.Option(help="Seed for adapter init and data order.")] = 0,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16 weights.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, or bfloat16 for mixed-precision (autocast) training.")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
     report_to: Annotated[str, typer.Option(help="Trainer integrations, comma-separated (tensorboard, wandb, mlflow) or none.")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,

@@ -167,7 +167,7 @@ def measure_forgetting(
         m.eval()
     device = _device_of(finetuned)
     total_batches = sum((len(b) + batch_size - 1) // batch_size for b in blocks.values())
-    bar = _progress_bar(total_batches) if progress else nullcontext()
+    bar = _ProgressBar(total_batches) if progress else nullcontext()
     try:
         domains, sequences, all_sums, all_tokens = {}, [], {k: [] for k in METRIC_KEYS}, []
         with bar as advance:
@@ -199,7 +199,7 @@ def measure_forgetting(
     return ForgettingResult(overall=overall, domains=domains, sequences=sequences)
 
 
-class _progress_bar:
+class _ProgressBar:
     """A rich progress bar over eval batches; yields a callable that advances it."""
 
     def __init__(self, total: int):

@@ -47,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _check_location(name: str, what: str) -> None:
+def check_location(name: str, what: str) -> None:
     """A name that looks like a path must exist; anything else is left to the hub loader."""
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
     if looks_local and not Path(name).expanduser().is_dir():
@@ -58,7 +58,7 @@ def load_tokenizer(name: str):
     """The tokenizer of a model directory or hub id."""
     from transformers import AutoTokenizer
 
-    _check_location(name, "tokenizer")
+    check_location(name, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
@@ -69,7 +69,7 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     """A `transformers` causal LM in eval mode; a model of another kind is a `UserInputError`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    _check_location(name, "model")
+    check_location(name, "model")
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:

@@ -51,15 +51,19 @@ def _documents(source: DataSource, split: str) -> dict[str, list[str]]:
     return read_domains(source.files, source.text_column)
 
 
-def prepare(config: SweepConfig, progress: bool = True) -> SweepInputs:
-    """Resolve the base model (pretraining the tiny default if needed) and tokenize the data once."""
+def resolve_base(config: SweepConfig, progress: bool = True) -> str:
+    """The base model's directory or hub id; `tiny` is pretrained here first if not cached."""
+    if config.base_model != "tiny":
+        return config.base_model
+    from forgetscope.tiny.model import ensure_tiny_base
+
+    return str(ensure_tiny_base(progress=progress))
+
+
+def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
+    """Tokenize the fine-tuning and eval data once, for every point."""
     from forgetscope.models import load_tokenizer
 
-    base_path = config.base_model
-    if base_path == "tiny":
-        from forgetscope.tiny.model import ensure_tiny_base
-
-        base_path = str(ensure_tiny_base(progress=progress))
     tokenizer_path = config.tokenizer or base_path
     tokenizer = load_tokenizer(tokenizer_path)
     budget = config.steps * config.batch_size * config.seq_len + config.ft_eval_tokens  # one pass
@@ -193,6 +197,8 @@ def run_sweep(
     if address is not None and executor != "ray":
         raise UserInputError("--address joins a Ray cluster: use it with --executor ray")
     points = expand(config.grid)
+    base_path = resolve_base(config, progress)
+    _check_modules(config, points, base_path)  # a config error must not leave a sweep directory behind
     with SweepStore(out, config.canonical()) as store:
         done, failed = store.finished(), store.failed()
         if retry_failed:
@@ -202,8 +208,7 @@ def run_sweep(
         todo = [p for p in points if p.point_id not in done and p.point_id not in failed]
         skipped = [p.point_id for p in points if p not in todo]
         if todo:
-            inputs = prepare(config, progress)
-            _check_modules(config, todo, inputs)
+            inputs = prepare(config, base_path)
             with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:
                 if executor == "local":
                     _run_local(config, todo, inputs, store, bar)
@@ -212,7 +217,7 @@ def run_sweep(
         return SweepResult(Path(out), points, [p.point_id for p in todo], skipped, store.failed(), store.records())
 
 
-def _check_modules(config: SweepConfig, points: list[Point], inputs: SweepInputs) -> None:
+def _check_modules(config: SweepConfig, points: list[Point], base_path: str) -> None:
     """Catch a module name that matches nothing before any point runs, as a config error.
 
     PEFT is asked on a weightless copy of the model (meta device), so this costs nothing
@@ -221,7 +226,13 @@ def _check_modules(config: SweepConfig, points: list[Point], inputs: SweepInputs
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_config = AutoConfig.from_pretrained(inputs.base_path)
+    from forgetscope.models import check_location
+
+    check_location(base_path, "base model")
+    try:
+        model_config = AutoConfig.from_pretrained(base_path)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot load a model config from {base_path}: {str(exc).splitlines()[0]}") from None
     checked = set()
     for point in points:
         key = (str(point.target_modules), str(point.layers))
