@@ -228,6 +228,98 @@ def sweep(
     print_sweep_summary(result)
 
 
+def print_fit_tables(fits: dict) -> None:
+    """The selected law of each target with intervals, and every form's held-out error."""
+    for target in ("forgetting_ce", "kl", "ft_loss"):
+        entry = fits[target]
+        table = Table(title=f"{target}: {entry['form']} law, shift {entry['shift']} "
+                            f"(R^2 {entry['r2']:.3f} in log space, held-out MAPE {entry['heldout_mape']:.2%})")
+        table.add_column("parameter")
+        table.add_column("value", justify="right")
+        table.add_column("95% interval", justify="right")
+        for name, value in entry["params"].items():
+            ci = entry["ci"].get(name)
+            table.add_row(name, f"{value:.4g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+        console.print(table)
+        forms = Table(title=f"{target}: candidate forms, fitted without the largest P and the latest steps")
+        for column in ("form", "held-out MAPE", "held-out log RMSE", "R^2 (all data)"):
+            forms.add_column(column, justify="left" if column == "form" else "right")
+        for label, values in entry["forms"].items():
+            forms.add_row(label + (" *" if label.split("/")[0] == entry["form"] and
+                                   (entry["shift"] in label or "/" not in label) else ""),
+                          f"{values['heldout_mape']:.2%}", f"{values['heldout_log_rmse']:.4f}", f"{values['r2']:.3f}")
+        console.print(forms)
+    line = fits["linear"]
+    console.print(f"L_f = {line['intercept']:.4f} + {line['slope']:.4f} * ft_loss   (R^2 {line['r2']:.3f}, n {line['n']})")
+    domains = fits.get("domains") or {}
+    if domains:
+        console.print(
+            f"most forgotten domain: {domains['most_hurt']}; closest to the fine-tuning data "
+            f"(own loss improved most): {domains['closest_to_finetuning']}"
+        )
+
+
+@app.command()
+def fit(
+    directory: Annotated[Path, typer.Argument(help="Sweep directory (its records.jsonl is all that is read).")],
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of whole runs for the intervals.")] = 1000,
+    holdout: Annotated[float, typer.Option(help="Fraction of each run's last steps held out for validation.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print fits.json instead of tables.")] = False,
+) -> None:
+    """Fit the scaling laws of forgetting on a sweep; writes DIR/fits.json."""
+    from forgetscope.laws.sweep_fit import fit_sweep, public
+
+    if bootstrap < 0 or not 0 < holdout < 1:
+        raise UserInputError("--bootstrap must be >= 0 and --holdout in (0, 1)")
+    fits = public(fit_sweep(directory, bootstrap, seed, holdout))
+    if as_json:
+        print(json.dumps(fits))
+    else:
+        print_fit_tables(fits)
+        console.print(f"fits: {directory / 'fits.json'}")
+
+
+@app.command()
+def predict(
+    directory: Annotated[Path, typer.Argument(help="Sweep directory with fits.json (run `forgetscope fit` first).")],
+    params: Annotated[float, typer.Option(help="Trainable non-embedding parameters P of the planned fine-tune.")],
+    steps: Annotated[Optional[float], typer.Option(help="Planned update steps N.")] = None,
+    budget: Annotated[Optional[float], typer.Option(help="Forgetting budget (KL, nats/token): the largest N within it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Forecast forgetting for a configuration not yet run, or the steps a forgetting budget allows."""
+    from forgetscope.laws.sweep_fit import budget_steps, load_fits
+    from forgetscope.laws.sweep_fit import predict as forecast
+
+    if (steps is None) == (budget is None):
+        raise UserInputError("give exactly one of --steps (forecast forgetting) or --budget (forecast steps)")
+    fits = load_fits(directory)
+    if steps is not None:
+        out = {t: forecast(fits, t, params, steps) for t in ("forgetting_ce", "kl", "ft_loss")}
+        if not as_json:
+            for t, f in out.items():
+                console.print(f"{t:>14} at P={params:,.0f}, N={steps:,.0f}: {f['value']:.4f}  [{f['low']:.4f}, {f['high']:.4f}]")
+    else:
+        out = budget_steps(fits, params, budget)
+        if not as_json:
+            console.print(f"KL stays within {budget} for about {out['steps']:,.0f} steps at P={params:,.0f} "
+                          f"(95% interval {out['low']:,.0f} to {out['high']:,.0f})")
+    if as_json:
+        print(json.dumps(out))
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="Sweep directory.")],
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the bands and intervals.")] = 1000,
+) -> None:
+    """Fit the laws and write DIR/report.html (self-contained) and its PNG plots."""
+    from forgetscope.report import write_report
+
+    console.print(f"report: {write_report(directory, bootstrap)}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where to write the demo's sweep (resumed if it is there).")] = Path("forgetscope-demo"),

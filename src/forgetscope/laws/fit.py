@@ -1,0 +1,182 @@
+"""Fitting laws the way the scaling-law field does: log-space residuals, a Huber loss summed
+over points, L-BFGS-B from a grid of starting points, bootstrap over whole runs, and
+validation by extrapolation to the largest `P` and the latest `N`."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+from forgetscope.errors import UserInputError
+from forgetscope.laws.forms import Form
+
+HUBER_DELTA = 1e-3
+
+
+@dataclass
+class Fit:
+    """A fitted law: its form, the fixed shift (or None when E was fitted) and the parameters."""
+
+    form: Form
+    shift: float | None
+    theta: np.ndarray
+    loss: float
+    converged: bool
+
+    def predict(self, P, N, theta: np.ndarray | None = None) -> np.ndarray:
+        P, N = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float))
+        y, _ = self.form.value_and_grad(self.theta if theta is None else theta, P.ravel(), N.ravel(), self.shift)
+        return y.reshape(y.shape[:-1] + P.shape)
+
+    @property
+    def params(self) -> dict[str, float]:
+        return self.form.report(self.theta, self.shift)
+
+
+def _objective(theta, form: Form, P, N, log_y, shift, delta):
+    pred, grad = form.value_and_grad(theta, P, N, shift)
+    pred = np.maximum(pred, 1e-300)
+    r = np.log(pred) - log_y
+    huber = np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
+    slope = np.clip(r, -delta, delta)
+    return float(huber.sum()), (slope / pred) @ grad
+
+
+def _bounds(form: Form, shift: float | None, y: np.ndarray) -> list[tuple[float, float]]:
+    exponent = (-2.0, 3.0) if form.increasing else (0.0, 3.0)
+    inner = [(-40.0, 40.0), exponent, (0.0, 3.0)] if form.name.startswith("mult") else [(-40.0, 40.0), exponent, (-40.0, 40.0), (0.0, 3.0)]
+    return inner if shift is not None else [(0.0, float(np.min(y)) * (1 - 1e-9)), *inner]
+
+
+def _starts(form: Form, shift: float | None, y: np.ndarray) -> list[np.ndarray]:
+    level = np.log(max(float(np.median(y) - (shift or 0.0)), 1e-12))
+    alphas = (0.05, 0.5) if form.increasing else (0.1, 0.5)
+    betas = (0.1, 0.5, 1.0)
+    shifts = [None] if shift is not None else [0.0, 0.5 * float(np.min(y)), 0.95 * float(np.min(y))]
+    starts = []
+    for e, a, b, scale in itertools.product(shifts, alphas, betas, (-3.0, 0.0)):
+        inner = [level + scale, a, b] if form.name.startswith("mult") else [level + scale, a, level + scale, b]
+        starts.append(np.array(inner if e is None else [e, *inner], dtype=float))
+    return starts
+
+
+def fit_law(
+    form: Form, P, N, y, shift: float | None = None, starts: list[np.ndarray] | None = None,
+    delta: float = HUBER_DELTA, n_optimized: int = 4,
+) -> Fit:
+    """Fit `form` to `(P, N, y)`: score a grid of starting points, run L-BFGS-B from the
+    `n_optimized` best, keep the best converged result."""
+    P, N, y = (np.asarray(v, dtype=float) for v in (P, N, y))
+    log_y = np.log(y)
+    bounds = _bounds(form, shift, y)
+    low, high = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+    starts = [np.clip(s, low, high) for s in (starts if starts is not None else _starts(form, shift, y))]
+    if len(starts) > n_optimized:
+        scores = [_objective(s, form, P, N, log_y, shift, delta)[0] for s in starts]
+        starts = [starts[i] for i in np.argsort(scores)[:n_optimized]]
+    results = [
+        minimize(_objective, start, args=(form, P, N, log_y, shift, delta), jac=True, method="L-BFGS-B", bounds=bounds)
+        for start in starts
+    ]
+    # L-BFGS-B stalls where the Huber loss is linear (residuals beyond delta): polish each
+    # result with IRLS steps, which only ever lower the objective.
+    theta, value = refine(form, shift, P, N, y, np.array([res.x for res in results]), np.ones((len(results), len(y))), delta=delta)
+    best = int(np.argmin(value))
+    return Fit(form, shift, theta[best], float(value[best]), any(res.success for res in results))
+
+
+def log_metrics(y, pred) -> dict[str, float]:
+    """R^2 and RMSE in log space, and the mean absolute percentage error."""
+    log_y, log_p = np.log(y), np.log(np.maximum(pred, 1e-300))
+    ss_res = float(np.sum((log_y - log_p) ** 2))
+    ss_tot = float(np.sum((log_y - log_y.mean()) ** 2))
+    return {
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+        "log_rmse": float(np.sqrt(ss_res / len(y))),
+        "mape": float(np.mean(np.abs(pred - y) / y)),
+    }
+
+
+def check_enough_data(P, N, n_params: int, what: str) -> None:
+    """Too few points, a single P or a single N cannot pin a law down: say so."""
+    P, N = np.asarray(P), np.asarray(N)
+    if len(np.unique(P)) < 2:
+        raise UserInputError(f"cannot fit {what}: every run has the same number of trainable parameters P (need at least 2 values)")
+    if len(np.unique(N)) < 2:
+        raise UserInputError(f"cannot fit {what}: all measurements are at one step N (need at least 2 steps after step 0)")
+    if len(P) < n_params + 2:
+        raise UserInputError(f"cannot fit {what}: {len(P)} measurements for {n_params} parameters (need at least {n_params + 2})")
+
+
+def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights: np.ndarray,
+           iterations: int = 60, delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise a batch of weighted Huber objectives at once from `theta` `(B, k)`.
+
+    Batched, damped Gauss-Newton: IRLS weights for the Huber loss, Levenberg-Marquardt
+    steps, bounds by projection; a step is kept only if it lowers that batch member's
+    objective, so the result is never worse than the start. Written here because no
+    library batches many small robust fits; the tests check it against L-BFGS-B.
+    Returns `(theta, objective)`.
+    """
+    P, N, y = (np.asarray(v, dtype=float) for v in (P, N, y))
+    log_y = np.log(y)
+    bounds = np.array(_bounds(form, shift, y))
+    theta = np.clip(np.array(theta, dtype=float), bounds[:, 0], bounds[:, 1])
+
+    def objective(th):
+        pred, grad = form.value_and_grad(th, P, N, shift)
+        pred = np.maximum(pred, 1e-300)
+        r = np.log(pred) - log_y
+        huber = np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
+        return (weights * huber).sum(axis=1), r, grad / pred[..., None]
+
+    value, r, jac = objective(theta)
+    damping = np.full(len(theta), 1e-3)
+    eye = np.eye(theta.shape[1])
+    for _ in range(iterations):
+        irls = weights * np.where(np.abs(r) <= delta, 1.0, delta / np.maximum(np.abs(r), 1e-300))
+        hess = np.einsum("bn,bni,bnj->bij", irls, jac, jac)
+        grad = np.einsum("bn,bni->bi", weights * np.clip(r, -delta, delta), jac)
+        scale = np.maximum(np.einsum("bii->bi", hess), 1e-12)
+        step = np.linalg.solve(hess + (damping[:, None] * scale)[..., None] * eye, -grad[..., None])[..., 0]
+        trial = np.clip(theta + step, bounds[:, 0], bounds[:, 1])
+        trial_value, trial_r, trial_jac = objective(trial)
+        better = trial_value < value
+        theta[better], value[better], r[better], jac[better] = trial[better], trial_value[better], trial_r[better], trial_jac[better]
+        damping = np.clip(np.where(better, damping / 3, damping * 4), 1e-6, 1e10)  # floor: a one-P resample is singular
+        if np.all(np.abs(step) < 1e-10):
+            break
+    return theta, value
+
+
+def bootstrap(fit: Fit, groups: np.ndarray, P, N, y, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Parameter vectors refitted on `n_resamples` resamples of whole runs (`groups`).
+
+    Steps of one run are correlated, so runs, not single measurements, are resampled. A
+    resample is a vector of run counts, i.e. per-row weights of the same Huber objective,
+    so all resamples are refitted at once by `refine`, warm-started at `fit`.
+    """
+    ids, row_group = np.unique(np.asarray(groups), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_resamples).astype(float)
+    start = np.repeat(fit.theta[None], n_resamples, axis=0)
+    return refine(fit.form, fit.shift, P, N, y, start, counts[:, row_group])[0]
+
+
+def holdout_mask(P, N, groups, last_fraction: float = 0.25) -> np.ndarray:
+    """True for what validation holds out: every run with the largest `P`, and the last
+    `last_fraction` of the steps of every run. With fewer than 3 distinct `P`, only steps."""
+    P, N, groups = (np.asarray(v) for v in (P, N, groups))
+    held = np.zeros(len(P), dtype=bool)
+    if len(np.unique(P)) >= 3:
+        held |= P == P.max()
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        steps = np.unique(N[rows])
+        n_late = max(1, int(np.ceil(last_fraction * len(steps))))
+        if len(steps) > n_late + 1:
+            held[rows] |= N[rows] >= steps[-n_late]
+    return held

@@ -1,0 +1,177 @@
+"""The laws: synthetic data with known parameters is fitted back, intervals cover the truth at
+about their nominal rate, too little data is refused, and fit / predict / report run on a
+real sweep directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cli_helpers import assert_user_error, run_cli
+from forgetscope.errors import UserInputError
+from forgetscope.laws.fit import HUBER_DELTA, _objective, bootstrap, check_enough_data, fit_law, holdout_mask
+from forgetscope.laws.forms import FORMS
+from forgetscope.sweep.config import parse_config
+from forgetscope.sweep.run import run_sweep
+from sweep_helpers import tiny_sweep_config
+
+# (form, fixed shift or None, true theta as fitted: log-amplitudes, exponents)
+CASES = {
+    "mult": (0.0, [np.log(1e-4), 0.3, 0.8]),
+    "add": (None, [0.2, np.log(0.05), 0.3, np.log(0.1), 0.5]),
+    "mult_dec": (None, [1.0, np.log(20.0), 0.2, 0.3]),
+    "add_dec": (None, [0.5, np.log(30.0), 0.25, np.log(10.0), 0.4]),
+}
+
+
+def design(runs_per_p: int = 1, n_p: int = 8, n_n: int = 15):
+    Ps, Ns = np.geomspace(1e3, 1e7, n_p), np.geomspace(1, 3000, n_n)
+    P = np.repeat(np.repeat(Ps, runs_per_p), n_n)
+    N = np.tile(Ns, n_p * runs_per_p)
+    runs = np.repeat(np.arange(n_p * runs_per_p), n_n)
+    return P, N, runs
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_form_recovers_its_exponents_within_5_percent_from_3_percent_noise(name):
+    shift, true = CASES[name]
+    form = FORMS[name]
+    P, N, _ = design()
+    y = form.value_and_grad(np.array(true), P, N, shift)[0] * np.exp(np.random.default_rng(0).normal(0, 0.03, len(P)))
+    fit = fit_law(form, P, N, y, shift)
+    truth = form.report(np.array(true), shift)
+    for exponent in ("alpha", "beta"):
+        assert fit.params[exponent] == pytest.approx(truth[exponent], rel=0.05), exponent
+
+
+def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
+    form, shift, true = FORMS["mult"], 0.0, np.array([np.log(1e-4), 0.3, 0.8])
+    P, N, runs = design(runs_per_p=3, n_p=6, n_n=8)
+    clean = form.value_and_grad(true, P, N, shift)[0]
+    hits, draws = np.zeros(3), 30
+    for draw in range(draws):
+        y = clean * np.exp(np.random.default_rng(100 + draw).normal(0, 0.03, len(P)))
+        fit = fit_law(form, P, N, y, shift, n_optimized=1)
+        low, high = np.percentile(bootstrap(fit, runs, P, N, y, 300, seed=draw), [2.5, 97.5], axis=0)
+        hits += (low <= true) & (true <= high)
+    coverage = hits / draws
+    assert np.all(coverage >= 0.8) and np.all(coverage <= 1.0), coverage
+
+
+def test_the_batched_bootstrap_finds_what_lbfgsb_finds_on_the_same_resample():
+    form, shift, true = FORMS["mult"], 0.0, np.array([np.log(1e-4), 0.3, 0.8])
+    P, N, runs = design(n_p=5, n_n=10)
+    y = form.value_and_grad(true, P, N, shift)[0] * np.exp(np.random.default_rng(3).normal(0, 0.03, len(P)))
+    fit = fit_law(form, P, N, y, shift)
+    samples = bootstrap(fit, runs, P, N, y, 6, seed=11)
+    counts = np.random.default_rng(11).multinomial(5, np.full(5, 0.2), size=6)
+    for count, theta in zip(counts, samples):
+        rows = np.concatenate([np.flatnonzero(runs == r) for r in range(5) for _ in range(int(count[r]))])
+        if len(np.unique(P[rows])) < 2:
+            continue
+        reference = fit_law(form, P[rows], N[rows], y[rows], shift, starts=[fit.theta])
+        batched_loss = _objective(theta, form, P[rows], N[rows], np.log(y[rows]), shift, HUBER_DELTA)[0]
+        assert batched_loss <= reference.loss * (1 + 1e-4)  # as good a minimum of the same objective
+        np.testing.assert_allclose(theta, reference.theta, atol=1e-2)
+
+
+def test_step_zero_informs_only_the_shift():
+    form = FORMS["mult"]
+    P, N = np.array([1e3, 1e3, 1e4]), np.array([0.0, 10.0, 10.0])
+    y, grad = form.value_and_grad(np.array([4.0, np.log(0.01), 0.3, 0.5]), P, N, None)
+    assert y[0] == 4.0 and np.all(grad[0, 1:] == 0) and grad[0, 0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("P", "N", "message"),
+    [
+        ([1e3] * 6, [1, 2, 3, 4, 5, 6], "same number of trainable parameters"),
+        ([1e3, 1e4, 1e5, 1e3, 1e4, 1e5], [5] * 6, "one step"),
+        ([1e3, 1e4, 1e5], [1, 2, 3], "3 measurements for 3 parameters"),
+    ],
+)
+def test_too_little_data_is_refused_with_a_clear_error(P, N, message):
+    with pytest.raises(UserInputError, match=message):
+        check_enough_data(np.array(P), np.array(N), 3, "kl")
+
+
+def test_validation_holds_out_the_largest_p_and_the_latest_steps():
+    P, N, runs = design(n_p=4, n_n=8)
+    held = holdout_mask(P, N, runs, last_fraction=0.25)
+    assert held[P == P.max()].all()
+    assert held[(P < P.max()) & (N >= np.unique(N)[-2])].all()
+    assert not held[(P < P.max()) & (N < np.unique(N)[-2])].any()
+
+
+# -- on a real sweep directory ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(llama_dir, eval_files, tmp_path_factory):
+    config = tiny_sweep_config(llama_dir, eval_files, steps=16, eval_points=6,
+                               grid={"rank": [1, 4, 16], "target_modules": [["q_proj"], "all-linear"], "learning_rate": [0.01]})
+    out = tmp_path_factory.mktemp("laws") / "sweep"
+    run_sweep(parse_config(config), out, progress=False)
+    return out
+
+
+def test_fit_writes_fits_json_with_the_contract_keys(sweep_dir, capsys):
+    code, out, err = run_cli(["fit", sweep_dir, "--bootstrap", 100, "--json"], capsys)
+    assert code == 0, err
+    fits = json.loads(out)
+    assert fits == json.loads((sweep_dir / "fits.json").read_text())
+    for target in ("forgetting_ce", "kl", "ft_loss"):
+        entry = fits[target]
+        assert {"form", "params", "ci", "heldout_mape", "r2", "forms"} <= set(entry)
+        if entry["form"] in ("mult", "mult_dec"):
+            assert set(entry["params"]) == {"E", "A", "alpha", "beta"}
+        for name, (low, high) in entry["ci"].items():
+            assert low <= entry["params"][name] <= high or np.isclose(low, high), name
+        assert all(np.isfinite(v["heldout_mape"]) for v in entry["forms"].values())
+    assert set(fits["forgetting_ce"]["forms"]) == {"mult/fixed", "mult/free", "add/fixed", "add/free"}
+    assert fits["kl"]["params"]["E"] == 0.0
+    assert {"slope", "intercept", "r2"} <= set(fits["linear"])
+
+
+def test_predict_forecasts_with_an_interval_and_answers_a_budget(sweep_dir, capsys):
+    run_cli(["fit", sweep_dir, "--bootstrap", 100], capsys)
+    code, out, err = run_cli(["predict", sweep_dir, "--params", 5000, "--steps", 32, "--json"], capsys)
+    assert code == 0, err
+    kl = json.loads(out)["kl"]
+    assert kl["low"] <= kl["value"] <= kl["high"] and kl["value"] > 0
+    code, out, err = run_cli(["predict", sweep_dir, "--params", 5000, "--budget", kl["value"], "--json"], capsys)
+    assert code == 0, err
+    allowed = json.loads(out)
+    assert allowed["steps"] == pytest.approx(32, rel=1e-3)  # the budget of the forecast at 32 steps is 32 steps
+
+
+def test_the_report_is_one_html_file_with_its_plots_embedded(sweep_dir, capsys):
+    code, out, err = run_cli(["report", sweep_dir, "--bootstrap", 50], capsys)
+    assert code == 0, err
+    page = (sweep_dir / "report.html").read_text()
+    for png in ("kl_vs_steps.png", "forgetting_vs_steps.png", "forgetting_vs_ft_loss.png", "heldout.png", "residuals.png", "domains.png"):
+        assert (sweep_dir / png).stat().st_size > 5000
+    assert page.count("data:image/png;base64,") >= 6
+    assert "Fitted laws" in page and "src='http" not in page
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["fit", "/no/such/sweep"], "records.jsonl not found"),
+        (["predict", "/no/such/sweep", "--params", "10", "--steps", "5"], "fits.json not found"),
+    ],
+)
+def test_fit_and_predict_bad_input_is_one_line(args, fragment, capsys):
+    code, _, err = run_cli(args, capsys)
+    assert_user_error(code, err, fragment)
+
+
+def test_a_sweep_with_a_single_p_cannot_be_fitted(tmp_path, capsys):
+    records = [{"point_id": "a", "trainable_params": 100, "step": s, "kl": 0.01 * s, "forgetting_ce": 4 + 0.01 * s,
+                "ft_loss": 5 - 0.01 * s, "base_entropy": 4.0} for s in range(0, 6)]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, _, err = run_cli(["fit", tmp_path], capsys)
+    assert_user_error(code, err, "same number of trainable parameters")
