@@ -55,6 +55,7 @@ def test_the_demo_pretrains_sweeps_and_shows_forgetting_growing(demo):
     assert set(metrics["heldout_loss"]) == set(corpora.DOMAINS)
     assert all(0 < loss < 6.2 for loss in metrics["heldout_loss"].values())  # better than uniform over 512 tokens (6.24)
     assert json.loads((out / "demo.json").read_text())["points"] == 4
+    assert (out / "sweep" / "report.html").is_file() and (out / "sweep" / "fits.json").is_file()
 
 
 def test_the_tiny_base_is_cached_and_loadable_by_transformers(demo):

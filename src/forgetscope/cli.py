@@ -342,6 +342,15 @@ def demo(
     if steps:
         print_records_table(steps, f"Forgetting over steps, rsLoRA r={largest.rank} on all linear layers (KL to the base, nats/token)")
     print_sweep_summary(result)
+    if summary["report"]:
+        fits = json.loads((out / "sweep" / "fits.json").read_text())
+        line, kl = fits["linear"], fits["kl"]
+        params = ", ".join(f"{k} {v:.3g}" for k, v in kl["params"].items())
+        console.print(
+            f"law of KL: {kl['form']} ({params}; R^2 {kl['r2']:.3f}, held-out MAPE {kl['heldout_mape']:.1%})\n"
+            f"L_f = {line['intercept']:.3f} {line['slope']:+.3f} * ft_loss (R^2 {line['r2']:.3f})"
+        )
+        console.print(f"report: {summary['report']}")
     console.print(f"summary: {out / 'demo.json'}\ntook {summary['seconds']:.0f} s")
 
 

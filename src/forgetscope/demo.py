@@ -6,7 +6,8 @@
    attention projections only or on every linear layer (`sweep/demo.yaml`);
 3. measure forgetting on held-out scripture and docs at log-spaced steps of every run,
    next to the held-out loss on code (`ft_loss`);
-4. store it all as a sweep directory, resumable like any other.
+4. store it all as a sweep directory, resumable like any other;
+5. fit the scaling laws of forgetting and write the HTML report.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from forgetscope.report import write_report
 from forgetscope.sweep.config import SweepConfig, parse_config
 from forgetscope.sweep.run import SweepResult, run_sweep
 from forgetscope.tiny.model import TinyConfig, ensure_tiny_base, tiny_metrics
@@ -43,12 +45,14 @@ def run_demo(
     if config.base_model == "tiny":
         config.base_model = str(ensure_tiny_base(tiny, cache_dir, progress))
     result = run_sweep(config, out / "sweep", progress=progress)
+    report = write_report(out / "sweep") if not result.failed else None
     summary = {
         "base": config.base_model,
         "tiny_metrics": tiny_metrics(Path(config.base_model)),
         "sweep": str(out / "sweep"),
         "points": len(result.points),
         "failed": result.failed,
+        "report": str(report) if report else None,
         "seconds": round(time.time() - started, 1),
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,58 @@
+"""How long fitting a law takes: 200 measurements (10 runs x 20 steps), 1,000 bootstrap
+resamples of whole runs. The batched bootstrap (`forgetscope.laws.fit.bootstrap`) against
+the baseline of refitting each resample one by one (L-BFGS-B + polish, as `fit_law`), measured in the same run.
+
+    python bench/fit_bootstrap.py [--resamples 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from forgetscope.laws.fit import bootstrap, fit_law
+from forgetscope.laws.forms import FORMS
+
+CASES = {
+    "mult (kl, shift 0)": ("mult", 0.0, np.array([np.log(1e-4), 0.3, 0.8])),
+    "add (free shift)": ("add", None, np.array([0.2, np.log(0.05), 0.3, np.log(0.1), 0.5])),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resamples", type=int, default=1000)
+    args = parser.parse_args()
+    P = np.repeat(np.geomspace(1e3, 1e7, 10), 20)
+    N = np.tile(np.geomspace(1, 3000, 20), 10)
+    runs = np.repeat(np.arange(10), 20)
+    print(f"{'form':<20} {'fit (s)':>8} {'bootstrap (s)':>14} {'one-by-one (s)':>18} {'speed-up':>9} {'max |d theta|':>14}")
+    for label, (name, shift, true) in CASES.items():
+        form = FORMS[name]
+        y = form.value_and_grad(true, P, N, shift)[0] * np.exp(np.random.default_rng(0).normal(0, 0.03, len(P)))
+        started = time.perf_counter()
+        fit = fit_law(form, P, N, y, shift)
+        fit_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        batched = bootstrap(fit, runs, P, N, y, args.resamples, seed=0)
+        batched_seconds = time.perf_counter() - started
+
+        # Baseline: the same resamples, each refitted from the full fit with L-BFGS-B.
+        counts = np.random.default_rng(0).multinomial(10, np.full(10, 0.1), size=args.resamples)
+        started = time.perf_counter()
+        looped = []
+        for count in counts:
+            rows = np.concatenate([np.flatnonzero(runs == r) for r in range(10) for _ in range(int(count[r]))])
+            looped.append(fit_law(form, P[rows], N[rows], y[rows], shift, starts=[fit.theta]).theta)
+        loop_seconds = time.perf_counter() - started
+        gap = float(np.max(np.abs(np.percentile(batched, [2.5, 97.5], axis=0) - np.percentile(looped, [2.5, 97.5], axis=0))))
+        print(f"{label:<20} {fit_seconds:>8.2f} {batched_seconds:>14.2f} {loop_seconds:>18.2f} "
+              f"{loop_seconds / batched_seconds:>8.1f}x {gap:>14.4f}")
+    print(f"\n{args.resamples} resamples of 10 runs; last column: largest difference of the 95% interval ends.")
+
+
+if __name__ == "__main__":
+    main()
