@@ -255,7 +255,7 @@ def print_fit_tables(fits: dict) -> None:
     if domains:
         console.print(
             f"most forgotten domain: {domains['most_hurt']}; closest to the fine-tuning data "
-            f"(own loss improved most): {domains['closest_to_finetuning']}"
+            f"(own loss rose least or fell most): {domains['closest_to_finetuning']}"
         )
 
 

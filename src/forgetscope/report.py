@@ -86,6 +86,8 @@ def _heldout_and_residuals(fits: dict, heldout_path: Path, residual_path: Path) 
             ax_h.scatter(y[held], pred[held], s=16, color="tab:red", label="held out")
             lims = [min(y.min(), pred.min()), max(y.max(), pred.max())]
             ax_h.plot(lims, lims, "k:", lw=1)
+            ax_h.set_xscale("log")
+            ax_h.set_yscale("log")
             ax_h.legend(fontsize=7)
         ax_h.set_title(f"{target}: predicted vs measured", fontsize=9)
         ax_h.set_xlabel("measured")
@@ -179,7 +181,7 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
         domain_text = (
             "<h2>Per-domain forgetting</h2><table><tr><th>domain</th><th>mean KL at last step</th>"
             f"<th>change of its own loss</th></tr>{rows}</table><p>Most forgotten: <b>{html.escape(domains['most_hurt'])}</b>; "
-            f"closest to the fine-tuning data (its own loss improved most): <b>{html.escape(domains['closest_to_finetuning'])}</b>.</p>"
+            f"closest to the fine-tuning data (its own loss rose least or fell most): <b>{html.escape(domains['closest_to_finetuning'])}</b>.</p>"
         )
     matched = fits["matched_loss"]
     spreads = [lv["kl_spread"] for lv in matched.get("levels", []) if lv["kl_spread"] is not None]

@@ -156,7 +156,7 @@ def matched_loss_analysis(table: pd.DataFrame, levels: int = 3) -> dict:
 
 def domain_analysis(table: pd.DataFrame) -> dict:
     """Forgetting per domain at each run's last step, and whether the domain closest to the
-    fine-tuning data (the one whose own loss improved most) is the one hurt most."""
+    fine-tuning data (the one whose own loss rose least or fell most) is the one hurt most."""
     if "domains" not in table or table.domains.isna().all():
         return {}
     last = table.loc[table.groupby("point_id").N.idxmax()]
