@@ -159,7 +159,10 @@ def _run_ray(config, points, inputs, store: SweepStore, bar: _SweepProgress, add
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             point = pending.pop(done[0])
-            records, error = ray.get(done[0])
+            try:
+                records, error = ray.get(done[0])
+            except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost) fails its point only
+                records, error = None, _error_text(exc).splitlines()[0]
             if error is None:
                 for record in records:
                     store.append(record)
