@@ -175,3 +175,11 @@ def test_a_sweep_with_a_single_p_cannot_be_fitted(tmp_path, capsys):
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     code, _, err = run_cli(["fit", tmp_path], capsys)
     assert_user_error(code, err, "same number of trainable parameters")
+
+
+def test_fitting_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, forgetscope.laws.sweep_fit; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -150,9 +150,6 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     table = read_table(directory)
     fits = fit_sweep(directory, n_bootstrap, seed)
     for target in ("forgetting_ce", "kl", "ft_loss"):
-        label = next(k for k, v in fits[target]["_candidates"].items() if v["fit"].form.name == fits[target]["form"]
-                     and (v["fit"].shift is None) == (fits[target]["shift"] == "free"))
-        fits[target]["_best"] = fits[target]["_candidates"][label]
         fits[target]["_fit"] = fits[target]["_best"]["fit"]
     images = {
         "kl_vs_steps.png": "KL to the base against steps, one colour per P, with the fitted law and its 95% band",

@@ -16,6 +16,7 @@ from scipy import stats
 from forgetscope.errors import UserInputError
 from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, fit_law, holdout_mask, log_metrics
 from forgetscope.laws.forms import FORGETTING_FORMS, FORMS, LOSS_FORMS
+from forgetscope.sweep.store import read_records  # json + yaml only: no torch
 
 TARGETS = ("forgetting_ce", "kl", "ft_loss")
 
@@ -25,18 +26,10 @@ def read_table(directory: str | Path) -> pd.DataFrame:
     path = Path(directory) / "records.jsonl"
     if not path.is_file():
         raise UserInputError(f"no records to fit: {path} not found (run `forgetscope sweep` first)")
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise UserInputError(f"{path}: line {number} is not valid JSON") from None
-    needed = {"point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_loss"}
+    records = read_records(path)
     if not records:
         raise UserInputError(f"cannot fit: {path} holds no records")
-    missing = needed - set(records[0])
+    missing = {"point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_loss"} - set(records[0])
     if missing:
         raise UserInputError(f"{path}: records lack {', '.join(sorted(missing))}")
     table = pd.DataFrame(records).rename(columns={"trainable_params": "P", "step": "N"})
@@ -105,7 +98,7 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
                       "params": v["fit"].params} for k, v in tried.items()},
         "theta": fit.theta.tolist(),
         "bootstrap": samples.tolist(),
-        "_candidates": tried,  # Fit objects for the report; dropped when written
+        "_best": best,  # the selected candidate's Fit objects and rows, for the report; dropped when written
     }
 
 
