@@ -189,3 +189,18 @@ def test_the_ray_executor_gives_the_same_records_as_local(sweep, tmp_path):
         ray.shutdown()
     assert on_ray.failed == {}
     assert by_point_and_step(on_ray.records) == by_point_and_step(result.records)
+
+
+def test_the_sweep_command_starts_and_stops_its_own_ray_cluster(llama_dir, eval_files, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    config = tiny_sweep_config(llama_dir, eval_files, grid={"rank": [2], "target_modules": [["q_proj"]]})
+    code, out, err = run_cli(["sweep", write_config(tmp_path / "c.yaml", config), "--out", tmp_path / "s", "--executor", "ray"], capsys)
+    assert code == 0, err
+    assert "1 points run" in out and len(read_records(tmp_path / "s" / "records.jsonl")) == 4
+    assert not ray.is_initialized()  # the cluster it started is shut down
+
+
+def test_an_address_without_the_ray_executor_is_a_user_error(llama_dir, eval_files, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_sweep_config(llama_dir, eval_files))
+    code, _, err = run_cli(["sweep", config, "--address", "auto"], capsys)
+    assert_user_error(code, err, "--address joins a Ray cluster")
