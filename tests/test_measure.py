@@ -206,3 +206,16 @@ def test_bad_input_is_one_line_and_exit_2(case, fragment, llama_dir, other_vocab
 def test_a_missing_required_option_is_one_line_too(capsys):
     code, _, err = run_cli(["measure", "--eval-data", "x.txt"], capsys)
     assert_user_error(code, err, "--base")
+
+
+def test_bfloat16_models_are_measured_with_float_reductions_close_to_float32(arch, eval_files, capsys):
+    base_dir, adapter_dir, _ = arch
+    args = ["measure", "--base", base_dir, "--adapter", adapter_dir, "--eval-data", eval_files[0],
+            "--seq-len", SEQ_LEN, "--max-tokens", 320, "--bootstrap", 0, "--json"]
+    code, out32, err = run_cli([*args, "--dtype", "float32"], capsys)
+    assert code == 0, err
+    code, out16, err = run_cli([*args, "--dtype", "bfloat16"], capsys)
+    assert code == 0, err
+    full, half = json.loads(out32), json.loads(out16)
+    assert half["kl"] >= 0
+    assert half["forgetting_ce"] == pytest.approx(full["forgetting_ce"], rel=0.02)

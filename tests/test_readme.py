@@ -23,3 +23,21 @@ def test_the_readme_demo_command_installs_with_the_pinned_constraints_and_runs_t
     assert "-c constraints.txt" in demo_command and demo_command.endswith("forgetscope demo")
     pins = (ROOT / "constraints.txt").read_text().splitlines()
     assert "torch==2.13.0" in pins
+
+
+def test_the_readme_python_example_runs(llama_dir, eval_files, tmp_path, monkeypatch):
+    """The README's Python API snippet, with its paths pointed at a tiny model and adapter."""
+    from peft import get_peft_model
+
+    from forgetscope.train import LoraSettings
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraSettings(rank=2).to_peft()).save_pretrained(adapter)
+    (tmp_path / "wiki.txt").write_text(eval_files[0].read_text())
+    snippet = next(c for c in re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+                   if "measure_forgetting" in c)
+    snippet = snippet.replace('"./base"', repr(str(llama_dir))).replace('"./adapter"', repr(str(adapter)))
+    snippet = snippet.replace("seq_len=512", "seq_len=32")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
