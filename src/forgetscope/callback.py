@@ -13,13 +13,17 @@ plot `forgetting/kl` beside the training loss. It also keeps every measurement a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from forgetscope.base_cache import record_base_predictions, usable_reason
 from forgetscope.metric import METRIC_KEYS, measure_forgetting
+
+log = logging.getLogger(__name__)
 
 
 def log_spaced_steps(max_steps: int, n_points: int) -> list[int]:
@@ -64,6 +68,9 @@ class ForgettingCallback(TrainerCallback):
             PEFT model being trained.
         eval_steps: the steps to measure at; default `n_eval_points` log-spaced steps.
         on_record: called with each finished record (a dict), e.g. to append it to a file.
+        record_base: record the base model's final hidden states once at the start (when the
+            output head is frozen, as with LoRA) and rebuild base logits from them at every
+            measurement, instead of a second forward pass through the base each time.
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class ForgettingCallback(TrainerCallback):
         batch_size: int = 16,
         prefix: str = "forgetting/",
         on_record: Callable[[dict], None] | None = None,
+        record_base: bool = True,
     ):
         if not eval_blocks:
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
@@ -90,6 +98,8 @@ class ForgettingCallback(TrainerCallback):
         self.batch_size = batch_size
         self.prefix = prefix
         self.on_record = on_record
+        self.record_base = record_base
+        self.base_predictions = None
         self.records: list[dict] = []
         self._pending: dict | None = None
         self._last_train_loss: float | None = None
@@ -98,7 +108,8 @@ class ForgettingCallback(TrainerCallback):
 
     def measure(self, model: torch.nn.Module, step: int) -> dict:
         """One record: the metric overall and per domain, and `ft_loss` when configured."""
-        result = measure_forgetting(model, self.eval_blocks, base=self.base_model, batch_size=self.batch_size, n_bootstrap=0)
+        result = measure_forgetting(model, self.eval_blocks, base=self.base_model, batch_size=self.batch_size,
+                                    n_bootstrap=0, base_predictions=self.base_predictions)
         record: dict = {"step": step, "train_loss": None}
         if self.ft_eval_blocks is not None:
             record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)
@@ -122,6 +133,12 @@ class ForgettingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.eval_steps is None:
             self.eval_steps = log_spaced_steps(state.max_steps, self.n_eval_points)
+        if self.record_base and self.base_model is None and self.base_predictions is None:
+            reason = usable_reason(model)
+            if reason is None:
+                self.base_predictions = record_base_predictions(model, self.eval_blocks, batch_size=self.batch_size)
+            else:
+                log.info("forgetting: base predictions from disable_adapter() at every measurement, because %s", reason)
         if state.global_step in self.eval_steps and not any(r["step"] == state.global_step for r in self.records):
             self._emit(self.measure(model, state.global_step))  # step 0: before any update
 

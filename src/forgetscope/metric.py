@@ -153,14 +153,20 @@ def measure_forgetting(
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    base_predictions=None,
 ) -> ForgettingResult:
     """Measure forgetting of `finetuned` against `base` on `{domain: [n, seq_len] ids}`.
 
-    With `base=None`, `finetuned` must be a PEFT model and the base predictions come from
-    `disable_adapter()`; otherwise `base` is run as a separate model (both must share the
-    tokenizer). Both models are put in eval mode and restored afterwards.
+    Base predictions come from, in order of preference: `base_predictions` (recorded once
+    for these blocks, see `forgetscope.base_cache`: one forward pass per measurement), a
+    separate `base` model (the reference path; both must share the tokenizer), or
+    `disable_adapter()` on `finetuned`, which must then be a PEFT model. Both models are put
+    in eval mode and restored afterwards.
     """
-    base_logits = model_logits(base) if base is not None else adapter_disabled_logits(finetuned)
+    if base_predictions is not None:
+        base_logits = None
+    else:
+        base_logits = model_logits(base) if base is not None else adapter_disabled_logits(finetuned)
     models = [m for m in (finetuned, base) if m is not None]
     was_training = [m.training for m in models]
     for m in models:
@@ -176,7 +182,11 @@ def measure_forgetting(
                 for start in range(0, len(ids), batch_size):
                     batch = ids[start : start + batch_size].to(device)
                     ft = finetuned(input_ids=batch).logits
-                    sums = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)
+                    if base_logits is None:
+                        reference = base_predictions.logits(name, start, start + len(batch))
+                    else:
+                        reference = base_logits(batch)
+                    sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size)
                     for k in METRIC_KEYS:
                         dom_sums[k].append(sums[k].numpy())
                     if advance is not None:

@@ -1,0 +1,128 @@
+"""Recorded base predictions (seed step 2): the base model's final hidden states, once per
+(model, eval set, sequence length), reused at every measurement.
+
+When the output head is frozen (the LoRA default), `head(final hidden state)` reproduces the
+base logits exactly, so storing `[tokens, hidden]` floats replaces storing `[tokens, vocab]`
+(gigabytes) or running the base model again (a second forward pass) at every measurement.
+The hidden states can live in a safetensors file keyed by a fingerprint of the base
+weights and of the eval tokens, checked on load; a file that does not match is
+recorded again. Where the head cannot reproduce the logits (a trained head, logit
+soft-capping) `usable_reason` says why, and callers fall back to `disable_adapter()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = "1"
+
+
+def _weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap identity of the frozen base weights: config, names, shapes and a strided sample
+    of every non-adapter tensor. Two different checkpoints differ in it; one checkpoint
+    always gives the same one."""
+    digest = hashlib.sha256(getattr(model, "config", "").to_json_string().encode() if hasattr(model, "config") else b"")
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        flat = param.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes()
+        digest.update(name.encode() + str(tuple(param.shape)).encode() + sample)
+    return digest.hexdigest()[:24]
+
+
+def _tokens_fingerprint(blocks: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(blocks):
+        digest.update(name.encode() + str(tuple(blocks[name].shape)).encode() + blocks[name].numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def cache_key(model: torch.nn.Module, blocks: Mapping[str, torch.Tensor]) -> str:
+    return f"v{FORMAT_VERSION}-{_weights_fingerprint(model)}-{_tokens_fingerprint(blocks)}"
+
+
+def usable_reason(model: torch.nn.Module) -> str | None:
+    """None if `head(final hidden state)` gives this model's base logits; otherwise why not."""
+    head = model.get_output_embeddings()
+    if head is None:
+        return "the model has no output head"
+    if any(p.requires_grad for p in head.parameters()):
+        return "the output head is being trained, so base logits need the base head"
+    if any("lora_" in n for n, _ in head.named_parameters()):
+        return "the output head carries an adapter"
+    if getattr(getattr(model, "config", None), "final_logit_softcapping", None):
+        return "the model soft-caps its logits after the head"
+    return None
+
+
+class BasePredictions:
+    """Base logits for eval blocks, rebuilt from recorded hidden states by the frozen head."""
+
+    def __init__(self, hidden: Mapping[str, torch.Tensor], head: torch.nn.Module, key: str):
+        self.hidden, self.head, self.key = dict(hidden), head, key
+
+    def logits(self, domain: str, start: int, stop: int) -> torch.Tensor:
+        weight = self.head.weight
+        states = self.hidden[domain][start:stop].to(device=weight.device, dtype=weight.dtype)
+        return self.head(states)
+
+
+def _base_hidden(model, input_ids: torch.Tensor) -> torch.Tensor:
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            return model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1]
+    return model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1]
+
+
+@torch.no_grad()
+def record_base_predictions(
+    model: torch.nn.Module,
+    blocks: Mapping[str, torch.Tensor],
+    path: str | Path | None = None,
+    batch_size: int = 16,
+    storage_dtype: torch.dtype = torch.float32,
+) -> BasePredictions:
+    """Run the base model once over `blocks` (adapters off) and keep its final hidden states.
+
+    With `path`, they are written to a safetensors file; an existing file is reused if its key matches this model and these tokens, else rewritten.
+    Raises `ValueError` when the head cannot reproduce the base logits (`usable_reason`).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    reason = usable_reason(model)
+    if reason is not None:
+        raise ValueError(f"recorded base predictions cannot be used: {reason}")
+    key = cache_key(model, blocks)
+    head = model.get_output_embeddings()
+    if path is not None and Path(path).is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            stored_key = meta.get("key")
+            if stored_key == key and meta.get("dtype") == str(storage_dtype) and set(f.keys()) == set(blocks):
+                return BasePredictions({name: f.get_tensor(name) for name in f.keys()}, head, key)
+        log.info("base prediction cache %s is stale (recorded for %s, now %s): recording again", path, stored_key, key)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        hidden = {}
+        for name, ids in blocks.items():
+            parts = [_base_hidden(model, ids[s : s + batch_size].to(device)).to("cpu", storage_dtype)
+                     for s in range(0, len(ids), batch_size)]
+            hidden[name] = torch.cat(parts).contiguous()
+    finally:
+        model.train(was_training)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_suffix(".tmp")
+        save_file(hidden, str(tmp), metadata={"key": key, "format": FORMAT_VERSION, "dtype": str(storage_dtype)})
+        tmp.replace(path)
+    return BasePredictions(hidden, head, key)

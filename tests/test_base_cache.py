@@ -1,0 +1,83 @@
+"""Recorded base predictions: the same numbers as running the base model, for one forward pass
+per measurement; a cache recorded for other weights or other tokens is detected and redone."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from forgetscope.base_cache import record_base_predictions, usable_reason
+from forgetscope.data import load_eval_blocks
+from forgetscope.metric import measure_forgetting
+
+SEQ_LEN = 32
+
+
+@pytest.fixture(scope="module")
+def blocks(tokenizer_dir, eval_files):
+    return load_eval_blocks(eval_files, AutoTokenizer.from_pretrained(tokenizer_dir), SEQ_LEN, max_tokens=320)
+
+
+def adapted(model_dir, seed: int = 0, **lora):
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, **lora)
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_cache_path_gives_the_numbers_of_the_two_model_path(arch, llama_dir, gpt2_dir, blocks, tmp_path):
+    model_dir = {"llama": llama_dir, "gpt2": gpt2_dir}[arch]
+    target = ["q_proj", "v_proj"] if arch == "llama" else ["c_attn"]
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=4, target_modules=target, init_lora_weights=False)).eval()
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    cached = record_base_predictions(model, blocks, tmp_path / "base.safetensors")
+    with_cache = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=cached)
+    naive = measure_forgetting(model, blocks, base=base, n_bootstrap=0)
+    assert with_cache.overall["kl"] > 0
+    for a, b in zip(with_cache.sequences, naive.sequences):
+        assert a["forgetting_ce"] == pytest.approx(b["forgetting_ce"], abs=1e-5)
+        assert a["kl"] == pytest.approx(b["kl"], abs=1e-5)
+
+
+def test_a_cache_for_other_weights_or_other_tokens_is_recorded_again(llama_dir, blocks, tmp_path, caplog):
+    path = tmp_path / "base.safetensors"
+    first = record_base_predictions(adapted(llama_dir), blocks, path)
+    again = record_base_predictions(adapted(llama_dir, seed=5), blocks, path)  # other adapter, same base: reused
+    assert again.key == first.key and not caplog.records
+
+    other_base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    with torch.no_grad():
+        other_base.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    other = get_peft_model(other_base, LoraConfig(r=4, target_modules=["q_proj"])).eval()
+    with caplog.at_level(logging.INFO, logger="forgetscope.base_cache"):
+        rebuilt = record_base_predictions(other, blocks, path)
+    assert rebuilt.key != first.key and "stale" in caplog.text
+    fresh = measure_forgetting(other, blocks, n_bootstrap=0, base_predictions=rebuilt)
+    assert fresh.overall["kl"] == 0.0  # B = 0: the rebuilt cache matches the new base exactly
+
+    fewer = {name: ids[:3] for name, ids in blocks.items()}
+    assert record_base_predictions(other, fewer, path).key != rebuilt.key
+
+
+def test_a_trained_head_cannot_use_the_cache_and_says_why(llama_dir, blocks):
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir),
+                           LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    assert "head" in usable_reason(model)
+    with pytest.raises(ValueError, match="head"):
+        record_base_predictions(model, blocks)
+
+
+def test_bfloat16_storage_halves_the_file_and_stays_close(llama_dir, blocks, tmp_path):
+    model = adapted(llama_dir)
+    full = record_base_predictions(model, blocks, tmp_path / "f32.safetensors")
+    half = record_base_predictions(model, blocks, tmp_path / "bf16.safetensors", storage_dtype=torch.bfloat16)
+    assert (tmp_path / "bf16.safetensors").stat().st_size < 0.55 * (tmp_path / "f32.safetensors").stat().st_size
+    a = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=full).overall["forgetting_ce"]
+    b = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=half).overall["forgetting_ce"]
+    assert b == pytest.approx(a, rel=1e-2)
