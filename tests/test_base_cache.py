@@ -81,3 +81,39 @@ def test_bfloat16_storage_halves_the_file_and_stays_close(llama_dir, blocks, tmp
     a = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=full).overall["forgetting_ce"]
     b = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=half).overall["forgetting_ce"]
     assert b == pytest.approx(a, rel=1e-2)
+
+
+def test_measure_with_a_cache_dir_reuses_recorded_predictions_across_adapters(llama_dir, eval_files, tmp_path, capsys):
+    import json
+
+    from cli_helpers import run_cli
+
+    adapters = []
+    for seed in (1, 2):
+        path = tmp_path / f"adapter{seed}"
+        adapted(llama_dir, seed=seed).save_pretrained(path)
+        adapters.append(path)
+    common = ["measure", "--base", llama_dir, "--eval-data", eval_files[0], "--seq-len", SEQ_LEN, "--max-tokens", 320,
+              "--bootstrap", 0, "--json"]
+    results = []
+    for adapter in adapters:
+        code, out, err = run_cli([*common, "--adapter", adapter, "--cache-dir", tmp_path / "cache"], capsys)
+        assert code == 0, err
+        results.append(json.loads(out))
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1  # one recording served both adapters
+    code, out, err = run_cli([*common, "--adapter", adapters[1]], capsys)  # no cache: disable_adapter() path
+    assert json.loads(out)["kl"] == pytest.approx(results[1]["kl"], abs=1e-6)
+
+
+def test_the_callback_falls_back_when_the_head_is_trained(llama_dir, blocks):
+    from forgetscope.callback import ForgettingCallback
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir),
+                           LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    callback = ForgettingCallback(None, blocks, eval_steps=[0])
+
+    class State:
+        max_steps, global_step = 1, 0
+
+    callback.on_train_begin(None, State(), None, model=model)
+    assert callback.base_predictions is None and callback.records[0]["kl"] == 0.0

@@ -63,15 +63,18 @@ def usable_reason(model: torch.nn.Module) -> str | None:
 
 
 class BasePredictions:
-    """Base logits for eval blocks, rebuilt from recorded hidden states by the frozen head."""
+    """Recorded final hidden states of the base model for eval blocks, by domain.
 
-    def __init__(self, hidden: Mapping[str, torch.Tensor], head: torch.nn.Module, key: str):
-        self.hidden, self.head, self.key = dict(hidden), head, key
+    Any model with the same frozen base (every LoRA point of a sweep, say) rebuilds the
+    base logits from them with its own output head.
+    """
 
-    def logits(self, domain: str, start: int, stop: int) -> torch.Tensor:
-        weight = self.head.weight
-        states = self.hidden[domain][start:stop].to(device=weight.device, dtype=weight.dtype)
-        return self.head(states)
+    def __init__(self, hidden: Mapping[str, torch.Tensor], key: str):
+        self.hidden, self.key = dict(hidden), key
+
+    def logits(self, head: torch.nn.Module, domain: str, start: int, stop: int) -> torch.Tensor:
+        weight = head.weight
+        return head(self.hidden[domain][start:stop].to(device=weight.device, dtype=weight.dtype))
 
 
 def _base_hidden(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -101,13 +104,12 @@ def record_base_predictions(
     if reason is not None:
         raise ValueError(f"recorded base predictions cannot be used: {reason}")
     key = cache_key(model, blocks)
-    head = model.get_output_embeddings()
     if path is not None and Path(path).is_file():
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             stored_key = meta.get("key")
             if stored_key == key and meta.get("dtype") == str(storage_dtype) and set(f.keys()) == set(blocks):
-                return BasePredictions({name: f.get_tensor(name) for name in f.keys()}, head, key)
+                return BasePredictions({name: f.get_tensor(name) for name in f.keys()}, key)
         log.info("base prediction cache %s is stale (recorded for %s, now %s): recording again", path, stored_key, key)
     was_training = model.training
     model.eval()
@@ -125,4 +127,4 @@ def record_base_predictions(
         tmp = Path(path).with_suffix(".tmp")
         save_file(hidden, str(tmp), metadata={"key": key, "format": FORMAT_VERSION, "dtype": str(storage_dtype)})
         tmp.replace(path)
-    return BasePredictions(hidden, head, key)
+    return BasePredictions(hidden, key)

@@ -71,6 +71,8 @@ class ForgettingCallback(TrainerCallback):
         record_base: record the base model's final hidden states once at the start (when the
             output head is frozen, as with LoRA) and rebuild base logits from them at every
             measurement, instead of a second forward pass through the base each time.
+        base_predictions: hidden states already recorded for `eval_blocks` from the same
+            base (`forgetscope.base_cache`), e.g. shared by every point of a sweep.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class ForgettingCallback(TrainerCallback):
         prefix: str = "forgetting/",
         on_record: Callable[[dict], None] | None = None,
         record_base: bool = True,
+        base_predictions=None,
     ):
         if not eval_blocks:
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
@@ -99,7 +102,7 @@ class ForgettingCallback(TrainerCallback):
         self.prefix = prefix
         self.on_record = on_record
         self.record_base = record_base
-        self.base_predictions = None
+        self.base_predictions = base_predictions
         self.records: list[dict] = []
         self._pending: dict | None = None
         self._last_train_loss: float | None = None
@@ -133,12 +136,14 @@ class ForgettingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.eval_steps is None:
             self.eval_steps = log_spaced_steps(state.max_steps, self.n_eval_points)
-        if self.record_base and self.base_model is None and self.base_predictions is None:
+        if self.base_model is None:
             reason = usable_reason(model)
-            if reason is None:
+            if reason is not None:
+                if self.record_base or self.base_predictions is not None:
+                    log.info("forgetting: base predictions from disable_adapter() at every measurement, because %s", reason)
+                self.base_predictions = None
+            elif self.base_predictions is None and self.record_base:
                 self.base_predictions = record_base_predictions(model, self.eval_blocks, batch_size=self.batch_size)
-            else:
-                log.info("forgetting: base predictions from disable_adapter() at every measurement, because %s", reason)
         if state.global_step in self.eval_steps and not any(r["step"] == state.global_step for r in self.records):
             self._emit(self.measure(model, state.global_step))  # step 0: before any update
 

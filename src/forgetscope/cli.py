@@ -95,6 +95,7 @@ def measure(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     sequences: Annotated[Optional[Path], typer.Option(help="Also write per-sequence values to this JSONL file.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="With --adapter: keep the base model's recorded predictions here and reuse them for later adapters of the same base on the same text.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Forgetting of an existing fine-tune against its base on held-out text (L_f, KL, ...)."""
@@ -108,9 +109,16 @@ def measure(
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
     _check_seq_len(pair.finetuned, seq_len)
     blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, max_tokens, text_column)
+    recorded = None
+    if cache_dir is not None and pair.base is None:
+        from forgetscope.base_cache import cache_key, record_base_predictions, usable_reason
+
+        if usable_reason(pair.finetuned) is None:
+            path = cache_dir / f"base-{cache_key(pair.finetuned, blocks)}.safetensors"
+            recorded = record_base_predictions(pair.finetuned, blocks, path, batch_size)
     result = measure_forgetting(
         pair.finetuned, blocks, base=pair.base, batch_size=batch_size, n_bootstrap=bootstrap, seed=seed,
-        progress=not as_json,
+        progress=not as_json, base_predictions=recorded,
     )
     if sequences is not None:
         sequences.parent.mkdir(parents=True, exist_ok=True)

@@ -164,7 +164,7 @@ def measure_forgetting(
     in eval mode and restored afterwards.
     """
     if base_predictions is not None:
-        base_logits = None
+        base_logits, head = None, finetuned.get_output_embeddings()
     else:
         base_logits = model_logits(base) if base is not None else adapter_disabled_logits(finetuned)
     models = [m for m in (finetuned, base) if m is not None]
@@ -183,7 +183,7 @@ def measure_forgetting(
                     batch = ids[start : start + batch_size].to(device)
                     ft = finetuned(input_ids=batch).logits
                     if base_logits is None:
-                        reference = base_predictions.logits(name, start, start + len(batch))
+                        reference = base_predictions.logits(head, name, start, start + len(batch))
                     else:
                         reference = base_logits(batch)
                     sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size)

@@ -137,13 +137,16 @@ def finetune(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     callbacks: Sequence = (),
+    base_predictions=None,
 ) -> list[dict]:
     """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
 
     `train_blocks` are `[n, seq_len]` ids of the fine-tuning text, `ft_eval_blocks` held-out
     ids of the same domain, `eval_blocks` the `{domain: ids}` that forgetting is measured on.
     With `out_dir`, the adapter is saved to `out_dir/adapter` and the records to
-    `out_dir/records.jsonl`. `callbacks` are extra `TrainerCallback`s (e.g. a progress display).
+    `out_dir/records.jsonl`. `callbacks` are extra `TrainerCallback`s (e.g. a progress display);
+    `base_predictions` are base hidden states recorded for `eval_blocks` beforehand (else
+    the callback records them at the start).
     """
     import tempfile
 
@@ -204,6 +207,7 @@ def finetune(
         n_eval_points=settings.eval_points,
         batch_size=settings.eval_batch_size,
         on_record=record_sink,
+        base_predictions=base_predictions,
     )
     trainer.add_callback(callback)
     try:

@@ -35,6 +35,7 @@ class SweepInputs:
     train_blocks: torch.Tensor
     ft_eval_blocks: torch.Tensor
     eval_blocks: dict[str, torch.Tensor]
+    base_predictions: object = None  # forgetscope.base_cache.BasePredictions, recorded once for all points
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,7 +78,15 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
         else:
             for name, docs in _documents(source, "heldout").items():
                 eval_blocks[name] = group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens)
-    return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks)
+    # Record the base model's final hidden states on the eval text once: every point
+    # rebuilds its base logits from them with its own (frozen) head.
+    from forgetscope.base_cache import record_base_predictions
+    from forgetscope.models import load_causal_lm
+
+    base = load_causal_lm(base_path).requires_grad_(False)
+    base_predictions = record_base_predictions(base, eval_blocks)
+    del base
+    return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions)
 
 
 def run_point(
@@ -110,6 +119,7 @@ def run_point(
         return finetune(
             model, load_tokenizer(inputs.tokenizer_path), point.lora(), settings, inputs.train_blocks, inputs.eval_blocks,
             inputs.ft_eval_blocks, on_record=labelled, progress=False, callbacks=callbacks,
+            base_predictions=inputs.base_predictions,
         )
     finally:
         torch.set_num_threads(threads)
