@@ -25,15 +25,21 @@ import torch
 METRIC_KEYS = ("forgetting_ce", "kl", "base_entropy", "hard_ce", "base_loss", "finetuned_loss")
 
 
+CHUNK_ELEMENTS = 2**22
+"""Positions per chunk times vocabulary: each float32 intermediate of a chunk stays at 16 MB."""
+
+
 def token_stats(
-    base_logits: torch.Tensor, finetuned_logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 2048
+    base_logits: torch.Tensor, finetuned_logits: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-position metric values for aligned `[n, vocab]` logits and `[n]` next tokens.
 
-    Returns float64 tensors of shape `[n]`, one per key of `METRIC_KEYS`.
+    Returns float64 tensors of shape `[n]`, one per key of `METRIC_KEYS`. Positions are
+    processed `chunk_size` at a time (default: as many as keep a chunk at `CHUNK_ELEMENTS`).
     """
     if base_logits.shape != finetuned_logits.shape:
         raise ValueError(f"logit shapes differ: {tuple(base_logits.shape)} vs {tuple(finetuned_logits.shape)}")
+    chunk_size = chunk_size or max(1, CHUNK_ELEMENTS // base_logits.shape[-1])
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in METRIC_KEYS}
     for start in range(0, base_logits.shape[0], chunk_size):
         stop = start + chunk_size
@@ -55,7 +61,7 @@ def token_stats(
 
 
 def sequence_sums(
-    base_logits: torch.Tensor, finetuned_logits: torch.Tensor, input_ids: torch.Tensor, chunk_size: int = 2048
+    base_logits: torch.Tensor, finetuned_logits: torch.Tensor, input_ids: torch.Tensor, chunk_size: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-sequence sums over the `seq_len - 1` scored positions of `[batch, seq_len]` blocks."""
     batch, seq_len = input_ids.shape
@@ -149,7 +155,7 @@ def measure_forgetting(
     blocks: Mapping[str, torch.Tensor],
     base: torch.nn.Module | None = None,
     batch_size: int = 8,
-    chunk_size: int = 2048,
+    chunk_size: int | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: bool = False,
