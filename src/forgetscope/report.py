@@ -21,6 +21,12 @@ import numpy as np  # noqa: E402
 from forgetscope.laws.sweep_fit import fit_sweep, read_table  # noqa: E402
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _colors(values):
     order = sorted(set(values))
     cmap = plt.get_cmap("viridis")
@@ -49,9 +55,7 @@ def _law_vs_steps(table, entry, target: str, title: str, path: Path) -> None:
     ax.set_ylabel(target)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _vs_ft_loss(table, line: dict, path: Path) -> None:
@@ -67,9 +71,7 @@ def _vs_ft_loss(table, line: dict, path: Path) -> None:
     ax.set_ylabel("forgetting L_f")
     ax.set_title("Forgetting against fine-tuning loss", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _heldout_and_residuals(fits: dict, heldout_path: Path, residual_path: Path) -> None:
@@ -99,9 +101,7 @@ def _heldout_and_residuals(fits: dict, heldout_path: Path, residual_path: Path) 
         ax_r.set_title(f"{target}: log residual of the full fit", fontsize=9)
         ax_r.set_xlabel("steps N")
     for fig, path in ((fig_h, heldout_path), (fig_r, residual_path)):
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
 
 def _domains(table, path: Path) -> bool:
@@ -119,9 +119,7 @@ def _domains(table, path: Path) -> bool:
     ax.set_ylabel("KL to the base")
     ax.set_title("Forgetting per domain", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 

@@ -36,11 +36,15 @@ class Fit:
         return self.form.report(self.theta, self.shift)
 
 
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    return np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
+
+
 def _objective(theta, form: Form, P, N, log_y, shift, delta):
     pred, grad = form.value_and_grad(theta, P, N, shift)
     pred = np.maximum(pred, 1e-300)
     r = np.log(pred) - log_y
-    huber = np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
+    huber = _huber(r, delta)
     slope = np.clip(r, -delta, delta)
     return float(huber.sum()), (slope / pred) @ grad
 
@@ -130,8 +134,7 @@ def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights:
         pred, grad = form.value_and_grad(th, P, N, shift)
         pred = np.maximum(pred, 1e-300)
         r = np.log(pred) - log_y
-        huber = np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
-        return (weights * huber).sum(axis=1), r, grad / pred[..., None]
+        return (weights * _huber(r, delta)).sum(axis=1), r, grad / pred[..., None]
 
     value, r, jac = objective(theta)
     damping = np.full(len(theta), 1e-3)

@@ -62,7 +62,8 @@ def resolve_base(config: SweepConfig, progress: bool = True) -> str:
 
 
 def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
-    """Tokenize the fine-tuning and eval data once, for every point."""
+    """Everything the points share, done once: tokenize the fine-tuning and eval data, and
+    record the base model's predictions on the eval text."""
     from forgetscope.models import load_tokenizer
 
     tokenizer_path = config.tokenizer or base_path
@@ -81,9 +82,9 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
     # Record the base model's final hidden states on the eval text once: every point
     # rebuilds its base logits from them with its own (frozen) head.
     from forgetscope.base_cache import record_base_predictions
-    from forgetscope.models import load_causal_lm
+    from forgetscope.models import load_causal_lm, resolve_device
 
-    base = load_causal_lm(base_path).requires_grad_(False)
+    base = load_causal_lm(base_path, device=resolve_device("auto")).requires_grad_(False)  # the driver's GPU if it has one
     base_predictions = record_base_predictions(base, eval_blocks)
     del base
     return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions)
