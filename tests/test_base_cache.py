@@ -117,3 +117,31 @@ def test_the_callback_falls_back_when_the_head_is_trained(llama_dir, blocks):
 
     callback.on_train_begin(None, State(), None, model=model)
     assert callback.base_predictions is None and callback.records[0]["kl"] == 0.0
+
+
+def test_a_model_that_rescales_its_logits_after_the_head_falls_back_and_says_why(llama_dir, blocks, caplog):
+    from transformers import LlamaForCausalLM
+
+    from forgetscope.base_cache import try_record_base_predictions
+
+    class ScaledLogits(LlamaForCausalLM):  # like Granite's logits_scaling: invisible to usable_reason
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits / 4.0
+            return out
+
+    model = get_peft_model(ScaledLogits.from_pretrained(llama_dir), LoraConfig(r=4, target_modules=["q_proj"])).eval()
+    assert usable_reason(model) is None
+    with caplog.at_level(logging.INFO, logger="forgetscope.base_cache"):
+        assert try_record_base_predictions(model, blocks) is None
+    assert "misses the model's logits" in caplog.text
+
+
+def test_with_recorded_predictions_no_full_vocabulary_logits_are_made(llama_dir, blocks):
+    """The head runs on chunks of positions only: memory stays near one model's, whatever the batch."""
+    model = adapted(llama_dir)
+    recorded = record_base_predictions(model, blocks)
+    head_rows = []
+    model.get_output_embeddings().register_forward_hook(lambda m, i, out: head_rows.append(out.reshape(-1, out.shape[-1]).shape[0]))
+    measure_forgetting(model, blocks, n_bootstrap=0, batch_size=8, chunk_size=16, base_predictions=recorded)
+    assert head_rows and max(head_rows) <= 16

@@ -48,11 +48,29 @@ def cache_key(model: torch.nn.Module, blocks: Mapping[str, torch.Tensor]) -> str
     return f"v{FORMAT_VERSION}-{_weights_fingerprint(model)}-{_tokens_fingerprint(blocks)}"
 
 
+def backbone(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module of a causal LM (PEFT-wrapped or not) that returns its final hidden states,
+    after the last norm: what the output head is applied to. None if it has no separate one."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(inner, "base_model", None)
+    return None if body is None or body is inner else body
+
+
+def final_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """`[batch, seq_len, hidden]` final hidden states: the forward pass without the head, so
+    no `[batch, seq_len, vocab]` logits are made."""
+    return backbone(model)(input_ids=input_ids).last_hidden_state
+
+
 def usable_reason(model: torch.nn.Module) -> str | None:
-    """None if `head(final hidden state)` gives this model's base logits; otherwise why not."""
+    """None if `head(final hidden state)` can give this model's base logits; otherwise why not.
+
+    This looks at the model's structure; `record_base_predictions` also checks the logits
+    themselves on the first eval sequence, for heads that scale or cap logits in their own way.
+    """
     head = model.get_output_embeddings()
-    if head is None:
-        return "the model has no output head"
+    if head is None or backbone(model) is None:
+        return "the model has no separate output head"
     if any(p.requires_grad for p in head.parameters()):
         return "the output head is being trained, so base logits need the base head"
     if any("lora_" in n for n, _ in head.named_parameters()):
@@ -72,16 +90,27 @@ class BasePredictions:
     def __init__(self, hidden: Mapping[str, torch.Tensor], key: str):
         self.hidden, self.key = dict(hidden), key
 
-    def logits(self, head: torch.nn.Module, domain: str, start: int, stop: int) -> torch.Tensor:
-        weight = head.weight
-        return head(self.hidden[domain][start:stop].to(device=weight.device, dtype=weight.dtype))
-
 
 def _base_hidden(model, input_ids: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
-            return model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1]
-    return model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1]
+            return final_hidden(model, input_ids)
+    return final_hidden(model, input_ids)
+
+
+def _check_head_reproduces_logits(model, input_ids: torch.Tensor) -> None:
+    """Raise `ValueError` unless head(final hidden) equals the full forward's logits on one sequence."""
+    hidden = _base_hidden(model, input_ids[:1])
+    head = model.get_output_embeddings()
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            logits = model(input_ids=input_ids[:1]).logits
+    else:
+        logits = model(input_ids=input_ids[:1]).logits
+    gap = (head(hidden).float() - logits.float()).abs().max().item()
+    scale = logits.float().abs().max().item()
+    if not gap <= 1e-4 * max(1.0, scale):
+        raise ValueError(f"the output head applied to the final hidden states misses the model's logits by {gap:.3g}")
 
 
 @torch.no_grad()
@@ -95,7 +124,8 @@ def record_base_predictions(
     """Run the base model once over `blocks` (adapters off) and keep its final hidden states.
 
     With `path`, they are written to a safetensors file; an existing file is reused if its key matches this model and these tokens, else rewritten.
-    Raises `ValueError` when the head cannot reproduce the base logits (`usable_reason`).
+    Raises `ValueError` when the head cannot reproduce the base logits (`usable_reason`,
+    then a check of the logits on the first sequence).
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -115,6 +145,9 @@ def record_base_predictions(
     model.eval()
     device = next(model.parameters()).device
     try:
+        first = next((ids for ids in blocks.values() if len(ids)), None)
+        if first is not None:
+            _check_head_reproduces_logits(model, first.to(device))
         hidden = {}
         for name, ids in blocks.items():
             parts = [_base_hidden(model, ids[s : s + batch_size].to(device)).to("cpu", storage_dtype)
@@ -128,3 +161,13 @@ def record_base_predictions(
         save_file(hidden, str(tmp), metadata={"key": key, "format": FORMAT_VERSION, "dtype": str(storage_dtype)})
         tmp.replace(path)
     return BasePredictions(hidden, key)
+
+
+def try_record_base_predictions(model: torch.nn.Module, blocks: Mapping[str, torch.Tensor], **kwargs) -> BasePredictions | None:
+    """`record_base_predictions`, or None with a log line saying why when the model cannot use
+    them: callers then take the base logits from `disable_adapter()` or a base model."""
+    try:
+        return record_base_predictions(model, blocks, **kwargs)
+    except ValueError as exc:
+        log.info("forgetting: base predictions from a base forward pass at every measurement, because %s", exc)
+        return None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from forgetscope.base_cache import record_base_predictions, usable_reason
+from forgetscope.base_cache import try_record_base_predictions, usable_reason
 from forgetscope.metric import METRIC_KEYS, measure_forgetting
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class ForgettingCallback(TrainerCallback):
                     log.info("forgetting: base predictions from disable_adapter() at every measurement, because %s", reason)
                 self.base_predictions = None
             elif self.base_predictions is None and self.record_base:
-                self.base_predictions = record_base_predictions(model, self.eval_blocks, batch_size=self.batch_size)
+                self.base_predictions = try_record_base_predictions(model, self.eval_blocks, batch_size=self.batch_size)
         if state.global_step in self.eval_steps and not any(r["step"] == state.global_step for r in self.records):
             self._emit(self.measure(model, state.global_step))  # step 0: before any update
 

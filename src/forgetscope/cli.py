@@ -111,11 +111,11 @@ def measure(
     blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, max_tokens, text_column)
     recorded = None
     if cache_dir is not None and pair.base is None:
-        from forgetscope.base_cache import cache_key, record_base_predictions, usable_reason
+        from forgetscope.base_cache import cache_key, try_record_base_predictions, usable_reason
 
         if usable_reason(pair.finetuned) is None:
             path = cache_dir / f"base-{cache_key(pair.finetuned, blocks)}.safetensors"
-            recorded = record_base_predictions(pair.finetuned, blocks, path, batch_size)
+            recorded = try_record_base_predictions(pair.finetuned, blocks, path=path, batch_size=batch_size)
     result = measure_forgetting(
         pair.finetuned, blocks, base=pair.base, batch_size=batch_size, n_bootstrap=bootstrap, seed=seed,
         progress=not as_json, base_predictions=recorded,

@@ -81,11 +81,11 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
                 eval_blocks[name] = group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens)
     # Record the base model's final hidden states on the eval text once: every point
     # rebuilds its base logits from them with its own (frozen) head.
-    from forgetscope.base_cache import record_base_predictions
+    from forgetscope.base_cache import try_record_base_predictions
     from forgetscope.models import load_causal_lm, resolve_device
 
     base = load_causal_lm(base_path, device=resolve_device("auto")).requires_grad_(False)  # the driver's GPU if it has one
-    base_predictions = record_base_predictions(base, eval_blocks)
+    base_predictions = try_record_base_predictions(base, eval_blocks)  # None: each point uses disable_adapter()
     del base
     return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions)
 
