@@ -135,7 +135,7 @@ def train(
     train_data: Annotated[list[Path], typer.Option(help="Fine-tuning text (.txt, .jsonl, .parquet).")],
     eval_data: Annotated[list[Path], typer.Option(help="Held-out pretraining-like text to measure forgetting on.")],
     out: Annotated[Path, typer.Option(help="Output directory: records.jsonl, adapter/, run.json.")],
-    ft_eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out fine-tuning text (default: a seeded random 5% of --train-data's sequences).")] = None,
+    ft_eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out fine-tuning text (default: a seeded random 5% of --train-data's sequences, at most --eval-tokens).")] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     alpha: Annotated[float, typer.Option(help="LoRA alpha.")] = 16.0,
     target_modules: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear.")] = "all-linear",
@@ -147,7 +147,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 8,
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
     eval_points: Annotated[int, typer.Option(help="Log-spaced forgetting measurements, step 0 included.")] = 8,
-    eval_tokens: Annotated[int, typer.Option(help="Eval token budget per domain.")] = 16384,
+    eval_tokens: Annotated[int, typer.Option(help="Eval token budget per domain, and of the held-out fine-tuning text (8 measurements of 8192 tokens cost about 8% of 200 steps of 8 x 512 tokens; see bench/train_overhead.py).")] = 8192,
     seed: Annotated[int, typer.Option(help="Seed for adapter init and data order.")] = 0,
     dtype: Annotated[str, typer.Option(help="float32, or bfloat16 for mixed-precision (autocast) training.")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
@@ -181,7 +181,8 @@ def train(
     if ft_eval_data:
         ft_eval = torch.cat(list(load_eval_blocks(ft_eval_data, tokenizer, seq_len, eval_tokens).values()))
     else:
-        train_blocks, ft_eval = split_validation(train_blocks, train_blocks.numel() // 20, seed)
+        # 5% of the text, at most the eval budget: its cost at every measurement stays bounded.
+        train_blocks, ft_eval = split_validation(train_blocks, min(train_blocks.numel() // 20, eval_tokens), seed)
     eval_blocks = load_eval_blocks(eval_data, tokenizer, seq_len, eval_tokens)
     records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=not as_json)
     if as_json:
