@@ -1,0 +1,267 @@
+"""Base against fine-tuned on lm-evaluation-harness tasks.
+
+Both models are already loaded; each is wrapped in lm-eval's `HFLM` with the tokenizer
+passed explicitly and run through `lm_eval.simple_evaluate`, the way the harness's Python
+users do it. What is added here: suite names, task-name and data checks that fail with one
+line, and the comparison: per task and metric the base value, the fine-tuned value, their
+difference, and standard errors. The difference's standard error is paired over the same
+examples when the harness logged per-example values (it did for every mean metric), which
+is much tighter than combining the two standard errors as if the runs were independent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forgetscope.downstream import offline, safety
+from forgetscope.errors import UserInputError
+
+SUITES: dict[str, list[str]] = {
+    "knowledge": ["mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other"],
+    "reasoning": ["arc_easy", "arc_challenge", "hellaswag", "winogrande", "piqa"],
+    "safety": [safety.TASK],
+    "tiny": [offline.TAG],
+}
+
+
+@dataclass
+class EvalSettings:
+    """What to run and how; `suite` is a suite name or comma-separated task/group/tag names."""
+
+    suite: str = "tiny"
+    limit: int | None = None
+    num_fewshot: int | None = None
+    batch_size: int = 8
+    harmful: str | None = None
+    judge: str | None = None
+    bootstrap_iters: int = 1000  # only metrics without a closed-form stderr are bootstrapped
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise UserInputError(f"--limit must be at least 1, got {self.limit}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise UserInputError(f"--num-fewshot must be at least 0, got {self.num_fewshot}")
+        if self.batch_size < 1:
+            raise UserInputError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def resolve_tasks(suite: str) -> list[str]:
+    """A suite name -> its harness names; otherwise the comma-separated names themselves."""
+    if suite in SUITES:
+        return list(SUITES[suite])
+    names = [n.strip() for n in suite.split(",") if n.strip()]
+    if not names:
+        raise UserInputError("--suite is empty: name a suite (knowledge, reasoning, safety, tiny) or tasks")
+    return [n for name in names for n in SUITES.get(name, [name])]
+
+
+def _is_offline(name: str) -> bool:
+    return name == offline.TAG or name in offline.TASKS
+
+
+@dataclass
+class Tasks:
+    """Checked task names and the `TaskManager` that knows them."""
+
+    harness: list[str] = field(default_factory=list)  # names lm-eval resolves (its own and the offline ones)
+    safety: bool = False
+    manager: object = None
+
+
+def prepare_tasks(settings: EvalSettings, cache_dir: Path | None = None) -> Tasks:
+    """Resolve the suite and check every name, before any model is evaluated."""
+    from lm_eval.tasks import TaskManager
+
+    names = resolve_tasks(settings.suite)
+    tasks = Tasks(safety=safety.TASK in names)
+    tasks.harness = [n for n in names if n != safety.TASK]
+    if tasks.harness:
+        builtin = not all(_is_offline(n) for n in tasks.harness)  # indexing the harness's own tasks takes seconds
+        with _quiet():
+            tasks.manager = TaskManager(include_path=str(offline.task_dir(cache_dir)), include_defaults=builtin)
+        known = set(tasks.manager.all_tasks)
+        for name in tasks.harness:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known | set(SUITES)), n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise UserInputError(f"unknown task {name!r}{hint}: use a suite (knowledge, reasoning, safety, tiny) "
+                                     "or lm-eval task names")
+        with _quiet():
+            _load(tasks.manager, tasks.harness)  # unreachable data fails now, before any model is evaluated
+    if tasks.safety:
+        with _quiet():
+            _load(TaskManager(include_defaults=False), [safety.refusal_task(settings.harmful, safety.load_judge(settings.judge))])
+    return tasks
+
+
+@contextmanager
+def _quiet():
+    """lm-eval logs every step at INFO and warns that a loaded model ignores `model_args`."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _load(manager, specs: list) -> dict:
+    """Load tasks and their data; anything that stops the data from loading is one line."""
+    try:
+        return manager.load(specs)
+    except (KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, KeyError) and "not a registered" in str(exc):
+            raise UserInputError(f"unknown task: {str(exc).strip(chr(34) + chr(39))}") from None
+        raise UserInputError(f"cannot load the task data: {type(exc).__name__}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - datasets/hub raise many types (offline, 404, gated, network)
+        hint = " (offline: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set)" if _offline_env() else ""
+        raise UserInputError(f"cannot load the task data{hint}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _offline_env() -> bool:
+    import os
+
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _top_level(loaded: dict) -> list:
+    """The loaded groups and tasks that no loaded group contains (what was asked for)."""
+    children = {c for names in loaded["group_map"].values() for c in names}
+    items = {**loaded["groups"], **loaded["tasks"]}
+    return [item for name, item in items.items() if name not in children]
+
+
+def evaluate_model(model, tokenizer, settings: EvalSettings, tasks: Tasks, progress: bool = True) -> dict:
+    """Run the checked tasks on one loaded model; `{task: {"metrics", "n", "per_example", "group"}}`."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    was_training = model.training
+    model.eval()
+    runs = []
+    with _quiet():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+        if tasks.harness:
+            runs.append((tasks.manager, tasks.harness, False))
+        if tasks.safety:
+            task = safety.refusal_task(settings.harmful, safety.load_judge(settings.judge))
+            chat = getattr(tokenizer, "chat_template", None) is not None  # instructions as the model is prompted
+            runs.append((TaskManager(include_defaults=False), [task], chat))
+        out: dict[str, dict] = {}
+        try:
+            for manager, specs, chat in runs:
+                loaded = _load(manager, specs)
+                raw = lm_eval.simple_evaluate(
+                    model=lm, tasks=_top_level(loaded), task_manager=manager, num_fewshot=settings.num_fewshot,
+                    limit=settings.limit, bootstrap_iters=settings.bootstrap_iters, log_samples=True,
+                    apply_chat_template=chat, random_seed=settings.seed, numpy_random_seed=settings.seed,
+                    torch_random_seed=settings.seed, fewshot_random_seed=settings.seed, verbosity="ERROR",
+                )
+                out.update(_collect(raw))
+        finally:
+            model.train(was_training)
+    return out
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _collect(raw: dict) -> dict:
+    """The harness's results dict -> per task: metric values, stderrs, per-example values."""
+    children = {c for names in raw.get("group_subtasks", {}).values() for c in names}
+    out = {}
+    for task, values in raw["results"].items():
+        higher = raw.get("higher_is_better", {}).get(task, {})
+        metrics = {}
+        for key, value in values.items():
+            metric, _, filter_name = key.partition(",")
+            if not filter_name or metric.endswith("_stderr") or _number(value) is None:
+                continue
+            name = metric if filter_name == "none" else f"{metric},{filter_name}"
+            metrics[name] = {"value": float(value), "stderr": _number(values.get(f"{metric}_stderr,{filter_name}")),
+                             "higher_is_better": higher.get(metric)}
+        per_example = {}
+        samples = sorted(raw.get("samples", {}).get(task, []), key=lambda s: s["doc_id"])
+        for metric in metrics:
+            column = [_number(s.get(metric)) for s in samples]
+            if column and all(v is not None for v in column):
+                per_example[metric] = column
+        n = raw.get("n-samples", {}).get(task, {}).get("effective")
+        out[task] = {"metrics": metrics, "n": n if n is not None else len(samples), "per_example": per_example,
+                     "group": task in raw.get("group_subtasks", {}), "in_group": task in children}
+    return out
+
+
+def compare(base: dict, finetuned: dict) -> list[dict]:
+    """One row per task and metric present in both: values, stderrs, difference (fine-tuned
+    minus base) and its stderr (paired when per-example values exist), and `worse`: the
+    difference signed so that positive means the fine-tune did worse."""
+    rows = []
+    for task, b in base.items():
+        f = finetuned.get(task)
+        if f is None or b["in_group"]:
+            continue
+        for metric, bm in b["metrics"].items():
+            fm = f["metrics"].get(metric)
+            if fm is None:
+                continue
+            diff = fm["value"] - bm["value"]
+            pb, pf = b["per_example"].get(metric), f["per_example"].get(metric)
+            if pb and pf and len(pb) == len(pf) > 1:
+                deltas = [y - x for x, y in zip(pb, pf)]
+                mean = sum(deltas) / len(deltas)
+                diff_se = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1) / len(deltas))
+                paired = True
+            elif bm["stderr"] is not None and fm["stderr"] is not None:
+                diff_se, paired = math.hypot(bm["stderr"], fm["stderr"]), False
+            else:
+                diff_se, paired = None, False
+            higher = bm["higher_is_better"]
+            rows.append({
+                "task": task, "metric": metric, "n": b["n"], "base": bm["value"], "base_stderr": bm["stderr"],
+                "finetuned": fm["value"], "finetuned_stderr": fm["stderr"], "difference": diff,
+                "difference_stderr": diff_se, "paired": paired, "higher_is_better": higher,
+                "worse": None if higher is None else (-diff if higher else diff),
+            })
+    return rows
+
+
+def strip_examples(result: dict) -> dict:
+    """A result without its per-example values (for printing or compact storage)."""
+    return {task: {k: v for k, v in entry.items() if k != "per_example"} for task, entry in result.items()}
+
+
+def evaluate_pair(
+    base: str, finetuned: str | None = None, adapter: str | None = None, settings: EvalSettings = EvalSettings(),
+    device: str = "auto", dtype: str = "float32", progress: bool = True,
+) -> dict:
+    """Evaluate a base model and its fine-tune (full weights or a PEFT adapter) on the same
+    tasks; `{"tasks": [...], "base": ..., "finetuned": ..., "comparison": [rows]}`."""
+    from forgetscope.models import load_pair
+
+    tasks = prepare_tasks(settings)  # bad names and data fail before any model is loaded
+    pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
+    if pair.base is None:  # an adapter: the base is the same weights with the adapter switched off
+        with pair.finetuned.disable_adapter():
+            base_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks, progress)
+    else:
+        base_result = evaluate_model(pair.base, pair.tokenizer, settings, tasks, progress)
+        del pair.base
+    ft_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks, progress)
+    return {"suite": settings.suite, "tasks": tasks.harness + ([safety.TASK] if tasks.safety else []),
+            "limit": settings.limit, "num_fewshot": settings.num_fewshot, "base": base_result,
+            "finetuned": ft_result, "comparison": compare(base_result, ft_result)}
