@@ -363,6 +363,55 @@ def demo(
     console.print(f"summary: {out / 'demo.json'}\ntook {summary['seconds']:.0f} s")
 
 
+def _pm(value: float, stderr: float | None, signed: bool = False) -> str:
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return text + (f" ± {stderr:.3f}" if stderr is not None else "")
+
+
+def print_downstream_table(result: dict) -> None:
+    """One row per task and metric: base, fine-tuned, difference, each ± its standard error."""
+    from rich import box
+
+    table = Table(title="Base against fine-tuned (± standard error; the difference's is paired over the examples)",
+                  box=box.SIMPLE_HEAD)
+    for column in ("task", "metric", "n", "base", "fine-tuned", "difference"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right", no_wrap=True)
+    for row in result["comparison"]:
+        arrow = {True: " ↑", False: " ↓", None: ""}[row["higher_is_better"]]  # which way is better
+        table.add_row(
+            row["task"], row["metric"] + arrow, str(row["n"]), _pm(row["base"], row["base_stderr"]),
+            _pm(row["finetuned"], row["finetuned_stderr"]), _pm(row["difference"], row["difference_stderr"], signed=True),
+        )
+    Console(width=max(console.width, 100)).print(table)  # whole numbers even in an 80-column pipe
+
+
+@app.command("eval")
+def eval_command(
+    base: Annotated[str, typer.Option(help="Base model: a local directory or a hub id.")],
+    finetuned: Annotated[Optional[str], typer.Option(help="Fine-tuned model (full weights): directory or hub id.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter directory fine-tuned from --base.")] = None,
+    suite: Annotated[str, typer.Option(help="knowledge (MMLU), reasoning (ARC, HellaSwag, WinoGrande, PIQA), safety (refusals), tiny (offline), or comma-separated lm-eval task names.")] = "tiny",
+    limit: Annotated[Optional[int], typer.Option(help="At most this many examples per task.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help="Few-shot examples in each prompt (default: each task's own).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 8,
+    harmful: Annotated[Optional[Path], typer.Option(help="Harmful instructions for the safety suite (.txt a line each, or .jsonl/.json/.csv with a prompt column); default AdvBench from the hub.")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="Refusal judge module:function(prompt, response) -> bool; default refusal phrases.")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Benchmarks through lm-evaluation-harness, base against fine-tuned: what forgetting costs on tasks users know."""
+    from forgetscope.downstream.evaluate import EvalSettings, evaluate_pair, strip_examples
+
+    settings = EvalSettings(suite=suite, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+                            harmful=None if harmful is None else str(harmful), judge=judge)
+    result = evaluate_pair(base, finetuned, adapter, settings, device=device, dtype=dtype)
+    if as_json:
+        print(json.dumps({**result, "base": strip_examples(result["base"]), "finetuned": strip_examples(result["finetuned"])}))
+    else:
+        print_downstream_table(result)
+
+
 def main() -> None:
     """Entry point: map bad input to exit 2 with one line, and keep tracebacks for bugs."""
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers 5 vs peft

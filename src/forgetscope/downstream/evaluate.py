@@ -143,7 +143,7 @@ def _top_level(loaded: dict) -> list:
     return [item for name, item in items.items() if name not in children]
 
 
-def evaluate_model(model, tokenizer, settings: EvalSettings, tasks: Tasks, progress: bool = True) -> dict:
+def evaluate_model(model, tokenizer, settings: EvalSettings, tasks: Tasks) -> dict:
     """Run the checked tasks on one loaded model; `{task: {"metrics", "n", "per_example", "group"}}`."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -247,21 +247,23 @@ def strip_examples(result: dict) -> dict:
 
 def evaluate_pair(
     base: str, finetuned: str | None = None, adapter: str | None = None, settings: EvalSettings = EvalSettings(),
-    device: str = "auto", dtype: str = "float32", progress: bool = True,
+    device: str = "auto", dtype: str = "float32",
 ) -> dict:
     """Evaluate a base model and its fine-tune (full weights or a PEFT adapter) on the same
     tasks; `{"tasks": [...], "base": ..., "finetuned": ..., "comparison": [rows]}`."""
     from forgetscope.models import load_pair
 
+    if (finetuned is None) == (adapter is None):
+        raise UserInputError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
     tasks = prepare_tasks(settings)  # bad names and data fail before any model is loaded
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
     if pair.base is None:  # an adapter: the base is the same weights with the adapter switched off
         with pair.finetuned.disable_adapter():
-            base_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks, progress)
+            base_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks)
     else:
-        base_result = evaluate_model(pair.base, pair.tokenizer, settings, tasks, progress)
+        base_result = evaluate_model(pair.base, pair.tokenizer, settings, tasks)
         del pair.base
-    ft_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks, progress)
+    ft_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks)
     return {"suite": settings.suite, "tasks": tasks.harness + ([safety.TASK] if tasks.safety else []),
             "limit": settings.limit, "num_fewshot": settings.num_fewshot, "base": base_result,
             "finetuned": ft_result, "comparison": compare(base_result, ft_result)}
