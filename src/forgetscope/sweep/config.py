@@ -11,6 +11,9 @@
       rslora: [true]
     steps: 200
     eval_points: 8
+    downstream:                       # optional: lm-eval tasks on the base once and on each point at its end
+      suite: tiny                     # knowledge, reasoning, safety, tiny, or task names
+      limit: 100
 
 Every error names the field and what is wrong with it, on one line.
 """
@@ -88,6 +91,25 @@ class Resources(Strict):
     gpus: float = Field(0.0, ge=0)
 
 
+class Downstream(Strict):
+    """Benchmarks run through lm-evaluation-harness: on the base once, on every point at its end."""
+
+    suite: str = Field("tiny", description="knowledge, reasoning, safety, tiny, or comma-separated lm-eval task names.")
+    limit: int | None = Field(None, ge=1, description="At most this many examples per task.")
+    num_fewshot: int | None = Field(None, ge=0)
+    batch_size: int = Field(8, ge=1)
+    harmful: Path | None = Field(None, description="Harmful-instruction file for the safety suite (default AdvBench).")
+    judge: str | None = Field(None, description="Refusal judge module:function.")
+
+    def settings(self):
+        """The `forgetscope.downstream.evaluate.EvalSettings` these stand for."""
+        from forgetscope.downstream.evaluate import EvalSettings
+
+        data = self.model_dump()
+        data["harmful"] = None if self.harmful is None else str(self.harmful)
+        return EvalSettings(**data)
+
+
 class SweepConfig(Strict):
     """One sweep: a base model, data, a grid, and the budget every point shares."""
 
@@ -107,6 +129,7 @@ class SweepConfig(Strict):
     scheduler: str = "constant_with_warmup"
     dtype: Literal["float32", "bfloat16"] = "float32"
     resources: Resources = Resources()
+    downstream: Downstream | None = None
 
     @model_validator(mode="after")
     def _budgets_hold_a_sequence(self) -> SweepConfig:
@@ -117,7 +140,10 @@ class SweepConfig(Strict):
 
     def canonical(self) -> dict:
         """The config as plain data, every default filled in: what `config.yaml` holds."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if data["downstream"] is None:
+            del data["downstream"]  # sweeps written before the section existed still resume
+        return data
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -153,4 +179,6 @@ def load_config(path: str | Path) -> SweepConfig:
     for source in [config.finetune_data, *config.eval_data]:
         if source.files is not None:
             source.files = [f if f.is_absolute() else (path.parent / f).resolve() for f in source.files]
+    if config.downstream is not None and config.downstream.harmful is not None and not config.downstream.harmful.is_absolute():
+        config.downstream.harmful = (path.parent / config.downstream.harmful).resolve()
     return config

@@ -92,9 +92,10 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
 
 def run_point(
     config: SweepConfig, point: Point, inputs: SweepInputs, on_record: Callable[[dict], None] | None = None,
-    callbacks: Sequence = (),
+    callbacks: Sequence = (), on_downstream: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Fine-tune one point; every record carries the point's labels. Raises on failure."""
+    """Fine-tune one point; every record carries the point's labels. Raises on failure.
+    With a `downstream` section, the fine-tuned model's results go to `on_downstream`."""
     from forgetscope.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     threads = torch.get_num_threads()
@@ -108,6 +109,13 @@ def run_point(
             bf16=resolve_dtype(config.dtype) == torch.bfloat16,
         )
         labels = point.labels()
+        tokenizer = load_tokenizer(inputs.tokenizer_path)
+        at_end = None
+        if config.downstream is not None:
+            from forgetscope.downstream.sweep import EvaluateAtEnd
+
+            at_end = EvaluateAtEnd(config.downstream.settings(), tokenizer)
+            callbacks = [*callbacks, at_end]
 
         def labelled(record: dict) -> None:
             record.update(labels)
@@ -117,11 +125,14 @@ def run_point(
             if on_record is not None:
                 on_record(record)
 
-        return finetune(
-            model, load_tokenizer(inputs.tokenizer_path), point.lora(), settings, inputs.train_blocks, inputs.eval_blocks,
+        records = finetune(
+            model, tokenizer, point.lora(), settings, inputs.train_blocks, inputs.eval_blocks,
             inputs.ft_eval_blocks, on_record=labelled, progress=False, callbacks=callbacks,
             base_predictions=inputs.base_predictions,
         )
+        if at_end is not None and on_downstream is not None:
+            on_downstream(at_end.result)
+        return records
     finally:
         torch.set_num_threads(threads)
 
@@ -133,7 +144,8 @@ def _error_text(exc: BaseException) -> str:
 def _run_local(config, points, inputs, store: SweepStore, bar: _SweepProgress) -> None:
     for point in points:
         try:
-            records = run_point(config, point, inputs, on_record=store.append, callbacks=[bar.step_callback(point)])
+            records = run_point(config, point, inputs, on_record=store.append, callbacks=[bar.step_callback(point)],
+                                on_downstream=lambda result, pid=point.point_id: store.save_downstream(pid, result))
             store.mark(point.point_id, "finished", point.labels(), records=len(records))
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -145,12 +157,14 @@ def _run_local(config, points, inputs, store: SweepStore, bar: _SweepProgress) -
         bar.point_done()
 
 
-def _ray_point(config_data: dict, point: Point, inputs: SweepInputs) -> tuple[list[dict] | None, str | None]:
-    """The body of one Ray task: records, or the error that ended the point."""
+def _ray_point(config_data: dict, point: Point, inputs: SweepInputs) -> tuple[list[dict] | None, str | None, dict | None]:
+    """The body of one Ray task: records and downstream results, or the error that ended the point."""
+    downstream = []
     try:
-        return run_point(SweepConfig.model_validate(config_data), point, inputs), None
+        records = run_point(SweepConfig.model_validate(config_data), point, inputs, on_downstream=downstream.append)
+        return records, None, (downstream or [None])[0]
     except Exception as exc:  # noqa: BLE001 - reported to the driver, which records it
-        return None, _error_text(exc)
+        return None, _error_text(exc), None
 
 
 def _run_ray(config, points, inputs, store: SweepStore, bar: _SweepProgress, address: str | None) -> None:
@@ -171,10 +185,12 @@ def _run_ray(config, points, inputs, store: SweepStore, bar: _SweepProgress, add
             done, _ = ray.wait(list(pending), num_returns=1)
             point = pending.pop(done[0])
             try:
-                records, error = ray.get(done[0])
+                records, error, downstream = ray.get(done[0])
             except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost) fails its point only
                 records, error = None, _error_text(exc).splitlines()[0]
             if error is None:
+                if downstream is not None:
+                    store.save_downstream(point.point_id, downstream)
                 for record in records:
                     store.append(record)
                 store.mark(point.point_id, "finished", point.labels(), records=len(records))
@@ -213,6 +229,10 @@ def run_sweep(
     points = expand(config.grid)
     base_path = resolve_base(config, progress)
     _check_modules(config, points, base_path)  # a config error must not leave a sweep directory behind
+    if config.downstream is not None:
+        from forgetscope.downstream.evaluate import prepare_tasks
+
+        prepare_tasks(config.downstream.settings())  # unknown tasks or unreachable data: same
     with SweepStore(out, config.canonical()) as store:
         done, failed = store.finished(), store.failed()
         if retry_failed:
@@ -221,6 +241,8 @@ def run_sweep(
             failed = {}
         todo = [p for p in points if p.point_id not in done and p.point_id not in failed]
         skipped = [p.point_id for p in points if p not in todo]
+        if config.downstream is not None and store.downstream()[0] is None:
+            store.save_downstream("base", _evaluate_base(config, base_path))
         if todo:
             inputs = prepare(config, base_path)
             with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:
@@ -229,6 +251,20 @@ def run_sweep(
                 else:
                     _run_ray(config, todo, inputs, store, bar, address)
         return SweepResult(Path(out), points, [p.point_id for p in todo], skipped, store.failed(), store.records())
+
+
+def _evaluate_base(config: SweepConfig, base_path: str) -> dict:
+    """The base's downstream results, once per sweep, on the device and threads of a point."""
+    from forgetscope.downstream.sweep import evaluate_base
+    from forgetscope.models import resolve_device
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(config.resources.cpus)))
+    try:
+        device = resolve_device("cuda" if config.resources.gpus > 0 else "cpu")
+        return evaluate_base(base_path, config.tokenizer or base_path, config.downstream.settings(), device)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_modules(config: SweepConfig, points: list[Point], base_path: str) -> None:

@@ -3,6 +3,8 @@
     DIR/config.yaml      the config as resolved (every default filled in)
     DIR/records.jsonl    one JSON record a line, appended and flushed as each arrives
     DIR/points/ID.json   one file per point that ended: finished, or failed with its error
+    DIR/downstream/      with a `downstream:` section: base.json (the base, evaluated once)
+                         and ID.json per point, written before the point is marked finished
 
 A point's records count only once its `points/ID.json` says "finished". Opening the
 directory again drops the records of points that never finished (and a torn last line),
@@ -34,6 +36,20 @@ def read_records(path: str | Path) -> list[dict]:
                 break  # torn last line
             raise UserInputError(f"{path}: line {number} is not valid JSON") from None
     return records
+
+
+def read_downstream(directory: str | Path, finished: set[str] | None = None) -> tuple[dict | None, dict[str, dict]]:
+    """`(base, {point_id: result})` from `DIR/downstream/`, for the finished points only."""
+    if finished is None:
+        finished = {p.stem for p in (Path(directory) / "points").glob("*.json") if json.loads(p.read_text()).get("status") == "finished"}
+    folder = Path(directory) / "downstream"
+    base_path = folder / "base.json"
+    base = json.loads(base_path.read_text()) if base_path.is_file() else None
+    points = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.stem != "base" and (finished is None or path.stem in finished):
+            points[path.stem] = json.loads(path.read_text())
+    return base, points
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -103,7 +119,19 @@ class SweepStore:
     def forget_point(self, point_id: str) -> None:
         """Drop a point's status (to run it again) and any records it left."""
         (self.points_dir / f"{point_id}.json").unlink(missing_ok=True)
+        (self.dir / "downstream" / f"{point_id}.json").unlink(missing_ok=True)
         self._rewrite(lambda r: r.get("point_id") != point_id)
+
+    # -- downstream results ------------------------------------------------------------------
+
+    def save_downstream(self, name: str, result: dict) -> None:
+        """Store the downstream result of `name` (a point id, or "base"), replacing any earlier one."""
+        (self.dir / "downstream").mkdir(exist_ok=True)
+        _write_atomically(self.dir / "downstream" / f"{name}.json", json.dumps(result))
+
+    def downstream(self) -> tuple[dict | None, dict[str, dict]]:
+        """`(base result or None, {point_id: result})` of finished points."""
+        return read_downstream(self.dir, self.finished())
 
     # -- records -------------------------------------------------------------------------------
 
