@@ -123,6 +123,86 @@ def _domains(table, path: Path) -> bool:
     return True
 
 
+def downstream_against_forgetting(directory: str | Path, table=None) -> dict | None:
+    """Each finished point's downstream drop per task (its primary metric, signed so that
+    positive is worse than the base) next to its forgetting L_f at its last step, and per
+    task the Pearson and Spearman correlations across points. None without downstream results."""
+    from scipy import stats
+
+    from forgetscope.downstream.sweep import drops
+    from forgetscope.sweep.store import read_downstream
+
+    base, points = read_downstream(directory)
+    if base is None or not points:
+        return None
+    table = read_table(directory) if table is None else table
+    last = table.loc[table.groupby("point_id").N.idxmax()].set_index("point_id")
+    rows = []
+    for point_id, result in points.items():
+        if point_id in last.index:
+            row = last.loc[point_id]
+            rows.append({"point_id": point_id, "P": int(row.P), "forgetting_ce": float(row.forgetting_ce),
+                         "drops": drops(base, result)})
+    tasks = {}
+    for task in sorted({t for r in rows for t in r["drops"]}):
+        pairs = [(r["forgetting_ce"], r["drops"][task]["worse"]) for r in rows if r["drops"].get(task, {}).get("worse") is not None]
+        x, y = np.array(pairs).T if pairs else (np.array([]), np.array([]))
+        varied = len(pairs) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
+        metric = next(r["drops"][task]["metric"] for r in rows if task in r["drops"])
+        tasks[task] = {"metric": metric, "n_points": len(pairs),
+                       "pearson": float(stats.pearsonr(x, y)[0]) if varied else None,
+                       "spearman": float(stats.spearmanr(x, y)[0]) if varied else None}
+    return {"points": sorted(rows, key=lambda r: r["forgetting_ce"]), "tasks": tasks}
+
+
+def _downstream_plot(summary: dict, path: Path) -> None:
+    names = list(summary["tasks"])
+    cols = min(3, len(names))
+    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(4 * cols, 3.3 * ((len(names) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, task in zip(axes.flat, names):
+        info = summary["tasks"][task]
+        pts = [(r["forgetting_ce"], r["drops"][task]) for r in summary["points"] if task in r["drops"]]
+        ax.errorbar([x for x, _ in pts], [d["worse"] for _, d in pts], yerr=[d["difference_stderr"] or 0 for _, d in pts],
+                    fmt="o", ms=4, capsize=2)
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        r = f"Pearson {info['pearson']:+.2f}" if info["pearson"] is not None else "too few points"
+        ax.set_title(f"{task} ({info['metric']}): {r}", fontsize=8)
+        ax.set_xlabel("forgetting L_f at the last step")
+        ax.set_ylabel("drop (positive: worse)")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    _save(fig, path)
+
+
+def _downstream_html(summary: dict) -> str:
+    tasks = summary["tasks"]
+    head = "".join(f"<th>{html.escape(t)}<br>{html.escape(v['metric'])}</th>" for t, v in tasks.items())
+    body = "".join(
+        f"<tr><td>{html.escape(r['point_id'])}</td><td>{r['P']:,}</td><td>{r['forgetting_ce']:.4f}</td>"
+        + "".join(f"<td>{r['drops'][t]['worse']:+.3f} ± {r['drops'][t]['difference_stderr'] or 0:.3f}</td>"
+                  if t in r["drops"] else "<td>-</td>" for t in tasks) + "</tr>"
+        for r in summary["points"]
+    )
+    def r(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.3f}"
+
+    corr = "".join(
+        f"<tr><td>{html.escape(t)}</td><td>{v['metric']}</td><td>{v['n_points']}</td>"
+        f"<td>{r(v['pearson'])}</td><td>{r(v['spearman'])}</td></tr>"
+        for t, v in tasks.items()
+    )
+    return (
+        "<h2>Downstream against forgetting</h2><p>Each point's drop on the downstream tasks against the base "
+        "(fine-tuned minus base of each task's main metric, signed so that positive means worse; ± the standard "
+        "error paired over the same examples), next to its forgetting L_f at its last step. A high correlation "
+        "means L_f predicts the benchmark drop.</p>"
+        f"<table><tr><th>point</th><th>P</th><th>L_f</th>{head}</tr>{body}</table>"
+        "<table><tr><th>task</th><th>metric</th><th>points</th><th>Pearson(L_f, drop)</th>"
+        f"<th>Spearman(L_f, drop)</th></tr>{corr}</table>"
+    )
+
+
 def _fit_table(target: str, entry: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td><td>"
@@ -162,6 +242,10 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     _heldout_and_residuals(fits, directory / "heldout.png", directory / "residuals.png")
     if _domains(table, directory / "domains.png"):
         images["domains.png"] = "Forgetting per eval domain at the last step of each run"
+    downstream = downstream_against_forgetting(directory, table)
+    if downstream is not None:
+        _downstream_plot(downstream, directory / "downstream.png")
+        images["downstream.png"] = "Downstream drop of each task against forgetting L_f, one dot per point (± paired SE)"
     figures = "".join(
         f"<figure><img src='data:image/png;base64,{base64.b64encode((directory / name).read_bytes()).decode()}' "
         f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -203,6 +287,7 @@ over {line['n']} measurements ({'lower fine-tuning loss, more forgetting' if lin
 <h2>Fitted laws</h2>{''.join(_fit_table(t, fits[t]) for t in ('forgetting_ce', 'kl', 'ft_loss'))}
 <h2>Can early stopping or fewer parameters avoid forgetting?</h2>{matched_text}
 {domain_text}
+{_downstream_html(downstream) if downstream is not None else ""}
 </body></html>"""
     out = directory / "report.html"
     out.write_text(page)
