@@ -1,0 +1,107 @@
+"""A sweep's `downstream:` section: the base evaluated once, every point at its end, stored
+next to the records, resumed without re-running or duplicating, and reported against L_f."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli_helpers import assert_user_error, run_cli
+from forgetscope.report import downstream_against_forgetting, write_report
+from forgetscope.sweep.config import parse_config
+from forgetscope.sweep.run import run_sweep
+from forgetscope.sweep.store import read_downstream
+from sweep_helpers import tiny_sweep_config, write_config
+
+torch.set_num_threads(1)
+
+DOWNSTREAM = {"suite": "fs_scripture_cloze,fs_docs_choice", "limit": 4}
+GRID = {"rank": [1, 4, 8], "target_modules": [["q_proj", "v_proj"]], "learning_rate": [0.05]}
+
+
+@pytest.fixture(scope="module")
+def sweep(llama_dir, eval_files, tmp_path_factory):
+    config = parse_config(tiny_sweep_config(llama_dir, eval_files, grid=GRID, downstream=DOWNSTREAM))
+    out = tmp_path_factory.mktemp("downstream-sweep") / "s"
+    return run_sweep(config, out, progress=False), config
+
+
+def test_the_base_and_every_point_are_evaluated_and_stored(sweep):
+    result, _ = sweep
+    folder = result.directory / "downstream"
+    assert sorted(p.stem for p in folder.glob("*.json")) == sorted(["base", *(p.point_id for p in result.points)])
+    base, points = read_downstream(result.directory)
+    assert set(base) == {"fs_scripture_cloze", "fs_docs_choice"}
+    for point_result in points.values():
+        assert point_result["fs_scripture_cloze"]["n"] == 4
+    nll = {pid: r["fs_scripture_cloze"]["metrics"]["nll"]["value"] for pid, r in points.items()}
+    assert len(set(nll.values())) == 3  # each point evaluated its own fine-tuned model
+    assert base["fs_scripture_cloze"]["metrics"]["nll"]["value"] not in nll.values()
+
+
+def test_resuming_runs_nothing_again_and_a_killed_point_only_itself(sweep):
+    result, config = sweep
+    folder = result.directory / "downstream"
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+    again = run_sweep(config, result.directory, progress=False)
+    assert again.ran == [] and {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} == stamps
+
+    killed = result.points[1].point_id  # as if killed after its evaluation, before it was marked finished
+    before = json.loads((folder / f"{killed}.json").read_text())
+    (result.directory / "points" / f"{killed}.json").unlink()
+    assert killed not in read_downstream(result.directory)[1]  # an unfinished point's result does not count
+    resumed = run_sweep(config, result.directory, progress=False)
+    assert resumed.ran == [killed]
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+    assert after["base.json"] == stamps["base.json"]  # the base is not evaluated again
+    assert [n for n in after if after[n] != stamps[n]] == [f"{killed}.json"]
+    assert json.loads((folder / f"{killed}.json").read_text()) == before  # same seed, same numbers
+    assert len(list(folder.glob("*.json"))) == 4
+
+
+def test_the_report_shows_downstream_drop_against_forgetting(sweep):
+    result, _ = sweep
+    summary = downstream_against_forgetting(result.directory)
+    assert len(summary["points"]) == 3
+    lf = [p["forgetting_ce"] for p in summary["points"]]
+    assert lf == sorted(lf)
+    cloze = summary["tasks"]["fs_scripture_cloze"]
+    assert cloze["metric"] == "nll" and cloze["n_points"] == 3 and -1 <= cloze["pearson"] <= 1
+    page = write_report(result.directory, n_bootstrap=20).read_text()
+    assert "Downstream against forgetting" in page and "Pearson(L_f, drop)" in page
+    assert (result.directory / "downstream.png").is_file()
+
+
+def test_the_ray_executor_stores_the_same_downstream_results(sweep, tmp_path):
+    ray = pytest.importorskip("ray")
+    result, config = sweep
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        on_ray = run_sweep(config, tmp_path / "ray", executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert on_ray.failed == {}
+    assert read_downstream(tmp_path / "ray") == read_downstream(result.directory)
+
+
+def test_a_sweep_without_the_section_writes_no_downstream_and_keeps_its_config(llama_dir, eval_files):
+    config = parse_config(tiny_sweep_config(llama_dir, eval_files))
+    assert config.downstream is None and "downstream" not in config.canonical()
+
+
+@pytest.mark.parametrize(
+    ("downstream", "fragment"),
+    [
+        ({"suite": "fs_nope"}, "unknown task 'fs_nope'"),
+        ({"suite": "piqa"}, "cannot load the task data (offline"),
+        ({"suite": "tiny", "limit": 0}, "`downstream.limit`"),
+        ({"suite": "tiny", "shots": 3}, "`downstream.shots`: unknown field"),
+    ],
+)
+def test_a_bad_downstream_section_is_a_one_line_error(downstream, fragment, llama_dir, eval_files, tmp_path, capsys):
+    path = write_config(tmp_path / "c.yaml", tiny_sweep_config(llama_dir, eval_files, downstream=downstream))
+    code, _, err = run_cli(["sweep", path, "--out", tmp_path / "out"], capsys)
+    assert_user_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
