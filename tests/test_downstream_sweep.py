@@ -105,3 +105,13 @@ def test_a_bad_downstream_section_is_a_one_line_error(downstream, fragment, llam
     code, _, err = run_cli(["sweep", path, "--out", tmp_path / "out"], capsys)
     assert_user_error(code, err, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_example_config_runs_the_offline_suite_on_four_ranks():
+    from pathlib import Path
+
+    from forgetscope.sweep.config import load_config
+    from forgetscope.sweep.grid import expand
+
+    config = load_config(Path(__file__).parent.parent / "examples" / "tiny-downstream.yaml")
+    assert config.downstream.suite == "tiny" and [p.rank for p in expand(config.grid)] == [1, 4, 16, 64]
