@@ -155,7 +155,7 @@ def _recovery(pretrained: dict, states: dict, gammas: list[float]) -> dict:
                 "recovered": recovered_fraction(pretrained["mean"], plain["mean"], conj["mean"]),
                 "recovered_by_k": [recovered_fraction(p, f, c) for p, f, c in zip(pretrained["by_k"], plain["by_k"], conj["by_k"])],
             }
-        best = max(per_gamma, key=lambda g: -per_gamma[g]["mean"])
+        best = min(per_gamma, key=lambda g: per_gamma[g]["mean"])
         out[label] = {
             "pretrained_mean": pretrained["mean"],
             "finetuned_mean": plain["mean"],

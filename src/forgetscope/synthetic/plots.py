@@ -69,6 +69,7 @@ def _error_vs_gamma(results: dict, path: Path) -> None:
         ax.axhline(ideal["pretrained"][dist]["mean"], color="black", ls=":", lw=1, label=f"ideal Bayes, pool weight {ideal['pretrained_weight']:g}")
         ax.set_xscale("log")
         ax.set_xticks(gammas, [f"{g:g}" for g in gammas])
+        ax.minorticks_off()
         ax.set_xlabel("gamma (in-context labels scaled by gamma, prediction divided by it)")
         ax.set_ylabel("mean squared error / d over k >= 1")
         ax.set_title(f"{dist} tasks", fontsize=10)
