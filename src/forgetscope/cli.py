@@ -384,11 +384,15 @@ def print_synthetic_tables(results: dict) -> None:
         table.add_column(column, justify="left" if column == "state" else "right")
     for row in rows:
         cells = []
-        for value in row.values():
+        for key, value in row.items():
             if value is None:
                 cells.append("-")
             elif isinstance(value, list):
                 cells.append(", ".join("-" if v is None else f"{v:.0%}" for v in value))
+            elif key == "recovered":
+                cells.append(f"{value:.0%}")
+            elif key == "best gamma":
+                cells.append(f"{value:g}")
             elif isinstance(value, float):
                 cells.append(f"{value:.3f}")
             else:
