@@ -20,7 +20,7 @@ from forgetscope.synthetic.baselines import (
     mixture_bayes_predict,
     ridge_predict,
 )
-from forgetscope.synthetic.config import config_from_dict
+from forgetscope.synthetic.config import SHIPPED, config_from_dict
 from forgetscope.synthetic.experiment import model_predictions, recovered_fraction, train, warmup_cosine
 from forgetscope.synthetic.model import InContextRegressor, conjugate_predict, prefix_loss
 from forgetscope.synthetic.tasks import draw_pool, sample_prompts
@@ -264,7 +264,7 @@ def test_the_cpu_experiment_runs_end_to_end_on_a_reduced_budget(tmp_path):
 
 def test_the_cli_runs_the_experiment_and_writes_results_and_plots(tmp_path, capsys):
     config = tmp_path / "small.yaml"
-    data = yaml.safe_load(load_config.__globals__["SHIPPED"].joinpath("cpu.yaml").read_text())
+    data = yaml.safe_load((SHIPPED / "cpu.yaml").read_text())
     config.write_text(yaml.safe_dump({**data, **SMALL, "eval_prompts": 32}))
     code, out, err = run_cli(["synthetic", "--config", config, "--out", tmp_path / "run", "--seed", 3], capsys)
     assert code == 0, err

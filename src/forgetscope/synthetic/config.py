@@ -8,7 +8,7 @@ A user config names only the fields it changes; every other field keeps its defa
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
