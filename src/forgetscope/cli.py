@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line `error: ...` on stderr), 1 anything
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -421,8 +422,10 @@ def conjugate(
     if miniature:
         from forgetscope.conjugate.miniature import MiniatureConfig, run_miniature
 
-        result = run_miniature(MiniatureConfig(transform=miniature_transform, finetune_domain=miniature_finetune, seed=seed),
-                               progress=not as_json)
+        config = MiniatureConfig(transform=miniature_transform, finetune_domain=miniature_finetune, seed=seed)
+        # The Trainer prints its logs to stdout; with --json, stdout holds the JSON only.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = run_miniature(config, progress=not as_json)
         if as_json:
             print(json.dumps(result))
         else:
