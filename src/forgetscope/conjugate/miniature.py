@@ -182,7 +182,8 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
     """Pretrain (cached), fine-tune on plain text, and measure KL on plain vs transformed held-out text.
 
     Returns `{"config", "base", "base_metrics", "records", "final": {domain: {"plain": kl,
-    "transformed": kl}}, "other_domains": {"plain", "transformed"}, "seconds"}`, where
+    "transformed": kl, ...tokens, base entropy and loss of each}}, "other_domains": {"plain",
+    "transformed"}, "seconds"}`, where
     `other_domains` is the token-weighted KL over the domains not fine-tuned on.
     """
     from forgetscope.conjugate.transforms import get_transform
@@ -222,11 +223,16 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
     )
     last = records[-1]["domains"]
     tokens = {name: blocks.shape[0] * (blocks.shape[1] - 1) for name, blocks in eval_blocks.items()}
-    final = {
-        d: {"plain": last[f"{d}/plain"]["kl"], "transformed": last[f"{d}/{config.transform}"]["kl"],
-            "plain_tokens": tokens[f"{d}/plain"], "transformed_tokens": tokens[f"{d}/{config.transform}"]}
-        for d in corpora.DOMAINS
-    }
+    final = {}
+    for d in corpora.DOMAINS:
+        plain, moved = last[f"{d}/plain"], last[f"{d}/{config.transform}"]
+        final[d] = {
+            "plain": plain["kl"], "transformed": moved["kl"],
+            "plain_tokens": tokens[f"{d}/plain"], "transformed_tokens": tokens[f"{d}/{config.transform}"],
+            # How sure the base is on each: KL is bounded by nothing, but tends to grow with H_base.
+            "plain_base_entropy": plain["base_entropy"], "transformed_base_entropy": moved["base_entropy"],
+            "plain_base_loss": plain["base_loss"], "transformed_base_loss": moved["base_loss"],
+        }
     others = [d for d in corpora.DOMAINS if d != config.finetune_domain]
 
     def weighted(kind: str) -> float:
