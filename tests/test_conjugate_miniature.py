@@ -51,8 +51,10 @@ def test_runs_end_to_end_and_caches_the_base(tmp_path, monkeypatch):
     for domain, values in result["final"].items():
         assert values["plain"] > 0 and values["transformed"] > 0, domain
         assert values["transformed_tokens"] > values["plain_tokens"] * 0.8  # the same text, transformed
+        assert values["transformed_same_text"] == pytest.approx(
+            values["transformed"] * values["transformed_tokens"] / values["plain_tokens"])
     assert [r["step"] for r in result["records"]][0] == 0 and result["records"][0]["kl"] == 0.0
-    assert set(result["other_domains"]) == {"plain", "transformed"}
+    assert set(result["other_domains"]) == {"plain", "transformed", "transformed_same_text"}
     assert result["base_metrics"]["transformed_tokens"] > 0
 
     def no_pretraining(*args):
@@ -76,7 +78,7 @@ def test_cli_prints_plain_vs_transformed_kl(tmp_path, monkeypatch, capsys):
                               "--miniature-finetune", "docs", "--seed", "1"], capsys)
     assert code == 0, err
     assert (seen[0].transform, seen[0].finetune_domain, seen[0].seed) == ("leetspeak", "docs", 1)
-    assert "fine-tuned on plain docs" in out and "leetspeak" in out and "other domains" in out
+    assert "fine-tuned on plain docs" in out and "leetspeak" in out and "same text: " in out and "other domains" in out
     code, out, err = run_cli(["conjugate", "--miniature", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["config"]["transform"] == "piglatin"

@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import forgetscope.conjugate.probes as probes
 from cli_helpers import assert_user_error, run_cli
-from conftest import make_llama
 from forgetscope.conjugate.probes import encode, load_judge, parse_transform_specs, read_instructions, refusal_judge, run_probes
 from forgetscope.conjugate.transforms import Leetspeak, Plain, get_transform
 from forgetscope.errors import UserInputError

@@ -387,14 +387,14 @@ def print_miniature(result: dict) -> None:
     """KL to the base after fine-tuning, per domain, on plain and transformed held-out text."""
     c = result["config"]
     table = Table(title=f"Miniature: fine-tuned on plain {c['finetune_domain']}; KL to the base (nats/token)")
-    for column in ("held-out domain", "plain", c["transform"], "ratio"):
+    columns = ("held-out domain", "plain, per token", f"{c['transform']}, per token", f"{c['transform']}, same text")
+    for column in columns:
         table.add_column(column, justify="left" if column == "held-out domain" else "right")
-    for domain, v in result["final"].items():
-        mark = " (fine-tuned on)" if domain == c["finetune_domain"] else ""
-        table.add_row(domain + mark, f"{v['plain']:.4f}", f"{v['transformed']:.4f}", f"{v['transformed'] / v['plain']:.2f}")
-    o = result["other_domains"]
-    table.add_row("other domains", f"{o['plain']:.4f}", f"{o['transformed']:.4f}", f"{o['transformed'] / o['plain']:.2f}")
+    rows = [(d + (" (fine-tuned on)" if d == c["finetune_domain"] else ""), v) for d, v in result["final"].items()]
+    for name, v in rows + [("other domains", result["other_domains"])]:
+        table.add_row(name, f"{v['plain']:.4f}", f"{v['transformed']:.4f}", f"{v['transformed_same_text']:.4f}")
     console.print(table)
+    console.print("same text: the transformed text's KL summed over the same documents, per plain token")
     console.print(f"base: {result['base']}\ntook {result['seconds']:.0f} s (pretraining {result['pretrain_seconds_this_run']:.0f} s of it)")
 
 

@@ -184,7 +184,10 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
     Returns `{"config", "base", "base_metrics", "records", "final": {domain: {"plain": kl,
     "transformed": kl, ...tokens, base entropy and loss of each}}, "other_domains": {"plain",
     "transformed"}, "seconds"}`, where
-    `other_domains` is the token-weighted KL over the domains not fine-tuned on.
+    `other_domains` is the token-weighted KL over the domains not fine-tuned on, and
+    `transformed_same_text` the transformed text's KL summed over the same documents and
+    divided by their plain token count (the transformed copy drops at most one block's
+    remainder), so that both sides are totals over one text.
     """
     from forgetscope.conjugate.transforms import get_transform
     from forgetscope.data import group_into_blocks
@@ -233,19 +236,25 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
             "plain_base_entropy": plain["base_entropy"], "transformed_base_entropy": moved["base_entropy"],
             "plain_base_loss": plain["base_loss"], "transformed_base_loss": moved["base_loss"],
         }
+        # Per token, a transform that cuts text into more, easier tokens looks less forgotten;
+        # over the same text (nats per plain token) it does not get that discount.
+        final[d]["transformed_same_text"] = moved["kl"] * final[d]["transformed_tokens"] / final[d]["plain_tokens"]
     others = [d for d in corpora.DOMAINS if d != config.finetune_domain]
 
     def weighted(kind: str) -> float:
         tokens = sum(final[d][f"{kind}_tokens"] for d in others)
         return sum(final[d][kind] * final[d][f"{kind}_tokens"] for d in others) / tokens
 
+    plain_tokens = sum(final[d]["plain_tokens"] for d in others)
     return {
         "config": asdict(config),
         "base": str(base),
         "base_metrics": tiny_metrics(base),
         "records": records,
         "final": final,
-        "other_domains": {"plain": weighted("plain"), "transformed": weighted("transformed")},
+        "other_domains": {"plain": weighted("plain"), "transformed": weighted("transformed"),
+                          "transformed_same_text": weighted("transformed") * sum(
+                              final[d]["transformed_tokens"] for d in others) / plain_tokens},
         "pretrain_seconds_this_run": round(pretrain_seconds, 1),
         "seconds": round(time.time() - started, 1),
     }
