@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import scripture_text
 from forgetscope.conjugate.transforms import (
@@ -63,6 +65,20 @@ def test_piglatin_hyphen_known_examples_and_exact_round_trip():
     assert pig.forward("rhythm") == "ythm-rhay"
     for text in SENTENCES + scripture_text(5):
         assert pig.inverse(pig.forward(text)) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aeiouyAEIYbcdhrstwqxzBCDHQW '.,;:!?0123456789\n"), max_size=60))
+def test_piglatin_hyphen_round_trip_is_exact_on_any_text_without_hyphens(text):
+    pig = PigLatin(hyphen=True)
+    assert pig.inverse(pig.forward(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyz .,!?\n"), max_size=60))
+def test_leetspeak_round_trip_is_exact_on_lowercase_text(text):
+    leet = Leetspeak()
+    assert leet.inverse(leet.forward(text)) == text
 
 
 def test_plain_is_identity():
