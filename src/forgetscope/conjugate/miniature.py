@@ -8,10 +8,10 @@
 3. Forgetting (KL to the base, nats/token) is measured on the same held-out documents of
    every domain, plain and transformed.
 
-If fine-tuning changed the model mostly for plain text, as Zhang et al. argue for real
-models (fine-tuning shifts the implicit task inference for prompts that look like the
-fine-tuning data), the KL on transformed prompts is lower. The base model is cached under
-the forgetscope cache root like the default tiny model, keyed by its own settings.
+If fine-tuning changed the model mostly for prompts that look like its data, as Kotha,
+Springer and Raghunathan (ICLR 2024) argue for real models, the KL on transformed prompts is
+lower. The base model is cached under the forgetscope cache root like the default tiny
+model, keyed by its own settings.
 """
 
 from __future__ import annotations
