@@ -169,7 +169,9 @@ def run_probes(
     `base` is a separate base model, or None when `finetuned` is a PEFT model (the base is
     then the same model with its adapter disabled). Each result: `{"transform", "tasks",
     "base_score", "finetuned_score", "drop", "by_kind": {"task/kind": {...}},
-    "forgetting": {forgetting_ce, kl, ..., "ci"}, "refusal": {...} or None}`.
+    "forgetting": {forgetting_ce, kl, ..., "ci"}, "refusal": {...} or None, "examples"}`.
+    The forgetting metric is taken over every prompt of the transform (conflict tasks, and
+    harmful instructions when given), as the model sees them.
     """
     chat = bool(getattr(tokenizer, "chat_template", None))
     limit = _context_limit(finetuned)
