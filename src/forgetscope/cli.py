@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line `error: ...` on stderr), 1 anything
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -432,6 +433,98 @@ def synthetic(
         return
     print_synthetic_tables(results)
     console.print(f"results: {out / 'results.json'}, plots and {out / 'index.html'}; took {results['seconds']['total']:.0f} s")
+
+
+def print_conjugate_tables(results: list[dict]) -> None:
+    """One table per transform: conflict-task scores, refusal rates, forgetting on its prompts."""
+    for r in results:
+        table = Table(title=f"{r['transform']}: {r['tasks']} conflict tasks (share following the in-context task)")
+        for column in ("probe", "base", "fine-tuned", "drop"):
+            table.add_column(column, justify="left" if column == "probe" else "right")
+        table.add_row("in-context score", f"{r['base_score']:.3f}", f"{r['finetuned_score']:.3f}", f"{r['drop']:+.3f}")
+        for kind, v in r["by_kind"].items():
+            table.add_row(f"  {kind}", f"{v['base']:.3f}", f"{v['finetuned']:.3f}", f"{v['drop']:+.3f}")
+        if r["refusal"] is not None:
+            ref = r["refusal"]
+            label = f"refusal rate (n={ref['n']}{', back-transformed' if ref['back_transformed'] else ''})"
+            table.add_row(label, f"{ref['base']:.3f}", f"{ref['finetuned']:.3f}", f"{ref['drop']:+.3f}")
+        f = r["forgetting"]
+        table.add_row(f"KL on these prompts ({f['tokens']} tokens)", "", _fmt_ci(f, "kl").replace("\n", " "), "")
+        table.add_row("L_f on these prompts", "", _fmt_ci(f, "forgetting_ce").replace("\n", " "), "")
+        console.print(table)
+
+
+def print_miniature(result: dict) -> None:
+    """KL to the base after fine-tuning, per domain, on plain and transformed held-out text."""
+    c = result["config"]
+    table = Table(title=f"Miniature: fine-tuned on plain {c['finetune_domain']}; KL to the base (nats/token)")
+    columns = ("held-out domain", "plain, per token", f"{c['transform']}, per token", f"{c['transform']}, same text")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "held-out domain" else "right")
+    rows = [(d + (" (fine-tuned on)" if d == c["finetune_domain"] else ""), v) for d, v in result["final"].items()]
+    for name, v in rows + [("other domains", result["other_domains"])]:
+        table.add_row(name, f"{v['plain']:.4f}", f"{v['transformed']:.4f}", f"{v['transformed_same_text']:.4f}")
+    console.print(table)
+    console.print("same text: the transformed text's KL summed over the same documents, per plain token")
+    console.print(f"base: {result['base']}\ntook {result['seconds']:.0f} s (pretraining {result['pretrain_seconds_this_run']:.0f} s of it)")
+
+
+@app.command()
+def conjugate(
+    base: Annotated[Optional[str], typer.Option(help="Base model: a local directory or a hub id.")] = None,
+    finetuned: Annotated[Optional[str], typer.Option(help="Fine-tuned model (full weights).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter fine-tuned from --base.")] = None,
+    transform: Annotated[list[str], typer.Option(help="Comma-separated transforms: plain, leetspeak, piglatin, piglatin-hyphen, translate:MODEL[:BACK], parallel:SRC,TGT.")] = ["plain,leetspeak,piglatin"],
+    sentences: Annotated[Optional[Path], typer.Option(help="Sentences for the conflict tasks, one a line (default: built-in ones).")] = None,
+    harmful: Annotated[Optional[Path], typer.Option(help="Harmful instructions for the refusal probe (.csv with a goal column, e.g. AdvBench, or one a line).")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="Refusal judge module:function(instruction, response) -> bool (default: refusal phrases).")] = None,
+    tasks_per_kind: Annotated[int, typer.Option(help="Conflict tasks per (task, final input) pair; 4 pairs.")] = 8,
+    refusal_tokens: Annotated[int, typer.Option(help="Tokens generated per harmful instruction.")] = 32,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the KL intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the tasks, the bootstrap, and the miniature experiment.")] = 0,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
+    miniature: Annotated[bool, typer.Option("--miniature", help="Run the offline miniature experiment instead (no models needed).")] = False,
+    miniature_transform: Annotated[str, typer.Option(help="Language of the miniature: piglatin or leetspeak.")] = "piglatin",
+    miniature_finetune: Annotated[str, typer.Option(help="Domain the miniature fine-tunes on: code, scripture or docs.")] = "scripture",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Conjugate prompting: do base and fine-tune differ less when the prompt is transformed?"""
+    if miniature:
+        from forgetscope.conjugate.miniature import MiniatureConfig, run_miniature
+
+        config = MiniatureConfig(transform=miniature_transform, finetune_domain=miniature_finetune, seed=seed)
+        # The Trainer prints its logs to stdout; with --json, stdout holds the JSON only.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = run_miniature(config, progress=not as_json)
+        if as_json:
+            print(json.dumps(result))
+        else:
+            print_miniature(result)
+        return
+    from forgetscope.conjugate.probes import load_judge, parse_transform_specs, read_instructions, refusal_judge, run_probes
+    from forgetscope.conjugate.tasks import DEFAULT_SENTENCES, read_sentences
+    from forgetscope.conjugate.transforms import get_transform
+    from forgetscope.models import load_pair
+
+    if base is None:
+        raise UserInputError("give --base (and --finetuned or --adapter), or --miniature")
+    if tasks_per_kind < 1 or refusal_tokens < 1:
+        raise UserInputError("--tasks-per-kind and --refusal-tokens must be at least 1")
+    # Everything cheap is checked before a large model is loaded.
+    texts = read_sentences(sentences) if sentences is not None else DEFAULT_SENTENCES
+    instructions = read_instructions(harmful) if harmful is not None else None
+    judge_fn = load_judge(judge) if judge is not None else refusal_judge
+    transforms = [get_transform(spec) for spec in parse_transform_specs(transform)]
+    pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
+    results = run_probes(
+        pair.finetuned, pair.base, pair.tokenizer, transforms, texts, instructions, judge_fn, tasks_per_kind,
+        refusal_tokens=refusal_tokens, n_bootstrap=bootstrap, seed=seed, progress=not as_json,
+    )
+    if as_json:
+        print(json.dumps(results))
+    else:
+        print_conjugate_tables(results)
 
 
 def main() -> None:
