@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line `error: ...` on stderr), 1 anything
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -394,7 +395,7 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(help="At most this many examples per task.")] = None,
     num_fewshot: Annotated[Optional[int], typer.Option(help="Few-shot examples in each prompt (default: each task's own).")] = None,
     batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 8,
-    harmful: Annotated[Optional[Path], typer.Option(help="Harmful instructions for the safety suite (.txt a line each, or .jsonl/.json/.csv with a prompt column); default AdvBench from the hub.")] = None,
+    harmful: Annotated[Optional[Path], typer.Option(help="Harmful instructions for the safety suite (.txt one a line, or .csv with a goal column); default AdvBench from the hub.")] = None,
     judge: Annotated[Optional[str], typer.Option(help="Refusal judge module:function(prompt, response) -> bool; default refusal phrases.")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
@@ -410,6 +411,167 @@ def eval_command(
         print(json.dumps({**result, "base": strip_examples(result["base"]), "finetuned": strip_examples(result["finetuned"])}))
     else:
         print_downstream_table(result)
+def print_synthetic_tables(results: dict) -> None:
+    """Errors against k for every predictor, then forgetting and recovery per fine-tuning checkpoint."""
+    from forgetscope.synthetic.plots import summary_rows
+
+    ks = results["k"]
+    shown = [k for k in (1, 2, 3, 5, 10, 15, 20, 30, 40) if k < len(ks)]
+    for dist in ("continuous", "discrete"):
+        table = Table(title=f"{dist} tasks: squared error / d against in-context examples k")
+        for column in ("predictor", *(f"k={k}" for k in shown), "mean k>=1"):
+            table.add_column(column, justify="left" if column == "predictor" else "right")
+        rows = [(n, results["baselines"][dist][n]) for n in ("ridge", "discrete posterior", "mixture Bayes")]
+        rows += [(label, by_gamma["1.0"]) for label, by_gamma in results["model"][dist].items()]
+        for name, summary in rows:
+            table.add_row(name, *(f"{summary['by_k'][k]:.3f}" for k in shown), f"{summary['mean']:.3f}")
+        console.print(table)
+    table = Table(title="Forgetting on continuous tasks and what conjugate prompting recovers (mean error / d, k>=1)")
+    rows = summary_rows(results)
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "state" else "right")
+    for row in rows:
+        cells = []
+        for key, value in row.items():
+            if value is None:
+                cells.append("-")
+            elif isinstance(value, list):
+                cells.append(", ".join("-" if v is None else f"{v:.0%}" for v in value))
+            elif key == "recovered":
+                cells.append(f"{value:.0%}")
+            elif key == "best gamma":
+                cells.append(f"{value:g}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    console.print(table)
+    ideal, plateau = results["ideal_bayes"], results["plateau"]
+    rec = ideal["recovery"]
+    console.print(
+        f"ideal Bayes (continuous): {rec['pretrained_mean']:.3f} at pool weight {ideal['pretrained_weight']:g}, "
+        f"{rec['finetuned_mean']:.3f} at {ideal['finetuned_weight']:g}, {rec['best_mean']:.3f} with gamma {rec['best_gamma']:g}"
+    )
+    console.print(
+        f"pretraining plateau: {'escaped' if plateau['escaped'] else 'NOT escaped'} "
+        f"(loss below halfway at step {plateau['escaped_at_step']}; {plateau['continuous_gap_closed']:.0%} of the gap "
+        f"from predicting 0 to the mixture Bayes closed)"
+    )
+
+
+@app.command()
+def synthetic(
+    config: Annotated[Optional[Path], typer.Option(help="Experiment config (YAML); default: the shipped cpu.yaml. `paper` names the shipped paper-scale one.")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write results.json, the PNGs and index.html.")] = Path("synthetic-out"),
+    seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of tables.")] = False,
+) -> None:
+    """In-context regression: pretrain on a task mixture, fine-tune on the discrete pool, measure forgetting and conjugate prompting."""
+    from forgetscope.synthetic.config import load_config
+    from forgetscope.synthetic.experiment import run_experiment
+    from forgetscope.synthetic.plots import write_outputs
+
+    settings = load_config(config, seed=seed)
+    results = run_experiment(settings)
+    write_outputs(results, out)
+    if as_json:
+        print(json.dumps(results))
+        return
+    print_synthetic_tables(results)
+    console.print(f"results: {out / 'results.json'}, plots and {out / 'index.html'}; took {results['seconds']['total']:.0f} s")
+
+
+def print_conjugate_tables(results: list[dict]) -> None:
+    """One table per transform: conflict-task scores, refusal rates, forgetting on its prompts."""
+    for r in results:
+        table = Table(title=f"{r['transform']}: {r['tasks']} conflict tasks (share following the in-context task)")
+        for column in ("probe", "base", "fine-tuned", "drop"):
+            table.add_column(column, justify="left" if column == "probe" else "right")
+        table.add_row("in-context score", f"{r['base_score']:.3f}", f"{r['finetuned_score']:.3f}", f"{r['drop']:+.3f}")
+        for kind, v in r["by_kind"].items():
+            table.add_row(f"  {kind}", f"{v['base']:.3f}", f"{v['finetuned']:.3f}", f"{v['drop']:+.3f}")
+        if r["refusal"] is not None:
+            ref = r["refusal"]
+            label = f"refusal rate (n={ref['n']}{', back-transformed' if ref['back_transformed'] else ''})"
+            table.add_row(label, f"{ref['base']:.3f}", f"{ref['finetuned']:.3f}", f"{ref['drop']:+.3f}")
+        f = r["forgetting"]
+        table.add_row(f"KL on these prompts ({f['tokens']} tokens)", "", _fmt_ci(f, "kl").replace("\n", " "), "")
+        table.add_row("L_f on these prompts", "", _fmt_ci(f, "forgetting_ce").replace("\n", " "), "")
+        console.print(table)
+
+
+def print_miniature(result: dict) -> None:
+    """KL to the base after fine-tuning, per domain, on plain and transformed held-out text."""
+    c = result["config"]
+    table = Table(title=f"Miniature: fine-tuned on plain {c['finetune_domain']}; KL to the base (nats/token)")
+    columns = ("held-out domain", "plain, per token", f"{c['transform']}, per token", f"{c['transform']}, same text")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "held-out domain" else "right")
+    rows = [(d + (" (fine-tuned on)" if d == c["finetune_domain"] else ""), v) for d, v in result["final"].items()]
+    for name, v in rows + [("other domains", result["other_domains"])]:
+        table.add_row(name, f"{v['plain']:.4f}", f"{v['transformed']:.4f}", f"{v['transformed_same_text']:.4f}")
+    console.print(table)
+    console.print("same text: the transformed text's KL summed over the same documents, per plain token")
+    console.print(f"base: {result['base']}\ntook {result['seconds']:.0f} s (pretraining {result['pretrain_seconds_this_run']:.0f} s of it)")
+
+
+@app.command()
+def conjugate(
+    base: Annotated[Optional[str], typer.Option(help="Base model: a local directory or a hub id.")] = None,
+    finetuned: Annotated[Optional[str], typer.Option(help="Fine-tuned model (full weights).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter fine-tuned from --base.")] = None,
+    transform: Annotated[list[str], typer.Option(help="Comma-separated transforms: plain, leetspeak, piglatin, piglatin-hyphen, translate:MODEL[:BACK], parallel:SRC,TGT.")] = ["plain,leetspeak,piglatin"],
+    sentences: Annotated[Optional[Path], typer.Option(help="Sentences for the conflict tasks, one a line (default: built-in ones).")] = None,
+    harmful: Annotated[Optional[Path], typer.Option(help="Harmful instructions for the refusal probe (.csv with a goal column, e.g. AdvBench, or one a line).")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="Refusal judge module:function(instruction, response) -> bool (default: refusal phrases).")] = None,
+    tasks_per_kind: Annotated[int, typer.Option(help="Conflict tasks per (task, final input) pair; 4 pairs.")] = 8,
+    refusal_tokens: Annotated[int, typer.Option(help="Tokens generated per harmful instruction.")] = 32,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the KL intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the tasks, the bootstrap, and the miniature experiment.")] = 0,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
+    miniature: Annotated[bool, typer.Option("--miniature", help="Run the offline miniature experiment instead (no models needed).")] = False,
+    miniature_transform: Annotated[str, typer.Option(help="Language of the miniature: piglatin or leetspeak.")] = "piglatin",
+    miniature_finetune: Annotated[str, typer.Option(help="Domain the miniature fine-tunes on: code, scripture or docs.")] = "scripture",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Conjugate prompting: do base and fine-tune differ less when the prompt is transformed?"""
+    if miniature:
+        from forgetscope.conjugate.miniature import MiniatureConfig, run_miniature
+
+        config = MiniatureConfig(transform=miniature_transform, finetune_domain=miniature_finetune, seed=seed)
+        # The Trainer prints its logs to stdout; with --json, stdout holds the JSON only.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = run_miniature(config, progress=not as_json)
+        if as_json:
+            print(json.dumps(result))
+        else:
+            print_miniature(result)
+        return
+    from forgetscope.conjugate.probes import load_judge, parse_transform_specs, read_instructions, refusal_judge, run_probes
+    from forgetscope.conjugate.tasks import DEFAULT_SENTENCES, read_sentences
+    from forgetscope.conjugate.transforms import get_transform
+    from forgetscope.models import load_pair
+
+    if base is None:
+        raise UserInputError("give --base (and --finetuned or --adapter), or --miniature")
+    if tasks_per_kind < 1 or refusal_tokens < 1:
+        raise UserInputError("--tasks-per-kind and --refusal-tokens must be at least 1")
+    # Everything cheap is checked before a large model is loaded.
+    texts = read_sentences(sentences) if sentences is not None else DEFAULT_SENTENCES
+    instructions = read_instructions(harmful) if harmful is not None else None
+    judge_fn = load_judge(judge) if judge is not None else refusal_judge
+    transforms = [get_transform(spec) for spec in parse_transform_specs(transform)]
+    pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
+    results = run_probes(
+        pair.finetuned, pair.base, pair.tokenizer, transforms, texts, instructions, judge_fn, tasks_per_kind,
+        refusal_tokens=refusal_tokens, n_bootstrap=bootstrap, seed=seed, progress=not as_json,
+    )
+    if as_json:
+        print(json.dumps(results))
+    else:
+        print_conjugate_tables(results)
 
 
 def main() -> None:

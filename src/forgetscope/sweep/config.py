@@ -98,7 +98,7 @@ class Downstream(Strict):
     limit: int | None = Field(None, ge=1, description="At most this many examples per task.")
     num_fewshot: int | None = Field(None, ge=0)
     batch_size: int = Field(8, ge=1)
-    harmful: Path | None = Field(None, description="Harmful-instruction file for the safety suite (default AdvBench).")
+    harmful: Path | None = Field(None, description="Harmful-instruction file (.txt or .csv) for the safety suite (default AdvBench).")
     judge: str | None = Field(None, description="Refusal judge module:function.")
 
     def settings(self):

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,10 +101,8 @@ def build_model(config: TinyConfig, vocab_size: int):
 
 def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True) -> dict:
     """Train tokenizer and model from scratch into `out_dir`; return the metrics written there."""
-    import datasets
-    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+    from transformers import set_seed
 
-    from forgetscope.callback import mean_loss
     from forgetscope.data import group_into_blocks
 
     started = time.time()
@@ -115,6 +114,29 @@ def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True) -> dict:
     budget = config.pretrain_steps * config.batch_size * config.seq_len  # no domain needs more than one pass
     train_ids = torch.cat([group_into_blocks(s.pretrain, tokenizer, config.seq_len, budget) for s in splits.values()])
     heldout = {d: group_into_blocks(s.heldout, tokenizer, config.seq_len, config.heldout_tokens) for d, s in splits.items()}
+    return train_from_scratch(config, tokenizer, train_ids, heldout, out_dir, progress, started)
+
+
+def train_from_scratch(
+    config: TinyConfig,
+    tokenizer,
+    train_ids: torch.Tensor,
+    heldout: dict[str, torch.Tensor],
+    out_dir: Path,
+    progress: bool = True,
+    started: float | None = None,
+) -> dict:
+    """Pretrain a fresh tiny Llama on `[n, seq_len]` blocks; save it with `tokenizer` and its metrics.
+
+    `heldout` is `{domain: blocks}` whose loss is reported in `tiny_metrics.json`. Used by
+    `pretrain` (the embedded corpora) and by anything that pretrains on its own text.
+    """
+    import datasets
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from forgetscope.callback import mean_loss
+
+    started = time.time() if started is None else started
     model = build_model(config, len(tokenizer))
     ids = train_ids.tolist()
     args = TrainingArguments(
@@ -155,23 +177,28 @@ def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True) -> dict:
 
 
 def ensure_tiny_base(config: TinyConfig = TinyConfig(), cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """The cached tiny base model directory, pretraining it first if needed.
+    """The cached tiny base model directory, pretraining it first if needed."""
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    return cached_build(root, "tiny-llama", config.key(), lambda scratch: pretrain(config, scratch, progress))
+
+
+def cached_build(root: Path, prefix: str, key: str, build: Callable[[Path], object]) -> Path:
+    """`root/PREFIX-KEY`, running `build(scratch_dir)` first unless it holds `tiny_metrics.json`.
 
     The model is built in a scratch directory and renamed into place when complete, so an
     interrupted pretraining never leaves a half-written model in the cache.
     """
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
-    target = root / f"tiny-llama-{config.key()}"
+    target = root / f"{prefix}-{key}"
     if (target / "tiny_metrics.json").is_file():
         return target
-    for stale in root.glob(f".tmp-{config.key()}-*"):  # left by a pretraining that was killed
+    for stale in root.glob(f".tmp-{key}-*"):  # left by a pretraining that was killed
         if not _process_alive(int(stale.name.rsplit("-", 1)[1])):
             shutil.rmtree(stale, ignore_errors=True)
-    scratch = root / f".tmp-{config.key()}-{os.getpid()}"
+    scratch = root / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        pretrain(config, scratch, progress)
+        build(scratch)
         shutil.rmtree(target, ignore_errors=True)
         scratch.rename(target)
     finally:

@@ -1,0 +1,1 @@
+"""Conjugate prompting for language models: prompt transforms, conflict probes, the miniature experiment."""
