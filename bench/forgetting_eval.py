@@ -4,7 +4,8 @@
 - disable_adapter: the PEFT model with its adapter switched off (one copy of the weights,
   two forward passes, the adapter unmerged);
 - cache: base final hidden states recorded once, then one forward pass of the fine-tuned
-  model without its head; both models' logits are made from hidden states chunk by chunk.
+  model without its head; both models' logits are made from hidden states chunk by chunk;
+- cache-bf16: the same with the hidden states stored in bfloat16 (half the file).
 
 Prints tokens per second, the ratio to naive, the ideal ratio for the model's shape, peak
 memory against a process that runs one model's plain forward pass, and the largest
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -33,8 +35,13 @@ SHAPES = {
     "llama-768": dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, num_key_value_heads=12,
                       intermediate_size=2048, vocab_size=32000),
 }
-PATHS = ("naive", "disable_adapter", "cache")
+PATHS = ("naive", "disable_adapter", "cache", "cache-bf16")
 BATCH_SIZE = 8
+# glibc keeps freed blocks under its (adaptive) mmap threshold in its arenas, so one process's
+# peak varied by up to 2x from run to run (971 to 2,183 MB for the same cache child); a fixed
+# threshold returns big blocks at once and makes every path's peak, one_model's included,
+# the memory its work needs.
+CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 def load_base(model_name: str):
@@ -71,10 +78,12 @@ def setups(model_name: str, paths) -> dict:
             out[path] = dict(finetuned=with_adapter(load_base(model_name)).merge_and_unload(), base=load_base(model_name))
         elif path == "disable_adapter":
             out[path] = dict(finetuned=with_adapter(load_base(model_name)))
-        elif path == "cache":
+        elif path.startswith("cache"):
             base = load_base(model_name)
+            dtype = torch.bfloat16 if path == "cache-bf16" else torch.float32
             started = time.perf_counter()
-            recorded = record_base_predictions(base, eval_blocks(base.config.vocab_size), batch_size=BATCH_SIZE)
+            recorded = record_base_predictions(base, eval_blocks(base.config.vocab_size), batch_size=BATCH_SIZE,
+                                               storage_dtype=dtype)
             out[path] = dict(finetuned=with_adapter(base).merge_and_unload(), base_predictions=recorded,
                              record_seconds=time.perf_counter() - started)
     return out
@@ -147,7 +156,13 @@ def speed_run(model_name: str, repeats: int) -> dict:
 @torch.no_grad()
 def memory_child(path: str, model_name: str) -> float:
     """Peak resident MB of a fresh process that does one measurement by `path` (or, for
-    `one_model`, one model's plain forward pass over the same batches)."""
+    `one_model`, one model's plain forward pass over the same batches). Every child imports
+    the same libraries first, so that the comparison is of the work, not of the imports."""
+    import peft  # noqa: F401
+
+    import forgetscope.base_cache  # noqa: F401
+    import forgetscope.metric  # noqa: F401
+
     if path == "one_model":
         model = load_base(model_name)
         ids = eval_blocks(model.config.vocab_size)["eval"]
@@ -155,7 +170,16 @@ def memory_child(path: str, model_name: str) -> float:
             model(input_ids=ids[s : s + BATCH_SIZE]).logits.sum()
     else:
         measure(setups(model_name, [path])[path])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_resident_mb()
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: the latter
+    survives exec, so a child would report its parent's peak when that was higher."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: may include the parent's
 
 
 def main() -> None:
@@ -172,12 +196,12 @@ def main() -> None:
     for model_name in args.models:
         speed = speed_run(model_name, args.repeats)
         peak = {path: json.loads(subprocess.run([sys.executable, __file__, "--child", path, model_name], capture_output=True,
-                                                text=True, check=True).stdout.strip().splitlines()[-1])
+                                                text=True, check=True, env=CHILD_ENV).stdout.strip().splitlines()[-1])
                 for path in (*PATHS, "one_model")}
         naive = speed["tokens_per_s"]["naive"]
         for path in PATHS:
             ratio = speed["tokens_per_s"][path] / naive
-            ideal = speed["ideal"] if path == "cache" else 1.0
+            ideal = speed["ideal"] if path.startswith("cache") else 1.0
             print(f"{model_name:<10} {path:<16} {speed['tokens_per_s'][path]:>9.0f} {ratio:>8.2f}x {ideal:>5.2f}x "
                   f"{ratio / ideal:>8.2f} {peak[path]:>8.0f} {peak[path] / peak['one_model']:>11.2f}x {speed['max_diff'][path]:>11.2e}")
         print(f"{model_name:<10} {'(one model)':<16} {'':>9} {'':>9} {'':>6} {'':>8} {peak['one_model']:>8.0f}")
