@@ -53,6 +53,7 @@ def run(llama_dir, tok, code_blocks, eval_blocks, tmp_path_factory):
 def test_log_spaced_steps_start_at_zero_and_end_at_the_budget():
     assert log_spaced_steps(1000, 6) == [0, 1, 6, 32, 178, 1000]
     assert log_spaced_steps(3, 8) == [0, 1, 2, 3]
+    assert log_spaced_steps(60, 2) == [0, 60]  # two points: the start and the end, not step 1
 
 
 def test_records_come_at_log_spaced_steps_with_every_field(run):

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def log_spaced_steps(max_steps: int, n_points: int) -> list[int]:
     """Step 0 plus up to `n_points - 1` distinct, roughly log-spaced steps ending at `max_steps`."""
-    if max_steps < 1 or n_points < 2:
+    if max_steps < 1 or n_points <= 2:  # geomspace with one point would give step 1, not the last
         return [0] if max_steps < 1 else [0, max_steps]
     steps = np.unique(np.round(np.geomspace(1, max_steps, n_points - 1)).astype(int))
     return [0, *(int(s) for s in steps)]
