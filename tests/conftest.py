@@ -82,3 +82,24 @@ def eval_files(tmp_path_factory) -> list[Path]:
     jsonl = root / "docs.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs_text(400)[200:]))
     return [txt, jsonl]
+
+
+class Registries:
+    """Lets a test add plug-in files to a registry's package; everything is restored after."""
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+
+    def extend_package(self, package, folder: Path) -> None:
+        """Make `folder`'s modules part of `package`, and have its registry discover again."""
+        from forgetscope.registry import Registry
+
+        registry = next(v for v in vars(package).values() if isinstance(v, Registry))
+        self.monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
+        self.monkeypatch.setattr(registry, "_items", dict(registry._items))
+        self.monkeypatch.setattr(registry, "_discovered", False)
+
+
+@pytest.fixture
+def registries(monkeypatch) -> Registries:
+    return Registries(monkeypatch)

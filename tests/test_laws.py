@@ -37,7 +37,7 @@ def design(runs_per_p: int = 1, n_p: int = 8, n_n: int = 15):
 @pytest.mark.parametrize("name", list(CASES))
 def test_each_form_recovers_its_exponents_within_5_percent_from_3_percent_noise(name):
     shift, true = CASES[name]
-    form = FORMS[name]
+    form = FORMS.get(name)
     P, N, _ = design()
     y = form.value_and_grad(np.array(true), P, N, shift)[0] * np.exp(np.random.default_rng(0).normal(0, 0.03, len(P)))
     fit = fit_law(form, P, N, y, shift)
@@ -47,7 +47,7 @@ def test_each_form_recovers_its_exponents_within_5_percent_from_3_percent_noise(
 
 
 def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
-    form, shift, true = FORMS["mult"], 0.0, np.array([np.log(1e-4), 0.3, 0.8])
+    form, shift, true = FORMS.get("mult"), 0.0, np.array([np.log(1e-4), 0.3, 0.8])
     P, N, runs = design(runs_per_p=3, n_p=6, n_n=8)
     clean = form.value_and_grad(true, P, N, shift)[0]
     hits, draws = np.zeros(3), 30
@@ -61,7 +61,7 @@ def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
 
 
 def test_the_batched_bootstrap_finds_what_lbfgsb_finds_on_the_same_resample():
-    form, shift, true = FORMS["mult"], 0.0, np.array([np.log(1e-4), 0.3, 0.8])
+    form, shift, true = FORMS.get("mult"), 0.0, np.array([np.log(1e-4), 0.3, 0.8])
     P, N, runs = design(n_p=5, n_n=10)
     y = form.value_and_grad(true, P, N, shift)[0] * np.exp(np.random.default_rng(3).normal(0, 0.03, len(P)))
     fit = fit_law(form, P, N, y, shift)
@@ -78,7 +78,7 @@ def test_the_batched_bootstrap_finds_what_lbfgsb_finds_on_the_same_resample():
 
 
 def test_step_zero_informs_only_the_shift():
-    form = FORMS["mult"]
+    form = FORMS.get("mult")
     P, N = np.array([1e3, 1e3, 1e4]), np.array([0.0, 10.0, 10.0])
     y, grad = form.value_and_grad(np.array([4.0, np.log(0.01), 0.3, 0.5]), P, N, None)
     assert y[0] == 4.0 and np.all(grad[0, 1:] == 0) and grad[0, 0] == 1.0
@@ -181,5 +181,58 @@ def test_fitting_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, forgetscope.laws.sweep_fit; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, forgetscope.laws.select, forgetscope.laws.forecast; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_report_leaves_fits_json_byte_for_byte_as_fit_wrote_it(sweep_dir, capsys):
+    code, _, err = run_cli(["fit", sweep_dir, "--bootstrap", 30, "--holdout", 0.4, "--seed", 3], capsys)
+    assert code == 0, err
+    written = (sweep_dir / "fits.json").read_bytes()
+    code, _, err = run_cli(["report", sweep_dir, "--bootstrap", 50], capsys)
+    assert code == 0, err
+    assert (sweep_dir / "fits.json").read_bytes() == written
+    assert json.loads(written)["holdout"] == 0.4  # the report drew fit's own split, not its defaults
+
+
+PRODUCT_FORM = '''
+"""y = E + A * (P N)^alpha: one exponent for parameters and steps together."""
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from forgetscope.laws.forms import FORMS, Form
+
+
+@dataclass(frozen=True)
+class Product(Form):
+    fitted_names: tuple = ("log_A", "alpha")
+
+    def terms(self, params, logP, logN, trained):
+        log_a, alpha = params
+        term = np.where(trained, np.exp(log_a + alpha * (logP + logN)), 0.0)
+        return term, [term, term * (logP + logN)]
+
+    def bounds(self):
+        return [(-40.0, 40.0), (0.0, 3.0)]
+
+    def starts(self, level):
+        return [[level + s, a] for a, s in itertools.product((0.1, 0.5), (-3.0, 0.0))]
+
+
+FORMS.register("product", Product("product", increasing=True))
+'''
+
+
+def test_a_new_law_form_is_one_file_that_fit_then_tries(sweep_dir, tmp_path, capsys, registries):
+    import forgetscope.laws.forms as forms_package
+
+    (tmp_path / "product.py").write_text(PRODUCT_FORM)
+    registries.extend_package(forms_package, tmp_path)
+    code, out, err = run_cli(["fit", sweep_dir, "--bootstrap", 0, "--json"], capsys)
+    assert code == 0, err
+    fits = json.loads(out)
+    assert {"product", "mult", "add"} <= set(fits["kl"]["forms"])
+    assert {"product/fixed", "product/free"} <= set(fits["forgetting_ce"]["forms"])
+    assert set(fits["kl"]["forms"]["product"]["params"]) == {"E", "A", "alpha"}

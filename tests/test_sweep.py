@@ -56,6 +56,7 @@ def test_a_sweep_directory_holds_config_records_and_one_file_per_point(sweep):
     for record in records:
         assert RECORD_FIELDS <= set(record)
     assert {r["step"] for r in records} == {0, 1, 3, 8}
+    assert not (d / "downstream").exists()  # no evaluator enabled, no artifacts
 
 
 def test_trainable_params_grow_with_rank_and_modules(sweep):
@@ -80,24 +81,24 @@ def test_a_directory_from_another_config_is_refused(sweep):
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(llama_dir, eval_files, tmp_path, monkeypatch):
-    import forgetscope.sweep.run as run_module
+    import forgetscope.train as train_module
 
-    real = run_module.run_point
+    real = train_module.finetune
 
-    def flaky(config, point, *args, **kwargs):
-        if point.rank == 4:
+    def flaky(model, tokenizer, lora, *args, **kwargs):
+        if lora.rank == 4:
             raise RuntimeError("simulated out-of-memory")
-        return real(config, point, *args, **kwargs)
+        return real(model, tokenizer, lora, *args, **kwargs)
 
     config = parse_config(tiny_sweep_config(llama_dir, eval_files, grid={"rank": [1, 4, 2], "target_modules": [["q_proj"]]}))
-    monkeypatch.setattr(run_module, "run_point", flaky)
+    monkeypatch.setattr(train_module, "finetune", flaky)
     result = run_sweep(config, tmp_path / "s", progress=False)
     failed_id = next(p.point_id for p in result.points if p.rank == 4)
     assert set(result.failed) == {failed_id} and "simulated out-of-memory" in result.failed[failed_id]
     assert {r["rank"] for r in result.records} == {1, 2}  # the points after the failure ran
 
     assert run_sweep(config, tmp_path / "s", progress=False).ran == []  # failed points wait for --retry-failed
-    monkeypatch.setattr(run_module, "run_point", real)
+    monkeypatch.setattr(train_module, "finetune", real)
     retried = run_sweep(config, tmp_path / "s", retry_failed=True, progress=False)
     assert retried.ran == [failed_id] and retried.failed == {}
     assert {r["rank"] for r in retried.records} == {1, 2, 4}
@@ -189,6 +190,29 @@ def test_the_ray_executor_gives_the_same_records_as_local(sweep, tmp_path):
         ray.shutdown()
     assert on_ray.failed == {}
     assert by_point_and_step(on_ray.records) == by_point_and_step(result.records)
+
+
+def test_the_submitit_executor_gives_the_same_records_as_local(sweep, tmp_path):
+    pytest.importorskip("submitit")
+    result, config = sweep
+    on_submitit = run_sweep(config, tmp_path / "sub", executor="submitit", options={"cluster": "local"}, progress=False)
+    assert on_submitit.failed == {}
+    assert by_point_and_step(on_submitit.records) == by_point_and_step(result.records)
+    assert len(list((tmp_path / "sub" / "submitit").glob("*_result.pkl"))) == len(result.points)  # one job per point
+
+
+@pytest.mark.parametrize(
+    ("executor", "options", "fragment"),
+    [
+        ("slurmish", {}, "unknown executor 'slurmish' (known: "),
+        ("local", {"address": "auto"}, "unknown executor option address"),
+        ("submitit", {"cluster": "pbs"}, "cluster must be auto, slurm or local"),
+    ],
+)
+def test_an_unknown_executor_or_option_is_a_user_error(sweep, tmp_path, executor, options, fragment):
+    _, config = sweep
+    with pytest.raises(UserInputError, match=fragment.replace("(", r"\(")):
+        run_sweep(config, tmp_path / "s", executor=executor, options=options, progress=False)
 
 
 def test_the_sweep_command_starts_and_stops_its_own_ray_cluster(llama_dir, eval_files, tmp_path, capsys):

@@ -1,28 +1,56 @@
-"""A sweep process killed with SIGKILL at random moments resumes to exactly the records of an
-uninterrupted sweep: nothing lost, nothing duplicated, no torn line."""
+"""A sweep process killed with SIGKILL resumes to exactly the records of an uninterrupted
+sweep: nothing lost, nothing duplicated, no torn line.
+
+The kills are injected, not timed: the sweep runs in a child process whose store kills the
+process (SIGKILL: no cleanup, no flush) once it has appended a given number of records,
+either right after a record or halfway through writing one (a torn line).
+"""
 
 from __future__ import annotations
 
 import random
 import subprocess
 import sys
-import time
 
 from forgetscope.sweep.config import parse_config
 from forgetscope.sweep.run import run_sweep
 from forgetscope.sweep.store import read_records
 from sweep_helpers import by_point_and_step, tiny_sweep_config, write_config
 
+KILLING_SWEEP = """
+import os, signal, sys
+from forgetscope.sweep.store import SweepStore
+from forgetscope.cli import main
 
-def count_lines(path) -> int:
-    return len(path.read_text().splitlines()) if path.is_file() else 0
+kill_after, torn = int(sys.argv[1]), sys.argv[2] == "torn"
+real_append, appended = SweepStore.append, [0]
+
+def append(self, record):
+    if appended[0] == kill_after:
+        if torn:
+            line = self._records.write
+            import json
+            text = json.dumps(record)
+            line(text[: len(text) // 2])
+            self._records.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_append(self, record)
+    appended[0] += 1
+
+SweepStore.append = append
+sys.argv = ["forgetscope", "sweep", *sys.argv[3:]]
+main()
+"""
 
 
-def start_sweep(config_path, out) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "forgetscope.cli", "sweep", str(config_path), "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+def run_sweep_process(config_path, out, kill_after: int | None = None, torn: bool = False) -> subprocess.CompletedProcess:
+    """The sweep command in a child process; with `kill_after`, SIGKILLed at that record."""
+    args = [str(config_path), "--out", str(out)]
+    if kill_after is None:
+        command = [sys.executable, "-m", "forgetscope.cli", "sweep", *args]
+    else:
+        command = [sys.executable, "-c", KILLING_SWEEP, str(kill_after), "torn" if torn else "clean", *args]
+    return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
 
 
 def test_a_sweep_killed_three_times_resumes_to_the_same_records(llama_dir, eval_files, tmp_path):
@@ -30,26 +58,18 @@ def test_a_sweep_killed_three_times_resumes_to_the_same_records(llama_dir, eval_
     config_path = write_config(tmp_path / "sweep.yaml", config)
     out = tmp_path / "killed"
     rng = random.Random(7)
-    kills, partial_points_left = 0, 0
-    while kills < 3:
-        finished_before = len(list((out / "points").glob("*.json"))) if out.exists() else 0
-        already = 4 * finished_before  # records of finished points survive a restart
-        target = already + rng.randint(1, 7)
-        proc = start_sweep(config_path, out)
-        while proc.poll() is None and count_lines(out / "records.jsonl") < target:
-            time.sleep(0.02)
-        if proc.poll() is not None:
-            break  # finished before we could kill it
-        proc.kill()  # SIGKILL: no cleanup, no flush, mid-point
-        proc.wait()
-        kills += 1
+    partial_points_left = 0
+    for kill in range(3):
+        # Every point has 4 records; kill within the next point, never on a point boundary.
+        kill_after = 4 * rng.randint(0, 1) + rng.randint(1, 3)
+        killed = run_sweep_process(config_path, out, kill_after, torn=kill % 2 == 1)
+        assert killed.returncode == -9, killed.stderr  # killed by the hook, not finished or crashed
         finished = {p.stem for p in (out / "points").glob("*.json")}
         partial_points_left += any(r["point_id"] not in finished for r in read_records(out / "records.jsonl"))
-    assert kills == 3, "the sweep finished before it could be killed three times"
-    assert partial_points_left > 0, "no kill landed mid-point: the test did not exercise recovery"
-    proc = start_sweep(config_path, out)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
+        assert (out / "records.jsonl").read_text().endswith("\n") == (kill % 2 == 0)  # the torn kills left a torn line
+    assert partial_points_left == 3  # every kill landed mid-point: recovery was exercised each time
+    finished = run_sweep_process(config_path, out)
+    assert finished.returncode == 0, finished.stderr
 
     records = read_records(out / "records.jsonl")
     assert len(records) == len({(r["point_id"], r["step"]) for r in records}) == 16  # no duplicates, none lost

@@ -225,16 +225,28 @@ def print_sweep_summary(result) -> None:
 def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep config (YAML); see examples/.")],
     out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default sweeps/NAME); an existing one is resumed.")] = None,
-    executor: Annotated[str, typer.Option(help="local (one point after another) or ray.")] = "local",
+    executor: Annotated[str, typer.Option(help="Where points run: local (one after another here), ray, or submitit (Slurm).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto or HOST:6379); default starts a local one.")] = None,
+    executor_option: Annotated[Optional[list[str]], typer.Option(
+        "--executor-option", help="KEY=VALUE for the executor, repeatable (submitit: cluster, folder, timeout_min, partition).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the points that failed before again.")] = False,
 ) -> None:
     """Run or resume a grid of LoRA / rsLoRA fine-tunes, storing every record as it arrives."""
     from forgetscope.sweep.config import load_config
     from forgetscope.sweep.run import run_sweep
 
+    options = {}
+    for pair in executor_option or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"--executor-option takes KEY=VALUE, got {pair!r}")
+        options[key] = value
+    if address is not None:
+        if executor != "ray":
+            raise UserInputError("--address joins a Ray cluster: use it with --executor ray")
+        options["address"] = address
     sweep_config = load_config(config)
-    result = run_sweep(sweep_config, out or Path("sweeps") / sweep_config.name, executor, address, retry_failed)
+    result = run_sweep(sweep_config, out or Path("sweeps") / sweep_config.name, executor, options, retry_failed)
     print_sweep_summary(result)
 
 
@@ -255,8 +267,7 @@ def print_fit_tables(fits: dict) -> None:
         for column in ("form", "held-out MAPE", "held-out log RMSE", "R^2 (all data)"):
             forms.add_column(column, justify="left" if column == "form" else "right")
         for label, values in entry["forms"].items():
-            forms.add_row(label + (" *" if label.split("/")[0] == entry["form"] and
-                                   (entry["shift"] in label or "/" not in label) else ""),
+            forms.add_row(label + (" *" if label == entry["label"] else ""),
                           f"{values['heldout_mape']:.2%}", f"{values['heldout_log_rmse']:.4f}", f"{values['r2']:.3f}")
         console.print(forms)
     line = fits["linear"]
@@ -278,11 +289,11 @@ def fit(
     as_json: Annotated[bool, typer.Option("--json", help="Print fits.json instead of tables.")] = False,
 ) -> None:
     """Fit the scaling laws of forgetting on a sweep; writes DIR/fits.json."""
-    from forgetscope.laws.sweep_fit import fit_sweep, public
+    from forgetscope.laws.select import fit_sweep
 
     if bootstrap < 0 or not 0 < holdout < 1:
         raise UserInputError("--bootstrap must be >= 0 and --holdout in (0, 1)")
-    fits = public(fit_sweep(directory, bootstrap, seed, holdout))
+    fits = fit_sweep(directory, bootstrap, seed, holdout)
     if as_json:
         print(json.dumps(fits))
     else:
@@ -299,8 +310,9 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Forecast forgetting for a configuration not yet run, or the steps a forgetting budget allows."""
-    from forgetscope.laws.sweep_fit import budget_steps, load_fits
-    from forgetscope.laws.sweep_fit import predict as forecast
+    from forgetscope.laws.forecast import budget_steps
+    from forgetscope.laws.forecast import predict as forecast
+    from forgetscope.laws.select import load_fits
 
     if (steps is None) == (budget is None):
         raise UserInputError("give exactly one of --steps (forecast forgetting) or --budget (forecast steps)")

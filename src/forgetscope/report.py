@@ -12,32 +12,20 @@ import base64
 import html
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from forgetscope.laws.sweep_fit import fit_sweep, read_table  # noqa: E402
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _colors(values):
-    order = sorted(set(values))
-    cmap = plt.get_cmap("viridis")
-    return {v: cmap(i / max(1, len(order) - 1)) for i, v in enumerate(order)}
+from forgetscope.laws.forecast import fit_from
+from forgetscope.laws.select import fit_sweep, fitted_rows, load_fits, read_table
+from forgetscope.plots import colors as _colors
+from forgetscope.plots import save as _save
+from forgetscope.plots import subplots
 
 
 def _law_vs_steps(table, entry, target: str, title: str, path: Path) -> None:
-    fit = entry["_fit"]
+    fit = fit_from(entry)
     samples = np.array(entry["bootstrap"])
     colors = _colors(table.P)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     trained = table[table.N > 0]
     grid = np.geomspace(max(1, trained.N.min()), trained.N.max() * 1.5, 60)
     for P, group in trained.groupby("P"):
@@ -61,7 +49,7 @@ def _law_vs_steps(table, entry, target: str, title: str, path: Path) -> None:
 def _vs_ft_loss(table, line: dict, path: Path) -> None:
     trained = table[table.N > 0]
     colors = _colors(trained.P)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = subplots(figsize=(6, 4.5))
     for P, group in trained.groupby("P"):
         ax.scatter(group.ft_loss, group.forgetting_ce, color=colors[P], s=16, label=f"P = {P:,}")
     xs = np.linspace(trained.ft_loss.min(), trained.ft_loss.max(), 20)
@@ -74,16 +62,16 @@ def _vs_ft_loss(table, line: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def _heldout_and_residuals(fits: dict, heldout_path: Path, residual_path: Path) -> None:
-    fig_h, axes_h = plt.subplots(1, 3, figsize=(11, 3.8))
-    fig_r, axes_r = plt.subplots(1, 3, figsize=(11, 3.4))
+def _heldout_and_residuals(table, fits: dict, heldout_path: Path, residual_path: Path) -> None:
+    fig_h, axes_h = subplots(1, 3, figsize=(11, 3.8))
+    fig_r, axes_r = subplots(1, 3, figsize=(11, 3.4))
     for ax_h, ax_r, target in zip(axes_h, axes_r, ("forgetting_ce", "kl", "ft_loss")):
         entry = fits[target]
-        best = entry["_best"]
-        rows, held = best["rows"], best["heldout"]
+        rows, held = fitted_rows(table, fits, target)
         P, N, y = rows.P.to_numpy(float), rows.N.to_numpy(float), rows[target].to_numpy(float)
-        if best["heldout_fit"] is not None and held.any():
-            pred = best["heldout_fit"].predict(P, N)
+        heldout_fit = fit_from(entry, "heldout_theta")
+        if heldout_fit is not None and held.any():
+            pred = heldout_fit.predict(P, N)
             ax_h.scatter(y[~held], pred[~held], s=12, color="tab:blue", label="fitted on")
             ax_h.scatter(y[held], pred[held], s=16, color="tab:red", label="held out")
             lims = [min(y.min(), pred.min()), max(y.max(), pred.max())]
@@ -94,7 +82,7 @@ def _heldout_and_residuals(fits: dict, heldout_path: Path, residual_path: Path) 
         ax_h.set_title(f"{target}: predicted vs measured", fontsize=9)
         ax_h.set_xlabel("measured")
         ax_h.set_ylabel("predicted")
-        residual = np.log(entry["_fit"].predict(P, N)) - np.log(y)
+        residual = np.log(fit_from(entry).predict(P, N)) - np.log(y)
         ax_r.scatter(np.maximum(N, 0.8), residual, s=12, c=np.log(P), cmap="viridis")
         ax_r.axhline(0, color="k", lw=0.8)
         ax_r.set_xscale("log")
@@ -109,7 +97,7 @@ def _domains(table, path: Path) -> bool:
         return False
     last = table.loc[table.groupby("point_id").N.idxmax()].sort_values("P")
     names = sorted({d for doms in last.domains for d in doms})
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     width = 0.8 / len(names)
     x = np.arange(len(last))
     for i, name in enumerate(names):
@@ -129,7 +117,7 @@ def downstream_against_forgetting(directory: str | Path, table=None) -> dict | N
     task the Pearson and Spearman correlations across points. None without downstream results."""
     from scipy import stats
 
-    from forgetscope.downstream.sweep import drops
+    from forgetscope.downstream.compare import drops
     from forgetscope.sweep.store import read_downstream
 
     base, points = read_downstream(directory)
@@ -158,7 +146,7 @@ def downstream_against_forgetting(directory: str | Path, table=None) -> dict | N
 def _downstream_plot(summary: dict, path: Path) -> None:
     names = list(summary["tasks"])
     cols = min(3, len(names))
-    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(4 * cols, 3.3 * ((len(names) + cols - 1) // cols)),
+    fig, axes = subplots((len(names) + cols - 1) // cols, cols, figsize=(4 * cols, 3.3 * ((len(names) + cols - 1) // cols)),
                              squeeze=False)
     for ax, task in zip(axes.flat, names):
         info = summary["tasks"][task]
@@ -223,12 +211,12 @@ def _fit_table(target: str, entry: dict) -> str:
 
 
 def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) -> Path:
-    """Fit the sweep in `directory` and write `report.html` and the PNGs next to its records."""
+    """Write `report.html` and the PNGs next to the sweep's records, from its `fits.json` as
+    `forgetscope fit` wrote it (never rewritten here). Without one, the laws are fitted first
+    with `fit`'s defaults (and `n_bootstrap`, `seed`), and `fits.json` is written as `fit` would."""
     directory = Path(directory)
     table = read_table(directory)
-    fits = fit_sweep(directory, n_bootstrap, seed)
-    for target in ("forgetting_ce", "kl", "ft_loss"):
-        fits[target]["_fit"] = fits[target]["_best"]["fit"]
+    fits = load_fits(directory) if (directory / "fits.json").is_file() else fit_sweep(directory, n_bootstrap, seed)
     images = {
         "kl_vs_steps.png": "KL to the base against steps, one colour per P, with the fitted law and its 95% band",
         "forgetting_vs_steps.png": "Forgetting L_f against steps, with the fitted law and its 95% band",
@@ -239,7 +227,7 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     _law_vs_steps(table, fits["kl"], "kl", "KL(base ‖ fine-tuned) against steps", directory / "kl_vs_steps.png")
     _law_vs_steps(table, fits["forgetting_ce"], "forgetting_ce", "Forgetting L_f against steps", directory / "forgetting_vs_steps.png")
     _vs_ft_loss(table, fits["linear"], directory / "forgetting_vs_ft_loss.png")
-    _heldout_and_residuals(fits, directory / "heldout.png", directory / "residuals.png")
+    _heldout_and_residuals(table, fits, directory / "heldout.png", directory / "residuals.png")
     if _domains(table, directory / "domains.png"):
         images["domains.png"] = "Forgetting per eval domain at the last step of each run"
     downstream = downstream_against_forgetting(directory, table)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetscope.downstream import offline, safety
+from forgetscope.downstream.compare import compare
 from forgetscope.errors import UserInputError
 
 SUITES: dict[str, list[str]] = {
@@ -204,40 +205,6 @@ def _collect(raw: dict) -> dict:
         out[task] = {"metrics": metrics, "n": n if n is not None else len(samples), "per_example": per_example,
                      "group": task in raw.get("group_subtasks", {}), "in_group": task in children}
     return out
-
-
-def compare(base: dict, finetuned: dict) -> list[dict]:
-    """One row per task and metric present in both: values, stderrs, difference (fine-tuned
-    minus base) and its stderr (paired when per-example values exist), and `worse`: the
-    difference signed so that positive means the fine-tune did worse."""
-    rows = []
-    for task, b in base.items():
-        f = finetuned.get(task)
-        if f is None or b["in_group"]:
-            continue
-        for metric, bm in b["metrics"].items():
-            fm = f["metrics"].get(metric)
-            if fm is None:
-                continue
-            diff = fm["value"] - bm["value"]
-            pb, pf = b["per_example"].get(metric), f["per_example"].get(metric)
-            if pb and pf and len(pb) == len(pf) > 1:
-                deltas = [y - x for x, y in zip(pb, pf)]
-                mean = sum(deltas) / len(deltas)
-                diff_se = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1) / len(deltas))
-                paired = True
-            elif bm["stderr"] is not None and fm["stderr"] is not None:
-                diff_se, paired = math.hypot(bm["stderr"], fm["stderr"]), False
-            else:
-                diff_se, paired = None, False
-            higher = bm["higher_is_better"]
-            rows.append({
-                "task": task, "metric": metric, "n": b["n"], "base": bm["value"], "base_stderr": bm["stderr"],
-                "finetuned": fm["value"], "finetuned_stderr": fm["stderr"], "difference": diff,
-                "difference_stderr": diff_se, "paired": paired, "higher_is_better": higher,
-                "worse": None if higher is None else (-diff if higher else diff),
-            })
-    return rows
 
 
 def strip_examples(result: dict) -> dict:

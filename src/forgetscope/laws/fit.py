@@ -50,21 +50,16 @@ def _objective(theta, form: Form, P, N, log_y, shift, delta):
 
 
 def _bounds(form: Form, shift: float | None, y: np.ndarray) -> list[tuple[float, float]]:
-    exponent = (-2.0, 3.0) if form.increasing else (0.0, 3.0)
-    inner = [(-40.0, 40.0), exponent, (0.0, 3.0)] if form.name.startswith("mult") else [(-40.0, 40.0), exponent, (-40.0, 40.0), (0.0, 3.0)]
+    inner = form.bounds()
     return inner if shift is not None else [(0.0, float(np.min(y)) * (1 - 1e-9)), *inner]
 
 
 def _starts(form: Form, shift: float | None, y: np.ndarray) -> list[np.ndarray]:
+    """The form's starting grid around the data's level, times a few shifts when E is free."""
     level = np.log(max(float(np.median(y) - (shift or 0.0)), 1e-12))
-    alphas = (0.05, 0.5) if form.increasing else (0.1, 0.5)
-    betas = (0.1, 0.5, 1.0)
     shifts = [None] if shift is not None else [0.0, 0.5 * float(np.min(y)), 0.95 * float(np.min(y))]
-    starts = []
-    for e, a, b, scale in itertools.product(shifts, alphas, betas, (-3.0, 0.0)):
-        inner = [level + scale, a, b] if form.name.startswith("mult") else [level + scale, a, level + scale, b]
-        starts.append(np.array(inner if e is None else [e, *inner], dtype=float))
-    return starts
+    return [np.array(inner if e is None else [e, *inner], dtype=float)
+            for e, inner in itertools.product(shifts, form.starts(level))]
 
 
 def fit_law(

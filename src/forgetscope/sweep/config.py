@@ -11,8 +11,8 @@
       rslora: [true]
     steps: 200
     eval_points: 8
-    downstream:                       # optional: lm-eval tasks on the base once and on each point at its end
-      suite: tiny                     # knowledge, reasoning, safety, tiny, or task names
+    downstream:                       # optional: an evaluator's section (`sweep/evaluators/`), here
+      suite: tiny                     # lm-eval tasks on the base once and on each point at its end
       limit: 100
 
 Every error names the field and what is wrong with it, on one line.
@@ -91,27 +91,12 @@ class Resources(Strict):
     gpus: float = Field(0.0, ge=0)
 
 
-class Downstream(Strict):
-    """Benchmarks run through lm-evaluation-harness: on the base once, on every point at its end."""
-
-    suite: str = Field("tiny", description="knowledge, reasoning, safety, tiny, or comma-separated lm-eval task names.")
-    limit: int | None = Field(None, ge=1, description="At most this many examples per task.")
-    num_fewshot: int | None = Field(None, ge=0)
-    batch_size: int = Field(8, ge=1)
-    harmful: Path | None = Field(None, description="Harmful-instruction file (.txt or .csv) for the safety suite (default AdvBench).")
-    judge: str | None = Field(None, description="Refusal judge module:function.")
-
-    def settings(self):
-        """The `forgetscope.downstream.evaluate.EvalSettings` these stand for."""
-        from forgetscope.downstream.evaluate import EvalSettings
-
-        data = self.model_dump()
-        data["harmful"] = None if self.harmful is None else str(self.harmful)
-        return EvalSettings(**data)
-
-
 class SweepConfig(Strict):
-    """One sweep: a base model, data, a grid, and the budget every point shares."""
+    """One sweep: a base model, data, a grid, and the budget every point shares. Any other
+    top-level key must be the section of a registered end-of-point evaluator
+    (`forgetscope.sweep.evaluators`), validated by that evaluator's schema."""
+
+    model_config = ConfigDict(extra="allow")
 
     name: str = "sweep"
     base_model: str = Field("tiny", description="`tiny` (the embedded default), a model directory or a hub id.")
@@ -129,7 +114,29 @@ class SweepConfig(Strict):
     scheduler: str = "constant_with_warmup"
     dtype: Literal["float32", "bfloat16"] = "float32"
     resources: Resources = Resources()
-    downstream: Downstream | None = None
+
+    @model_validator(mode="after")
+    def _evaluator_sections(self) -> SweepConfig:
+        from forgetscope.sweep.evaluators import EVALUATORS
+
+        extra = self.__pydantic_extra__ or {}
+        for key, value in list(extra.items()):
+            if key not in EVALUATORS:
+                raise _SectionError(f"`{key}`: unknown field")
+            if value is not None and not isinstance(value, BaseModel):
+                try:
+                    extra[key] = EVALUATORS.get(key).section.model_validate(value)
+                except ValidationError as exc:
+                    raise _SectionError(_describe(exc, prefix=key)) from None
+        return self
+
+    def sections(self) -> dict[str, BaseModel]:
+        """`{evaluator name: its validated section}` of the evaluators this sweep enables."""
+        return {k: v for k, v in (self.__pydantic_extra__ or {}).items() if v is not None}
+
+    def section(self, name: str) -> BaseModel | None:
+        """One evaluator's section, or None when the sweep does not enable it."""
+        return self.sections().get(name)
 
     @model_validator(mode="after")
     def _budgets_hold_a_sequence(self) -> SweepConfig:
@@ -141,19 +148,41 @@ class SweepConfig(Strict):
     def canonical(self) -> dict:
         """The config as plain data, every default filled in: what `config.yaml` holds."""
         data = self.model_dump(mode="json")
-        if data["downstream"] is None:
-            del data["downstream"]  # sweeps written before the section existed still resume
-        return data
+        return {k: v for k, v in data.items() if v is not None or k in type(self).model_fields}
+
+    def identity(self) -> dict:
+        """The settings that differ from their defaults: what must match for a sweep to resume,
+        so that adding a field with a default never strands an old sweep directory."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    def train_settings(self, point):
+        """The `forgetscope.train.TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`)."""
+        import torch
+
+        from forgetscope.models import resolve_dtype
+        from forgetscope.train import TrainSettings
+
+        return TrainSettings(
+            steps=self.steps, learning_rate=point.learning_rate, batch_size=self.batch_size, seq_len=self.seq_len,
+            warmup_steps=self.warmup_steps, scheduler=self.scheduler, eval_points=self.eval_points, seed=point.seed,
+            bf16=resolve_dtype(self.dtype) == torch.bfloat16,
+        )
 
 
-def _describe(error: ValidationError, source: str) -> str:
+class _SectionError(Exception):
+    """An evaluator section or an unknown top-level key that failed validation, already
+    described on one line. Not a `ValueError`, so pydantic passes it through unwrapped."""
+
+
+def _describe(error: ValidationError, source: str = "", prefix: str = "") -> str:
+    """The first error of `error` on one line: `` source: `field.path`: what is wrong ``."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "") or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source}: `{where}`: {message}{more}"
+    return f"{source + ': ' if source else ''}`{where}`: {message}{more}"
 
 
 def parse_config(data: object, source: str = "config") -> SweepConfig:
@@ -164,6 +193,8 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
         raise UserInputError(_describe(exc, source)) from None
+    except _SectionError as exc:
+        raise UserInputError(f"{source}: {exc}") from None
 
 
 def load_config(path: str | Path) -> SweepConfig:
@@ -179,6 +210,7 @@ def load_config(path: str | Path) -> SweepConfig:
     for source in [config.finetune_data, *config.eval_data]:
         if source.files is not None:
             source.files = [f if f.is_absolute() else (path.parent / f).resolve() for f in source.files]
-    if config.downstream is not None and config.downstream.harmful is not None and not config.downstream.harmful.is_absolute():
-        config.downstream.harmful = (path.parent / config.downstream.harmful).resolve()
+    for section in config.sections().values():
+        if hasattr(section, "resolve_paths"):
+            section.resolve_paths(path.parent)
     return config

@@ -3,8 +3,9 @@
     DIR/config.yaml      the config as resolved (every default filled in)
     DIR/records.jsonl    one JSON record a line, appended and flushed as each arrives
     DIR/points/ID.json   one file per point that ended: finished, or failed with its error
-    DIR/downstream/      with a `downstream:` section: base.json (the base, evaluated once)
-                         and ID.json per point, written before the point is marked finished
+    DIR/KIND/            artifacts of an end-of-point evaluator (KIND is its name, e.g.
+                         `downstream`): base.json (the base, evaluated once) and ID.json
+                         per point, written before the point is marked finished
 
 A point's records count only once its `points/ID.json` says "finished". Opening the
 directory again drops the records of points that never finished (and a torn last line),
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -38,18 +41,22 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def read_downstream(directory: str | Path, finished: set[str] | None = None) -> tuple[dict | None, dict[str, dict]]:
-    """`(base, {point_id: result})` from `DIR/downstream/`, for the finished points only."""
+def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None = None) -> tuple[object, dict[str, object]]:
+    """`(base, {point_id: artifact})` of one kind from `DIR/KIND/`, for the finished points only
+    (`finished` defaults to what `DIR/points/` says)."""
     if finished is None:
         finished = {p.stem for p in (Path(directory) / "points").glob("*.json") if json.loads(p.read_text()).get("status") == "finished"}
-    folder = Path(directory) / "downstream"
+    folder = Path(directory) / kind
     base_path = folder / "base.json"
     base = json.loads(base_path.read_text()) if base_path.is_file() else None
-    points = {}
-    for path in sorted(folder.glob("*.json")):
-        if path.stem != "base" and (finished is None or path.stem in finished):
-            points[path.stem] = json.loads(path.read_text())
+    points = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))
+              if path.stem != "base" and path.stem in finished}
     return base, points
+
+
+def read_downstream(directory: str | Path, finished: set[str] | None = None) -> tuple[dict | None, dict[str, dict]]:
+    """The `downstream` evaluator's artifacts (`read_artifacts(directory, "downstream")`)."""
+    return read_artifacts(directory, "downstream", finished)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -64,14 +71,17 @@ def _write_atomically(path: Path, text: str) -> None:
 class SweepStore:
     """Open (or create) a sweep directory for `config` and keep it consistent."""
 
-    def __init__(self, directory: str | Path, config: dict):
+    def __init__(self, directory: str | Path, config: dict, identity: Callable[[dict], object] = lambda data: data):
+        """`identity` maps a config to what must match for a resume (by default the whole of it;
+        the sweep passes its non-default settings, so a new field with a default never strands
+        an old sweep)."""
         self.dir = Path(directory)
         self.records_path = self.dir / "records.jsonl"
         self.points_dir = self.dir / "points"
         config_path = self.dir / "config.yaml"
         if config_path.is_file():
             existing = yaml.safe_load(config_path.read_text())
-            if existing != config:
+            if identity(existing or {}) != identity(config):
                 changed = sorted(k for k in set(existing or {}) | set(config) if (existing or {}).get(k) != config.get(k))
                 raise UserInputError(
                     f"{self.dir} holds a sweep with a different config (differs in: {', '.join(changed)}): "
@@ -84,6 +94,7 @@ class SweepStore:
             _write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
         self._drop_unfinished_records()
         self._records = open(self.records_path, "a")
+        self._streamed: Counter[str] = Counter()
 
     def close(self) -> None:
         self._records.close()
@@ -119,19 +130,28 @@ class SweepStore:
     def forget_point(self, point_id: str) -> None:
         """Drop a point's status (to run it again) and any records it left."""
         (self.points_dir / f"{point_id}.json").unlink(missing_ok=True)
-        (self.dir / "downstream" / f"{point_id}.json").unlink(missing_ok=True)
+        for folder in self.dir.iterdir():
+            if folder.is_dir() and folder.name != "points":
+                (folder / f"{point_id}.json").unlink(missing_ok=True)  # its artifacts, of any kind
+        self._streamed.pop(point_id, None)
         self._rewrite(lambda r: r.get("point_id") != point_id)
 
-    # -- downstream results ------------------------------------------------------------------
+    # -- artifacts ---------------------------------------------------------------------------
 
-    def save_downstream(self, name: str, result: dict) -> None:
-        """Store the downstream result of `name` (a point id, or "base"), replacing any earlier one."""
-        (self.dir / "downstream").mkdir(exist_ok=True)
-        _write_atomically(self.dir / "downstream" / f"{name}.json", json.dumps(result))
+    def save_artifact(self, kind: str, name: str, artifact: object) -> None:
+        """Store an evaluator's result for `name` (a point id, or "base") as `DIR/KIND/NAME.json`,
+        replacing any earlier one."""
+        (self.dir / kind).mkdir(exist_ok=True)
+        _write_atomically(self.dir / kind / f"{name}.json", json.dumps(artifact))
 
-    def downstream(self) -> tuple[dict | None, dict[str, dict]]:
-        """`(base result or None, {point_id: result})` of finished points."""
-        return read_downstream(self.dir, self.finished())
+    def artifact(self, kind: str, name: str) -> object:
+        """A stored artifact, or None."""
+        path = self.dir / kind / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def artifacts(self, kind: str) -> tuple[object, dict[str, object]]:
+        """`(base artifact or None, {point_id: artifact})` of finished points."""
+        return read_artifacts(self.dir, kind, self.finished())
 
     # -- records -------------------------------------------------------------------------------
 
@@ -139,6 +159,11 @@ class SweepStore:
         """Append one record and flush it to the OS: a killed process loses nothing written."""
         self._records.write(json.dumps(record) + "\n")
         self._records.flush()
+        self._streamed[record.get("point_id")] += 1
+
+    def streamed(self, point_id: str) -> int:
+        """How many records of `point_id` were appended since the store was opened."""
+        return self._streamed[point_id]
 
     def records(self) -> list[dict]:
         """The records of finished points."""

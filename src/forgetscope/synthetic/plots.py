@@ -15,12 +15,11 @@ import html
 import json
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import colormaps
 
-from forgetscope.report import _save  # noqa: E402  (the project's one figure-saving helper)
+from forgetscope.plots import save as _save
+from forgetscope.plots import subplots
 
 BASELINE_STYLE = {"ridge": ("tab:blue", "--"), "discrete posterior": ("tab:red", "--"), "mixture Bayes": ("black", ":")}
 
@@ -30,13 +29,13 @@ def _finetuned_labels(results: dict) -> list[str]:
 
 
 def _state_colors(labels: list[str]) -> dict:
-    cmap = plt.get_cmap("viridis")
+    cmap = colormaps["viridis"]
     return {label: cmap(i / max(1, len(labels) - 1)) for i, label in enumerate(labels)}
 
 
 def _error_vs_k(results: dict, dist: str, path: Path) -> None:
     ks = results["k"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for name, (color, style) in BASELINE_STYLE.items():
         ax.plot(ks, results["baselines"][dist][name]["by_k"], color=color, ls=style, lw=1.4, label=name)
     labels = ["pretrained", *_finetuned_labels(results)]
@@ -59,7 +58,7 @@ def _error_vs_gamma(results: dict, path: Path) -> None:
     gammas = [float(g) for g in results["config"]["gammas"]]
     labels = ["pretrained", *_finetuned_labels(results)]
     colors = _state_colors(labels)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = subplots(1, 2, figsize=(11, 4.2))
     for ax, dist in zip(axes, ("continuous", "discrete")):
         for label in labels:
             ax.plot(gammas, [results["model"][dist][label][str(g)]["mean"] for g in gammas], marker="o", color=colors[label], label=label)
@@ -80,7 +79,7 @@ def _error_vs_gamma(results: dict, path: Path) -> None:
 def _forgetting(results: dict, path: Path) -> None:
     steps = [0, *results["config"]["finetune_checkpoints"]]
     labels = ["pretrained", *_finetuned_labels(results)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for dist, color in (("continuous", "tab:blue"), ("discrete", "tab:red")):
         ax.plot(steps, [results["model"][dist][l]["1.0"]["mean"] for l in labels], marker="o", color=color, label=f"{dist}, plain prompt")
     best = [results["recovery"][l]["best_gamma"] for l in labels[1:]]
@@ -97,7 +96,7 @@ def _forgetting(results: dict, path: Path) -> None:
 
 
 def _training_loss(results: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = subplots(1, 2, figsize=(11, 4.2))
     pre = results["pretrain_curve"]
     axes[0].plot([s for s, _ in pre], [v for _, v in pre], color="tab:green")
     plateau = results["plateau"]

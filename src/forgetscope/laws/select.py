@@ -1,0 +1,136 @@
+"""Fit the laws on a sweep's records: every registered form, free and fixed shifts,
+selection by held-out error, bootstrap intervals for the selected one; `fit_sweep` adds
+the paper's analyses (`analyses`) and writes `fits.json`, which `forecast` and the report read.
+
+Reads only `records.jsonl`, so any tool that writes that format can be fitted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forgetscope.errors import UserInputError
+from forgetscope.laws.analyses import domain_analysis, linear_relation, matched_loss_analysis
+from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, fit_law, holdout_mask, log_metrics
+from forgetscope.laws.forms import FORMS, candidate_forms
+from forgetscope.sweep.store import read_records  # json + yaml only: no torch
+
+TARGETS = ("forgetting_ce", "kl", "ft_loss")
+
+
+def read_table(directory: str | Path) -> pd.DataFrame:
+    """One row per (point, step) from `DIR/records.jsonl` (a torn last line is skipped)."""
+    path = Path(directory) / "records.jsonl"
+    if not path.is_file():
+        raise UserInputError(f"no records to fit: {path} not found (run `forgetscope sweep` first)")
+    records = read_records(path)
+    if not records:
+        raise UserInputError(f"cannot fit: {path} holds no records")
+    missing = {"point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_loss"} - set(records[0])
+    if missing:
+        raise UserInputError(f"{path}: records lack {', '.join(sorted(missing))}")
+    table = pd.DataFrame(records).rename(columns={"trainable_params": "P", "step": "N"})
+    return table.sort_values(["point_id", "N"]).reset_index(drop=True)
+
+
+def _candidates(target: str, table: pd.DataFrame) -> dict[str, tuple[str, float | None, pd.DataFrame]]:
+    """`{label: (form name, fixed shift or None, rows)}` to try for one target."""
+    trained = table[table.N > 0]
+    if target == "kl":
+        rows = trained[trained.kl > 0]
+        return {name: (name, 0.0, rows) for name in candidate_forms(increasing=True)}
+    if target == "ft_loss":
+        return {name: (name, None, trained) for name in candidate_forms(increasing=False)}
+    start = table[table.N == 0]
+    base_entropy = float(start.forgetting_ce.median()) if len(start) else float(table.base_entropy.median())
+    out = {}
+    for name in candidate_forms(increasing=True):
+        out[f"{name}/fixed"] = (name, base_entropy, trained)
+        out[f"{name}/free"] = (name, None, table)  # step 0 rows pin the free shift
+    return out
+
+
+def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: str, last_fraction: float) -> dict:
+    form = FORMS.get(name)
+    n_params = len(form.fit_names(shift))
+    check_enough_data(rows.P[rows.N > 0], rows.N[rows.N > 0], n_params, target)
+    P, N, y, groups = rows.P.to_numpy(float), rows.N.to_numpy(float), rows[target].to_numpy(float), rows.point_id.to_numpy()
+    full = fit_law(form, P, N, y, shift)
+    held = holdout_mask(P, N, groups, last_fraction) & (N > 0)
+    train = ~held
+    result = {"fit": full, "rows": rows, **{k: v for k, v in log_metrics(y, full.predict(P, N)).items() if k != "mape"}}
+    if held.any() and len(np.unique(P[train & (N > 0)])) >= 2:
+        partial = fit_law(form, P[train], N[train], y[train], shift)
+        errors = log_metrics(y[held], partial.predict(P[held], N[held]))
+        result.update(heldout_mape=errors["mape"], heldout_log_rmse=errors["log_rmse"], heldout_fit=partial, heldout=held)
+    else:
+        result.update(heldout_mape=float("nan"), heldout_log_rmse=float("nan"), heldout_fit=None, heldout=held)
+    return result
+
+
+def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: int = 0, last_fraction: float = 0.25) -> dict:
+    """Every candidate form of one target, the selected one with bootstrap intervals."""
+    tried = {label: _fit_candidate(name, shift, rows, target, last_fraction)
+             for label, (name, shift, rows) in _candidates(target, table).items()}
+    label = min(tried, key=lambda k: (np.nan_to_num(tried[k]["heldout_mape"], nan=np.inf), tried[k]["log_rmse"]))
+    best = tried[label]
+    fit: Fit = best["fit"]
+    heldout_fit: Fit | None = best["heldout_fit"]
+    rows = best["rows"]
+    samples = bootstrap(fit, rows.point_id.to_numpy(), rows.P.to_numpy(float), rows.N.to_numpy(float),
+                        rows[target].to_numpy(float), n_bootstrap, seed) if n_bootstrap > 0 else np.empty((0, len(fit.theta)))
+    reported = np.array([list(fit.form.report(t, fit.shift).values()) for t in samples]) if len(samples) else None
+    ci = {name: [float(v) for v in np.percentile(reported[:, i], [2.5, 97.5])] for i, name in enumerate(fit.params)} if reported is not None else {}
+    return {
+        "label": label,
+        "form": fit.form.name,
+        "shift": "zero" if target == "kl" else ("fixed" if fit.shift is not None else "free"),
+        "shift_value": fit.shift,
+        "params": fit.params,
+        "ci": ci,
+        "heldout_mape": best["heldout_mape"],
+        "heldout_log_rmse": best["heldout_log_rmse"],
+        "r2": best["r2"],
+        "log_rmse": best["log_rmse"],
+        "n": int(len(rows)),
+        "forms": {k: {"heldout_mape": v["heldout_mape"], "heldout_log_rmse": v["heldout_log_rmse"], "r2": v["r2"],
+                      "params": v["fit"].params} for k, v in tried.items()},
+        "theta": fit.theta.tolist(),
+        "heldout_theta": None if heldout_fit is None else heldout_fit.theta.tolist(),
+        "bootstrap": samples.tolist(),
+    }
+
+
+def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, last_fraction: float = 0.25) -> dict:
+    """Fit every target and the analyses, write `DIR/fits.json`, and return what it holds."""
+    table = read_table(directory)
+    fits = {target: fit_target(table, target, n_bootstrap, seed, last_fraction) for target in TARGETS}
+    fits["linear"] = linear_relation(table)
+    fits["matched_loss"] = matched_loss_analysis(table)
+    fits["domains"] = domain_analysis(table)
+    fits["n_records"], fits["n_points"] = int(len(table)), int(table.point_id.nunique())
+    fits["holdout"] = last_fraction
+    (Path(directory) / "fits.json").write_text(json.dumps(fits, indent=2))
+    return fits
+
+
+def load_fits(directory: str | Path) -> dict:
+    """`DIR/fits.json` as `fit` wrote it."""
+    path = Path(directory) / "fits.json"
+    if not path.is_file():
+        raise UserInputError(f"{path} not found: run `forgetscope fit {directory}` first")
+    return json.loads(path.read_text())
+
+
+def fitted_rows(table: pd.DataFrame, fits: dict, target: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows the selected law of `target` was fitted on, and which of them validation held
+    out (as `fit_sweep` chose them)."""
+    entry = fits[target]
+    label = entry.get("label") or (entry["form"] if target != "forgetting_ce" else f"{entry['form']}/{entry['shift']}")
+    rows = _candidates(target, table)[label][2]
+    held = holdout_mask(rows.P.to_numpy(float), rows.N.to_numpy(float), rows.point_id.to_numpy(), fits.get("holdout", 0.25))
+    return rows, held & (rows.N.to_numpy() > 0)

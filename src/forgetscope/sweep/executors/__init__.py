@@ -1,0 +1,67 @@
+"""Where a sweep's points run. An executor is one module in this package that registers a
+class; the driver loop (`forgetscope.sweep.run`) submits every unfinished point to it and
+stores each `PointResult` as `as_completed` yields it. Executors never write the sweep
+directory, so no executor needs a shared filesystem for results.
+
+    class MyExecutor:
+        def __init__(self, context: ExecutorContext): ...
+        def __enter__(self) / __exit__(self, *exc): start and stop the engine
+        def submit(self, point: Point) -> None: ...
+        def as_completed(self) -> Iterator[PointResult]: each submitted point once
+
+    EXECUTORS.register("mine", MyExecutor)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from forgetscope.errors import UserInputError
+from forgetscope.registry import Registry
+from forgetscope.sweep.config import SweepConfig
+from forgetscope.sweep.grid import Point
+from forgetscope.sweep.point import PointResult
+from forgetscope.sweep.prepare import SweepInputs
+
+
+@dataclass
+class ExecutorContext:
+    """What an executor is given: the sweep, its shared inputs, and hooks for in-process runs."""
+
+    config: SweepConfig
+    inputs: SweepInputs
+    directory: Path
+    options: dict[str, str] = field(default_factory=dict)
+    """`--executor-option KEY=VALUE` pairs; each executor says which it takes."""
+    on_record: Callable[[dict], None] | None = None
+    """Called by executors that run points in this process with each record as it is measured."""
+    step_callback: Callable[[Point], object] | None = None
+    """A `TrainerCallback` per point that moves a progress bar (in-process executors)."""
+
+    def take_options(self, known: dict[str, str]) -> dict[str, str]:
+        """The options with `known`'s defaults filled in; an unknown key is a `UserInputError`."""
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise UserInputError(f"unknown executor option {', '.join(unknown)} (this executor takes: {', '.join(known) or 'none'})")
+        return {**known, **self.options}
+
+
+class Executor(Protocol):
+    def __init__(self, context: ExecutorContext) -> None: ...
+    def __enter__(self) -> Executor: ...
+    def __exit__(self, *exc) -> None: ...
+    def submit(self, point: Point) -> None: ...
+    def as_completed(self) -> Iterator[PointResult]: ...
+
+
+EXECUTORS: Registry[type[Executor]] = Registry("executors", __name__)
+
+
+def run_remote(config_data: dict, point: Point, inputs: SweepInputs) -> PointResult:
+    """The body of a point in another process: the config travels as plain data."""
+    from forgetscope.sweep.point import run_point
+
+    return run_point(SweepConfig.model_validate(config_data), point, inputs)

@@ -1,0 +1,92 @@
+"""One point of a sweep: fine-tune, measure forgetting along the way, run the enabled
+end-of-point evaluators, and return everything as a `PointResult`.
+
+This is the body every executor runs, here or in a worker: it writes nothing. The driver
+loop (`executors.drive`) alone writes the sweep directory.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from forgetscope.errors import UserInputError
+from forgetscope.sweep.config import SweepConfig
+from forgetscope.sweep.evaluators import EVALUATORS
+from forgetscope.sweep.grid import Point
+from forgetscope.sweep.prepare import SweepInputs, point_device, point_threads
+
+
+class NonFiniteLoss(RuntimeError):
+    """A point's loss or forgetting became NaN or infinite: the run diverged."""
+
+
+@dataclass
+class PointResult:
+    """What one point produced: its records and artifacts (`{evaluator name: result}`), or the
+    error that ended it."""
+
+    point: Point
+    records: list[dict] = field(default_factory=list)
+    artifacts: dict[str, object] = field(default_factory=dict)
+    error: str | None = None
+    traceback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _evaluate_at_end(config: SweepConfig, tokenizer, artifacts: dict):
+    """A `TrainerCallback` that runs every enabled evaluator on the adapted model when training ends."""
+    from transformers import TrainerCallback
+
+    enabled = [(name, EVALUATORS.get(name), settings) for name, settings in config.sections().items()]
+
+    class EvaluateAtEnd(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            for name, evaluator, settings in enabled:
+                artifacts[name] = evaluator.evaluate_point(settings, model, tokenizer)
+
+    return EvaluateAtEnd()
+
+
+def run_point(
+    config: SweepConfig, point: Point, inputs: SweepInputs,
+    on_record: Callable[[dict], None] | None = None, callbacks: Sequence = (),
+) -> PointResult:
+    """Fine-tune one point; every record carries the point's labels and goes to `on_record`
+    as it is measured. A failure of the point comes back in the result; a `UserInputError`
+    (a config that cannot work for any point) is raised."""
+    from forgetscope.models import load_causal_lm, load_tokenizer
+    from forgetscope.train import finetune
+
+    labels = point.labels()
+    result = PointResult(point)
+
+    def labelled(record: dict) -> None:
+        record.update(labels)
+        values = [record.get(k) for k in ("train_loss", "ft_loss", "kl", "forgetting_ce")]
+        if any(v is not None and not math.isfinite(v) for v in values):
+            raise NonFiniteLoss(f"non-finite loss or forgetting at step {record['step']}")
+        if on_record is not None:
+            on_record(record)
+
+    try:
+        with point_threads(config):
+            model = load_causal_lm(inputs.base_path, device=point_device(config))
+            tokenizer = load_tokenizer(inputs.tokenizer_path)
+            at_end = _evaluate_at_end(config, tokenizer, result.artifacts)
+            result.records = finetune(
+                model, tokenizer, point.lora(), config.train_settings(point), inputs.train_blocks, inputs.eval_blocks,
+                inputs.ft_eval_blocks, on_record=labelled, progress=False, callbacks=[*callbacks, at_end],
+                base_predictions=inputs.base_predictions,
+            )
+    except (KeyboardInterrupt, SystemExit, UserInputError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing point must not stop the sweep
+        result.records, result.artifacts = [], {}
+        result.error, result.traceback = f"{type(exc).__name__}: {exc}".strip(), traceback.format_exc()
+    return result

@@ -1,0 +1,129 @@
+"""What every point of a sweep shares, done once by the driver: the base model's location,
+the token blocks, and the base model's recorded predictions on the eval text.
+
+Nothing here trains; `point.py` runs one point on these inputs and the executors carry them
+to wherever points run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from forgetscope.data import group_into_blocks, load_eval_blocks, read_domains, split_validation
+from forgetscope.errors import UserInputError
+from forgetscope.sweep.config import DataSource, SweepConfig
+from forgetscope.sweep.grid import Point
+
+
+@dataclass
+class SweepInputs:
+    """What every point shares: where the base model is, the token blocks, and the base
+    model's recorded hidden states on the eval blocks (None: each point uses `disable_adapter()`)."""
+
+    base_path: str
+    tokenizer_path: str
+    train_blocks: torch.Tensor
+    ft_eval_blocks: torch.Tensor
+    eval_blocks: dict[str, torch.Tensor]
+    base_predictions: object = None  # forgetscope.base_cache.BasePredictions
+
+
+def point_device(config: SweepConfig) -> torch.device:
+    """The device every point runs on: CUDA when the config asks each point for a GPU."""
+    from forgetscope.models import resolve_device
+
+    return resolve_device("cuda" if config.resources.gpus > 0 else "cpu")
+
+
+@contextlib.contextmanager
+def point_threads(config: SweepConfig) -> Iterator[None]:
+    """torch's thread count set to the point's CPUs while a point runs: the same threads on
+    every executor give the same numbers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(config.resources.cpus)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _documents(source: DataSource, split: str) -> dict[str, list[str]]:
+    if source.embedded is not None:
+        from forgetscope.tiny import corpora
+
+        splits = corpora.load(source.embedded)
+        documents = getattr(splits, split) or splits.pretrain
+        return {source.embedded: documents}
+    return read_domains(source.files, source.text_column)
+
+
+def resolve_base(config: SweepConfig, progress: bool = True) -> str:
+    """The base model's directory or hub id; `tiny` is pretrained here first if not cached."""
+    if config.base_model != "tiny":
+        return config.base_model
+    from forgetscope.tiny.model import ensure_tiny_base
+
+    return str(ensure_tiny_base(progress=progress))
+
+
+def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
+    """Tokenize the fine-tuning and eval data, and record the base model's predictions on the
+    eval text, on the device the points use."""
+    from forgetscope.base_cache import try_record_base_predictions
+    from forgetscope.models import load_causal_lm, load_tokenizer
+
+    tokenizer_path = config.tokenizer or base_path
+    tokenizer = load_tokenizer(tokenizer_path)
+    budget = config.steps * config.batch_size * config.seq_len + config.ft_eval_tokens  # one pass
+    ft_docs = [d for docs in _documents(config.finetune_data, "finetune").values() for d in docs]
+    ft_blocks = group_into_blocks(ft_docs, tokenizer, config.seq_len, budget)
+    train_blocks, ft_eval_blocks = split_validation(ft_blocks, config.ft_eval_tokens, seed=0)
+    eval_blocks: dict[str, torch.Tensor] = {}
+    for source in config.eval_data:
+        if source.files is not None:
+            eval_blocks.update(load_eval_blocks(source.files, tokenizer, config.seq_len, config.eval_tokens, source.text_column))
+        else:
+            for name, docs in _documents(source, "heldout").items():
+                eval_blocks[name] = group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens)
+    # Every point rebuilds its base logits from these hidden states with its own frozen head.
+    base = load_causal_lm(base_path, device=point_device(config)).requires_grad_(False)
+    base_predictions = try_record_base_predictions(base, eval_blocks)
+    del base
+    return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions)
+
+
+def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> None:
+    """Catch a module name that matches nothing before any point runs, as a config error.
+
+    PEFT is asked on a weightless copy of the model (meta device), so this costs nothing
+    even for a 7B model.
+    """
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from forgetscope.models import check_location
+
+    check_location(base_path, "base model")
+    try:
+        model_config = AutoConfig.from_pretrained(base_path)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot load a model config from {base_path}: {str(exc).splitlines()[0]}") from None
+    checked = set()
+    for point in points:
+        key = (str(point.target_modules), str(point.layers))
+        if key in checked:
+            continue
+        checked.add(key)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model_config)
+        try:
+            get_peft_model(skeleton, point.lora().to_peft())
+        except ValueError as exc:
+            raise UserInputError(
+                f"grid.target_modules {point.target_modules!r} (layers {point.layers}) match nothing in "
+                f"{config.base_model}: {str(exc).splitlines()[0]}"
+            ) from None
