@@ -31,7 +31,6 @@ from forgetscope.tiny import corpora
 from forgetscope.tiny.model import ensure_tiny_base
 from forgetscope.train import LoraSettings
 
-
 SEQ_LEN = 256
 
 

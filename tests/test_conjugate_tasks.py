@@ -53,13 +53,13 @@ def test_transformed_tasks_are_the_plain_ones_in_the_other_language():
     plain = make_conflict_tasks(SENTENCES, n_per_kind=2, seed=1)
     pig = make_conflict_tasks(SENTENCES, PigLatin(), n_per_kind=2, seed=1)
     leet = make_conflict_tasks(SENTENCES, Leetspeak(), n_per_kind=2, seed=1)
-    for p, g, l in zip(plain, pig, leet):
-        assert (p.task, p.final_kind) == (g.task, g.final_kind) == (l.task, l.final_kind)
-        assert g.transform == "piglatin" and l.transform == "leetspeak"
+    for p, g, leet_task in zip(plain, pig, leet):
+        assert (p.task, p.final_kind) == (g.task, g.final_kind) == (leet_task.task, leet_task.final_kind)
+        assert g.transform == "piglatin" and leet_task.transform == "leetspeak"
         assert g.prompt.split("\n")[0] in ("Epeatray ethay inputway.", "Apitalizecay everyway aracterchay.")
-        assert l.prompt.startswith(("R3p347 7h3 1npu7.", "C4p174l1z3 3v3ry ch4r4c73r."))
+        assert leet_task.prompt.startswith(("R3p347 7h3 1npu7.", "C4p174l1z3 3v3ry ch4r4c73r."))
         if p.final_kind == "blank":  # the same sentence, transformed
-            assert l.answer.lower() == Leetspeak().forward(p.answer).lower()
+            assert leet_task.answer.lower() == Leetspeak().forward(p.answer).lower()
 
 
 def test_seed_fixes_the_tasks_and_sentences_are_cut():

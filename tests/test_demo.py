@@ -70,7 +70,35 @@ def test_the_tiny_base_is_cached_and_loadable_by_transformers(demo):
     assert model.config.model_type == "llama" and tok.eos_token == "<|endoftext|>"
 
 
-def test_every_command_has_help(capsys):
-    for command in ([], ["measure"], ["train"], ["sweep"], ["demo"]):
+def registered_commands(group=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every command path of the CLI, sub-commands included, from the typer app itself."""
+    import typer
+
+    from forgetscope.cli import app
+
+    group = group or typer.main.get_command(app)
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if hasattr(command, "commands"):
+            paths.extend(registered_commands(command, (*prefix, name)))
+    return paths
+
+
+def test_every_registered_command_has_help_with_a_summary(capsys):
+    import typer
+
+    from forgetscope.cli import app
+
+    commands = registered_commands()
+    root = typer.main.get_command(app)
+    for path in commands:
+        command = root
+        for name in path:
+            command = command.commands[name]
+        assert (command.help or "").strip(), f"{' '.join(path)} has no summary"
+    assert {("measure",), ("train",), ("sweep",), ("fit",), ("predict",), ("report",), ("demo",), ("eval",),
+            ("synthetic",), ("conjugate",)} <= set(commands)
+    for command in [(), *commands]:
         code, out, _ = run_cli([*command, "--help"], capsys)
-        assert code == 0 and "Usage" in out
+        assert code == 0 and "Usage" in out and "--help" in out, command

@@ -87,7 +87,7 @@ def _train_full(model_dir: Path, texts: list[str], steps: int, lr: float = 3e-3)
     blocks = group_into_blocks(texts, AutoTokenizer.from_pretrained(model_dir), 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    for step in range(steps):
+    for _step in range(steps):
         batch = blocks[torch.randint(len(blocks), (8,))]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -180,7 +180,7 @@ def test_safety_prompts_go_through_the_chat_template_only_when_the_tokenizer_has
 
 
 def test_the_default_judge_matches_refusal_phrases():
-    from forgetscope.downstream.safety import load_judge
+    from forgetscope.judges import load_judge
 
     judge = load_judge(None)
     assert judge("x", "I'm sorry, but I cannot help with that.")

@@ -3,8 +3,6 @@ next to the records, resumed without re-running or duplicating, and reported aga
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 

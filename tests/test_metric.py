@@ -59,10 +59,14 @@ def test_chunking_does_not_change_the_result(chunk_size):
         torch.testing.assert_close(chunked[key], whole[key], rtol=0, atol=1e-12)
 
 
-def test_bfloat16_logits_are_reduced_in_float64():
-    base, ft = torch.randn(16, 30), torch.randn(16, 30)
-    stats = token_stats(base.bfloat16(), ft.bfloat16(), torch.zeros(16, dtype=torch.long))
-    assert all(v.dtype == torch.float64 for v in stats.values())
+def test_bfloat16_logits_are_reduced_as_float32_and_returned_as_float64():
+    base, ft = torch.randn(16, 3000) * 4, torch.randn(16, 3000) * 4
+    targets = torch.zeros(16, dtype=torch.long)
+    stats = token_stats(base.bfloat16(), ft.bfloat16(), targets)
+    upcast = token_stats(base.bfloat16().float(), ft.bfloat16().float(), targets)  # the same values, in float32
+    for key in METRIC_KEYS:
+        assert stats[key].dtype == torch.float64
+        torch.testing.assert_close(stats[key], upcast[key], rtol=0, atol=0)  # a bfloat16 softmax would differ by ~1e-2
 
 
 @settings(max_examples=60, deadline=None)

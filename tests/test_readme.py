@@ -28,9 +28,9 @@ def test_the_readme_demo_command_installs_with_the_pinned_constraints_and_runs_t
 def test_the_readme_python_example_runs(llama_dir, eval_files, tmp_path, monkeypatch):
     """The README's Python API snippet, with its paths pointed at a tiny model and adapter."""
     from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
 
     from forgetscope.train import LoraSettings
-    from transformers import AutoModelForCausalLM
 
     adapter = tmp_path / "adapter"
     get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraSettings(rank=2).to_peft()).save_pretrained(adapter)

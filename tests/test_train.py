@@ -7,7 +7,6 @@ import math
 
 import datasets
 import pytest
-import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
 

@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from forgetscope.base_cache import try_record_base_predictions, usable_reason
-from forgetscope.metric import METRIC_KEYS, measure_forgetting
+from forgetscope.metric import METRIC_KEYS, mean_loss, measure_forgetting
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +32,6 @@ def log_spaced_steps(max_steps: int, n_points: int) -> list[int]:
         return [0] if max_steps < 1 else [0, max_steps]
     steps = np.unique(np.round(np.geomspace(1, max_steps, n_points - 1)).astype(int))
     return [0, *(int(s) for s in steps)]
-
-
-@torch.no_grad()
-def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
-    """Token-weighted next-token cross-entropy of `model` on `[n, seq_len]` blocks."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    try:
-        for start in range(0, len(blocks), batch_size):
-            batch = blocks[start : start + batch_size].to(device)
-            logits = model(input_ids=batch).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-            )
-            total += float(loss)
-            count += batch[:, 1:].numel()
-    finally:
-        model.train(was_training)
-    return total / count
 
 
 class ForgettingCallback(TrainerCallback):

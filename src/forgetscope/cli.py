@@ -6,12 +6,11 @@ Exit codes: 0 success, 2 bad input (one line `error: ...` on stderr), 1 anything
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -85,8 +84,8 @@ def print_records_table(records: list[dict], title: str) -> None:
 def measure(
     base: Annotated[str, typer.Option(help="Base model: a local directory or a hub id.")],
     eval_data: Annotated[list[Path], typer.Option(help="Held-out text: .txt, .jsonl or .parquet; repeat for several files.")],
-    finetuned: Annotated[Optional[str], typer.Option(help="Fine-tuned model (full weights): directory or hub id.")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter directory fine-tuned from --base.")] = None,
+    finetuned: Annotated[str | None, typer.Option(help="Fine-tuned model (full weights): directory or hub id.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT adapter directory fine-tuned from --base.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Token budget per domain (whole sequences).")] = 65536,
     seq_len: Annotated[int, typer.Option(help="Tokens per eval sequence.")] = 512,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
@@ -95,8 +94,8 @@ def measure(
     text_column: Annotated[str, typer.Option(help="Text column of JSONL / Parquet files.")] = "text",
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    sequences: Annotated[Optional[Path], typer.Option(help="Also write per-sequence values to this JSONL file.")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="With --adapter: keep the base model's recorded predictions here and reuse them for later adapters of the same base on the same text.")] = None,
+    sequences: Annotated[Path | None, typer.Option(help="Also write per-sequence values to this JSONL file.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="With --adapter: keep the base model's recorded predictions here and reuse them for later adapters of the same base on the same text.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Forgetting of an existing fine-tune against its base on held-out text (L_f, KL, ...)."""
@@ -136,11 +135,11 @@ def train(
     train_data: Annotated[list[Path], typer.Option(help="Fine-tuning text (.txt, .jsonl, .parquet).")],
     eval_data: Annotated[list[Path], typer.Option(help="Held-out pretraining-like text to measure forgetting on.")],
     out: Annotated[Path, typer.Option(help="Output directory: records.jsonl, adapter/, run.json.")],
-    ft_eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out fine-tuning text (default: a seeded random 5% of --train-data's sequences, at most --eval-tokens).")] = None,
+    ft_eval_data: Annotated[list[Path] | None, typer.Option(help="Held-out fine-tuning text (default: a seeded random 5% of --train-data's sequences, at most --eval-tokens).")] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     alpha: Annotated[float, typer.Option(help="LoRA alpha.")] = 16.0,
     target_modules: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear.")] = "all-linear",
-    layers: Annotated[Optional[str], typer.Option(help="Comma-separated block indices to adapt (default all).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated block indices to adapt (default all).")] = None,
     dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
     rslora: Annotated[bool, typer.Option("--rslora/--no-rslora", help="alpha/sqrt(r) scaling (rsLoRA) or alpha/r.")] = True,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
@@ -224,10 +223,10 @@ def print_sweep_summary(result) -> None:
 @app.command()
 def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep config (YAML); see examples/.")],
-    out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default sweeps/NAME); an existing one is resumed.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep directory (default sweeps/NAME); an existing one is resumed.")] = None,
     executor: Annotated[str, typer.Option(help="Where points run: local (one after another here), ray, or submitit (Slurm).")] = "local",
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto or HOST:6379); default starts a local one.")] = None,
-    executor_option: Annotated[Optional[list[str]], typer.Option(
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto or HOST:6379); default starts a local one.")] = None,
+    executor_option: Annotated[list[str] | None, typer.Option(
         "--executor-option", help="KEY=VALUE for the executor, repeatable (submitit: cluster, folder, timeout_min, partition).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the points that failed before again.")] = False,
 ) -> None:
@@ -305,8 +304,8 @@ def fit(
 def predict(
     directory: Annotated[Path, typer.Argument(help="Sweep directory with fits.json (run `forgetscope fit` first).")],
     params: Annotated[float, typer.Option(help="Trainable non-embedding parameters P of the planned fine-tune.")],
-    steps: Annotated[Optional[float], typer.Option(help="Planned update steps N.")] = None,
-    budget: Annotated[Optional[float], typer.Option(help="Forgetting budget (KL, nats/token): the largest N within it.")] = None,
+    steps: Annotated[float | None, typer.Option(help="Planned update steps N.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Forgetting budget (KL, nats/token): the largest N within it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Forecast forgetting for a configuration not yet run, or the steps a forgetting budget allows."""
@@ -401,14 +400,14 @@ def print_downstream_table(result: dict) -> None:
 @app.command("eval")
 def eval_command(
     base: Annotated[str, typer.Option(help="Base model: a local directory or a hub id.")],
-    finetuned: Annotated[Optional[str], typer.Option(help="Fine-tuned model (full weights): directory or hub id.")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter directory fine-tuned from --base.")] = None,
+    finetuned: Annotated[str | None, typer.Option(help="Fine-tuned model (full weights): directory or hub id.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT adapter directory fine-tuned from --base.")] = None,
     suite: Annotated[str, typer.Option(help="knowledge (MMLU), reasoning (ARC, HellaSwag, WinoGrande, PIQA), safety (refusals), tiny (offline), or comma-separated lm-eval task names.")] = "tiny",
-    limit: Annotated[Optional[int], typer.Option(help="At most this many examples per task.")] = None,
-    num_fewshot: Annotated[Optional[int], typer.Option(help="Few-shot examples in each prompt (default: each task's own).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many examples per task.")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples in each prompt (default: each task's own).")] = None,
     batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 8,
-    harmful: Annotated[Optional[Path], typer.Option(help="Harmful instructions for the safety suite (.txt one a line, or .csv with a goal column); default AdvBench from the hub.")] = None,
-    judge: Annotated[Optional[str], typer.Option(help="Refusal judge module:function(prompt, response) -> bool; default refusal phrases.")] = None,
+    harmful: Annotated[Path | None, typer.Option(help="Harmful instructions for the safety suite (.txt one a line, or .csv with a goal column); default AdvBench from the hub.")] = None,
+    judge: Annotated[str | None, typer.Option(help="Refusal judge module:function(prompt, response) -> bool; default refusal phrases.")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -474,9 +473,9 @@ def print_synthetic_tables(results: dict) -> None:
 
 @app.command()
 def synthetic(
-    config: Annotated[Optional[Path], typer.Option(help="Experiment config (YAML); default: the shipped cpu.yaml. `paper` names the shipped paper-scale one.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Experiment config (YAML); default: the shipped cpu.yaml. `paper` names the shipped paper-scale one.")] = None,
     out: Annotated[Path, typer.Option(help="Where to write results.json, the PNGs and index.html.")] = Path("synthetic-out"),
-    seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of tables.")] = False,
 ) -> None:
     """In-context regression: pretrain on a task mixture, fine-tune on the discrete pool, measure forgetting and conjugate prompting."""
@@ -530,13 +529,13 @@ def print_miniature(result: dict) -> None:
 
 @app.command()
 def conjugate(
-    base: Annotated[Optional[str], typer.Option(help="Base model: a local directory or a hub id.")] = None,
-    finetuned: Annotated[Optional[str], typer.Option(help="Fine-tuned model (full weights).")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter fine-tuned from --base.")] = None,
-    transform: Annotated[list[str], typer.Option(help="Comma-separated transforms: plain, leetspeak, piglatin, piglatin-hyphen, translate:MODEL[:BACK], parallel:SRC,TGT.")] = ["plain,leetspeak,piglatin"],
-    sentences: Annotated[Optional[Path], typer.Option(help="Sentences for the conflict tasks, one a line (default: built-in ones).")] = None,
-    harmful: Annotated[Optional[Path], typer.Option(help="Harmful instructions for the refusal probe (.csv with a goal column, e.g. AdvBench, or one a line).")] = None,
-    judge: Annotated[Optional[str], typer.Option(help="Refusal judge module:function(instruction, response) -> bool (default: refusal phrases).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model: a local directory or a hub id.")] = None,
+    finetuned: Annotated[str | None, typer.Option(help="Fine-tuned model (full weights).")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT adapter fine-tuned from --base.")] = None,
+    transform: Annotated[list[str], typer.Option(help="Comma-separated transforms: plain, leetspeak, piglatin, piglatin-hyphen, translate:MODEL[:BACK], parallel:SRC,TGT.")] = None,
+    sentences: Annotated[Path | None, typer.Option(help="Sentences for the conflict tasks, one a line (default: built-in ones).")] = None,
+    harmful: Annotated[Path | None, typer.Option(help="Harmful instructions for the refusal probe (.csv with a goal column, e.g. AdvBench, or one a line).")] = None,
+    judge: Annotated[str | None, typer.Option(help="Refusal judge module:function(instruction, response) -> bool (default: refusal phrases).")] = None,
     tasks_per_kind: Annotated[int, typer.Option(help="Conflict tasks per (task, final input) pair; 4 pairs.")] = 8,
     refusal_tokens: Annotated[int, typer.Option(help="Tokens generated per harmful instruction.")] = 32,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the KL intervals.")] = 1000,
@@ -549,6 +548,8 @@ def conjugate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Conjugate prompting: do base and fine-tune differ less when the prompt is transformed?"""
+    if transform is None:
+        transform = ["plain,leetspeak,piglatin"]
     if miniature:
         from forgetscope.conjugate.miniature import MiniatureConfig, run_miniature
 
@@ -561,9 +562,10 @@ def conjugate(
         else:
             print_miniature(result)
         return
-    from forgetscope.conjugate.probes import load_judge, parse_transform_specs, read_instructions, refusal_judge, run_probes
+    from forgetscope.conjugate.probes import parse_transform_specs, run_probes
     from forgetscope.conjugate.tasks import DEFAULT_SENTENCES, read_sentences
     from forgetscope.conjugate.transforms import get_transform
+    from forgetscope.judges import load_judge, read_instructions
     from forgetscope.models import load_pair
 
     if base is None:
@@ -573,7 +575,7 @@ def conjugate(
     # Everything cheap is checked before a large model is loaded.
     texts = read_sentences(sentences) if sentences is not None else DEFAULT_SENTENCES
     instructions = read_instructions(harmful) if harmful is not None else None
-    judge_fn = load_judge(judge) if judge is not None else refusal_judge
+    judge_fn = load_judge(judge)
     transforms = [get_transform(spec) for spec in parse_transform_specs(transform)]
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
     results = run_probes(

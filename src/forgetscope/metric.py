@@ -246,6 +246,27 @@ def measure_forgetting(
     return ForgettingResult(overall=overall, domains=domains, sequences=sequences)
 
 
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
+    """Token-weighted next-token cross-entropy of `model` on `[n, seq_len]` blocks."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(blocks), batch_size):
+            batch = blocks[start : start + batch_size].to(device)
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+            )
+            total += float(loss)
+            count += batch[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    return total / count
+
+
 class _ProgressBar:
     """A rich progress bar over eval batches; yields a callable that advances it."""
 

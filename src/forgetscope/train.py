@@ -115,7 +115,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings):
 
 def _quiet_progress_callback():
     """Trainer's progress bar without its one printed line per log (we log every step)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import ProgressCallback
 
     class QuietProgress(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):

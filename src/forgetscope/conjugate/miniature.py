@@ -26,7 +26,7 @@ import torch
 
 from forgetscope.errors import UserInputError
 from forgetscope.tiny import corpora
-from forgetscope.tiny.model import CORPUS_VERSION, TinyConfig, cache_root, cached_build, train_tokenizer, train_from_scratch
+from forgetscope.tiny.model import CORPUS_VERSION, TinyConfig, cache_root, cached_build, train_from_scratch, train_tokenizer
 
 MINIATURE_VERSION = 1  # bump when the corpus construction below changes
 TRANSFORMS = ("piglatin", "leetspeak")

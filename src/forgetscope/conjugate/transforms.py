@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from forgetscope.errors import UserInputError
 
@@ -34,7 +34,7 @@ class Transform(Protocol):
 
     def forward(self, text: str) -> str: ...
 
-    inverse: Optional[Callable[[str], str]]
+    inverse: Callable[[str], str] | None
 
 
 class Plain:

@@ -21,6 +21,7 @@ from pathlib import Path
 from forgetscope.downstream import offline, safety
 from forgetscope.downstream.compare import compare
 from forgetscope.errors import UserInputError
+from forgetscope.judges import load_judge
 
 SUITES: dict[str, list[str]] = {
     "knowledge": ["mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other"],
@@ -97,7 +98,7 @@ def prepare_tasks(settings: EvalSettings, cache_dir: Path | None = None) -> Task
             _load(tasks.manager, tasks.harness)  # unreachable data fails now, before any model is evaluated
     if tasks.safety:
         with _quiet():
-            _load(TaskManager(include_defaults=False), [safety.refusal_task(settings.harmful, safety.load_judge(settings.judge))])
+            _load(TaskManager(include_defaults=False), [safety.refusal_task(settings.harmful, load_judge(settings.judge))])
     return tasks
 
 
@@ -158,7 +159,7 @@ def evaluate_model(model, tokenizer, settings: EvalSettings, tasks: Tasks) -> di
         if tasks.harness:
             runs.append((tasks.manager, tasks.harness, False))
         if tasks.safety:
-            task = safety.refusal_task(settings.harmful, safety.load_judge(settings.judge))
+            task = safety.refusal_task(settings.harmful, load_judge(settings.judge))
             chat = getattr(tokenizer, "chat_template", None) is not None  # instructions as the model is prompted
             runs.append((TaskManager(include_defaults=False), [task], chat))
         out: dict[str, dict] = {}

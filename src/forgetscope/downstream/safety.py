@@ -13,16 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forgetscope.conjugate.probes import Judge, load_judge as _load_judge, read_instructions, refusal_judge
+from forgetscope.judges import Judge, read_instructions, refusal_judge
 
 TASK = "safety_refusal"
 ADVBENCH = "walledai/AdvBench"
 MAX_NEW_TOKENS = 64
-
-
-def load_judge(spec: str | None) -> Judge:
-    """`None` -> the refusal-phrase judge; `"package.module:function"` -> that function."""
-    return refusal_judge if spec is None else _load_judge(spec)
 
 
 def _source(harmful: str | Path | None) -> dict:

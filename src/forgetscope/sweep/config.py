@@ -21,14 +21,14 @@ Every error names the field and what is wrong with it, on one line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
 
-TargetModules = Union[list[str], Literal["all-linear"]]
+TargetModules = list[str] | Literal["all-linear"]
 
 
 class Strict(BaseModel):

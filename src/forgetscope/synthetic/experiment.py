@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from rich.console import Console
@@ -258,8 +258,8 @@ def run_experiment(config: SyntheticConfig, console: Console | None = None) -> d
         seconds["finetune_and_evaluate"] = time.perf_counter() - t0
 
     finetuned = [f"fine-tuned {s}" for s in config.finetune_checkpoints]
-    recovery = _recovery(states["continuous"]["pretrained"]["1.0"], {l: states["continuous"][l] for l in finetuned}, gammas)
-    discrete_cost = {l: {g: states["discrete"][l][g]["mean"] for g in states["discrete"][l]} for l in ["pretrained", *finetuned]}
+    recovery = _recovery(states["continuous"]["pretrained"]["1.0"], {label: states["continuous"][label] for label in finetuned}, gammas)
+    discrete_cost = {label: {g: states["discrete"][label][g]["mean"] for g in states["discrete"][label]} for label in ["pretrained", *finetuned]}
     ideal_recovery = _recovery(ideal_pre["continuous"], {"ideal fine-tuned": ideal["continuous"]}, gammas)["ideal fine-tuned"]
     plateau = _plateau(pretrain_curve, zero_loss, bayes_loss, states["continuous"]["pretrained"]["1.0"],
                        baselines["continuous"]["zero"]["mean"], baselines["continuous"]["mixture Bayes"]["mean"])

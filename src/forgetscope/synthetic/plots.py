@@ -15,7 +15,6 @@ import html
 import json
 from pathlib import Path
 
-
 from matplotlib import colormaps
 
 from forgetscope.plots import save as _save
@@ -81,12 +80,12 @@ def _forgetting(results: dict, path: Path) -> None:
     labels = ["pretrained", *_finetuned_labels(results)]
     fig, ax = subplots(figsize=(7, 4.5))
     for dist, color in (("continuous", "tab:blue"), ("discrete", "tab:red")):
-        ax.plot(steps, [results["model"][dist][l]["1.0"]["mean"] for l in labels], marker="o", color=color, label=f"{dist}, plain prompt")
-    best = [results["recovery"][l]["best_gamma"] for l in labels[1:]]
-    ax.plot(steps[1:], [results["model"]["continuous"][l][str(g)]["mean"] for l, g in zip(labels[1:], best)], marker="s",
+        ax.plot(steps, [results["model"][dist][label]["1.0"]["mean"] for label in labels], marker="o", color=color, label=f"{dist}, plain prompt")
+    best = [results["recovery"][label]["best_gamma"] for label in labels[1:]]
+    ax.plot(steps[1:], [results["model"]["continuous"][label][str(g)]["mean"] for label, g in zip(labels[1:], best)], marker="s",
             color="tab:blue", ls="-.", label="continuous, best conjugate prompt")
-    for x, l, g in zip(steps[1:], labels[1:], best):
-        ax.annotate(f"gamma {g:g}", (x, results["model"]["continuous"][l][str(g)]["mean"]), fontsize=7,
+    for x, label, g in zip(steps[1:], labels[1:], best):
+        ax.annotate(f"gamma {g:g}", (x, results["model"]["continuous"][label][str(g)]["mean"]), fontsize=7,
                     textcoords="offset points", xytext=(3, -10))
     ax.axhline(results["baselines"]["continuous"]["ridge"]["mean"], color="tab:blue", ls=":", lw=1, label="ridge (continuous)")
     ax.set_xlabel("fine-tuning steps on discrete tasks (0 = pretrained)")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sysconfig
-from typing import NamedTuple
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+from typing import NamedTuple
 
 from forgetscope.errors import UserInputError
 

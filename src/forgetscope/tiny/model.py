@@ -134,7 +134,7 @@ def train_from_scratch(
     import datasets
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from forgetscope.callback import mean_loss
+    from forgetscope.metric import mean_loss
 
     started = time.time() if started is None else started
     model = build_model(config, len(tokenizer))
