@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from forgetscope.base_cache import record_base_predictions, usable_reason
+from forgetscope.base_cache import BaseSource, choose_base_source, record_base_predictions, usable_reason
 from forgetscope.data import load_eval_blocks
 from forgetscope.metric import measure_forgetting
 
@@ -37,7 +37,7 @@ def test_the_cache_path_gives_the_numbers_of_the_two_model_path(arch, llama_dir,
                            LoraConfig(r=4, target_modules=target, init_lora_weights=False)).eval()
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     cached = record_base_predictions(model, blocks, tmp_path / "base.safetensors")
-    with_cache = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=cached)
+    with_cache = measure_forgetting(model, blocks, n_bootstrap=0, base=BaseSource("recorded", predictions=cached))
     naive = measure_forgetting(model, blocks, base=base, n_bootstrap=0)
     assert with_cache.overall["kl"] > 0
     for a, b in zip(with_cache.sequences, naive.sequences):
@@ -58,7 +58,7 @@ def test_a_cache_for_other_weights_or_other_tokens_is_recorded_again(llama_dir, 
     with caplog.at_level(logging.INFO, logger="forgetscope.base_cache"):
         rebuilt = record_base_predictions(other, blocks, path)
     assert rebuilt.key != first.key and "stale" in caplog.text
-    fresh = measure_forgetting(other, blocks, n_bootstrap=0, base_predictions=rebuilt)
+    fresh = measure_forgetting(other, blocks, n_bootstrap=0, base=BaseSource("recorded", predictions=rebuilt))
     assert fresh.overall["kl"] == 0.0  # B = 0: the rebuilt cache matches the new base exactly
 
     fewer = {name: ids[:3] for name, ids in blocks.items()}
@@ -78,8 +78,8 @@ def test_bfloat16_storage_halves_the_file_and_stays_close(llama_dir, blocks, tmp
     full = record_base_predictions(model, blocks, tmp_path / "f32.safetensors")
     half = record_base_predictions(model, blocks, tmp_path / "bf16.safetensors", storage_dtype=torch.bfloat16)
     assert (tmp_path / "bf16.safetensors").stat().st_size < 0.55 * (tmp_path / "f32.safetensors").stat().st_size
-    a = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=full).overall["forgetting_ce"]
-    b = measure_forgetting(model, blocks, n_bootstrap=0, base_predictions=half).overall["forgetting_ce"]
+    a = measure_forgetting(model, blocks, n_bootstrap=0, base=BaseSource("recorded", predictions=full)).overall["forgetting_ce"]
+    b = measure_forgetting(model, blocks, n_bootstrap=0, base=BaseSource("recorded", predictions=half)).overall["forgetting_ce"]
     assert b == pytest.approx(a, rel=1e-2)
 
 
@@ -113,10 +113,60 @@ def test_the_callback_falls_back_when_the_head_is_trained(llama_dir, blocks):
     callback = ForgettingCallback(None, blocks, eval_steps=[0])
 
     class State:
-        max_steps, global_step = 1, 0
+        max_steps, global_step, is_world_process_zero = 1, 0, True
 
     callback.on_train_begin(None, State(), None, model=model)
-    assert callback.base_predictions is None and callback.records[0]["kl"] == 0.0
+    assert callback.base_source.kind == "adapter" and callback.records[0]["kl"] == 0.0
+    assert "output head is being trained" in callback.base_source.reason
+
+
+def test_only_the_main_process_measures_under_distributed_training(llama_dir, blocks):
+    from forgetscope.callback import ForgettingCallback
+
+    callback = ForgettingCallback(None, blocks, eval_steps=[0, 1])
+
+    class OtherRank:
+        max_steps, global_step, is_world_process_zero = 1, 0, False
+
+    callback.on_train_begin(None, OtherRank(), None, model=adapted(llama_dir))
+    OtherRank.global_step = 1
+    callback.on_step_end(None, OtherRank(), None, model=adapted(llama_dir))
+    assert callback.records == [] and callback.base_source is None
+
+
+def trained_head(llama_dir):
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir),
+                          LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_kind", "reason_fragment"),
+    [
+        ("separate base", "model", "separate base model"),
+        ("record", "recorded", None),
+        ("already recorded", "recorded", None),
+        ("cache dir", "recorded", None),
+        ("nothing asked", "adapter", "not asked"),
+        ("trained head, record", "adapter", "output head is being trained"),
+    ],
+)
+def test_one_function_chooses_where_base_predictions_come_from(case, expected_kind, reason_fragment, llama_dir, blocks, tmp_path):
+    model = trained_head(llama_dir) if case.startswith("trained head") else adapted(llama_dir)
+    kwargs = {
+        "separate base": {"base": AutoModelForCausalLM.from_pretrained(llama_dir)},
+        "record": {"record": True},
+        "already recorded": {"recorded": record_base_predictions(adapted(llama_dir, seed=3), blocks)},
+        "cache dir": {"cache_dir": tmp_path / "cache"},
+        "nothing asked": {},
+        "trained head, record": {"record": True},
+    }[case]
+    source = choose_base_source(model, blocks, **kwargs)
+    assert source.kind == expected_kind
+    assert (source.reason is None) if reason_fragment is None else (reason_fragment in source.reason)
+    if case == "cache dir":
+        assert len(list((tmp_path / "cache").glob("base-*.safetensors"))) == 1
+    if expected_kind == "recorded":
+        assert set(source.predictions.hidden) == set(blocks)
 
 
 def test_a_model_that_rescales_its_logits_after_the_head_falls_back_and_says_why(llama_dir, blocks, caplog):
@@ -143,5 +193,5 @@ def test_with_recorded_predictions_no_full_vocabulary_logits_are_made(llama_dir,
     recorded = record_base_predictions(model, blocks)
     head_rows = []
     model.get_output_embeddings().register_forward_hook(lambda m, i, out: head_rows.append(out.reshape(-1, out.shape[-1]).shape[0]))
-    measure_forgetting(model, blocks, n_bootstrap=0, batch_size=8, chunk_size=16, base_predictions=recorded)
+    measure_forgetting(model, blocks, n_bootstrap=0, batch_size=8, chunk_size=16, base=BaseSource("recorded", predictions=recorded))
     assert head_rows and max(head_rows) <= 16

@@ -13,8 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli_helpers import assert_user_error, run_cli
 from conftest import make_llama
+from forgetscope.base_cache import BaseSource
 from forgetscope.data import load_eval_blocks
-from forgetscope.metric import METRIC_KEYS, adapter_disabled_logits, measure_forgetting, model_logits, token_stats
+from forgetscope.metric import METRIC_KEYS, measure_forgetting, token_stats
 from forgetscope.tiny.model import train_tokenizer
 from test_metric import numpy_reference
 
@@ -116,9 +117,9 @@ def test_full_finetune_and_adapter_paths_agree(arch, eval_files):
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     ids = torch.cat(list(blocks.values()))
     with torch.no_grad():
-        one_copy = token_stats(adapter_disabled_logits(peft_model)(ids)[:, :-1].reshape(-1, len(tok)),
+        one_copy = token_stats(BaseSource("adapter").logits(peft_model)(ids)[:, :-1].reshape(-1, len(tok)),
                                peft_model(input_ids=ids).logits[:, :-1].reshape(-1, len(tok)), ids[:, 1:].reshape(-1))
-        two_models = token_stats(model_logits(base)(ids)[:, :-1].reshape(-1, len(tok)),
+        two_models = token_stats(BaseSource("model", model=base).logits(peft_model)(ids)[:, :-1].reshape(-1, len(tok)),
                                  merged(input_ids=ids).logits[:, :-1].reshape(-1, len(tok)), ids[:, 1:].reshape(-1))
     assert torch.max(torch.abs(one_copy["forgetting_ce"] - two_models["forgetting_ce"])) < 1e-5
     a = measure_forgetting(peft_model, blocks, n_bootstrap=0)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -171,3 +173,82 @@ def try_record_base_predictions(model: torch.nn.Module, blocks: Mapping[str, tor
     except ValueError as exc:
         log.info("forgetting: base predictions from a base forward pass at every measurement, because %s", exc)
         return None
+
+
+def cache_file(cache_dir: str | Path, model: torch.nn.Module, blocks: Mapping[str, torch.Tensor]) -> Path:
+    """Where a cache directory keeps the recorded predictions of this base on these tokens."""
+    return Path(cache_dir) / f"base-{cache_key(model, blocks)}.safetensors"
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where a measurement takes the base model's next-token distributions from.
+
+    - `recorded`: hidden states recorded once (`predictions`), turned into logits by the
+      fine-tuned model's own frozen head: one forward pass per measurement;
+    - `adapter`: the fine-tuned PEFT model with its adapters switched off (`disable_adapter()`);
+    - `model`: a separate base model (full fine-tunes, and the reference path of the tests).
+
+    `reason` says why recorded predictions are not used, when they are not.
+    """
+
+    kind: Literal["recorded", "adapter", "model"]
+    predictions: BasePredictions | None = None
+    model: torch.nn.Module | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, base: torch.nn.Module | BaseSource | None) -> BaseSource:
+        """A source as given, a separate base model, or (None) the adapter switched off."""
+        if isinstance(base, BaseSource):
+            return base
+        return cls("adapter") if base is None else cls("model", model=base)
+
+    def logits(self, finetuned: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`ids -> base logits` for the `adapter` and `model` kinds."""
+        if self.kind == "model":
+            device = next(self.model.parameters()).device
+            return lambda ids: self.model(input_ids=ids.to(device)).logits
+        if self.kind == "adapter":
+            if not hasattr(finetuned, "disable_adapter"):
+                raise ValueError("the fine-tuned model is not a PEFT model: pass a separate base model")
+
+            def adapter_off(ids: torch.Tensor) -> torch.Tensor:
+                with finetuned.disable_adapter():
+                    return finetuned(input_ids=ids).logits
+
+            return adapter_off
+        raise ValueError("recorded base predictions are hidden states: use them with the output head")
+
+
+def choose_base_source(
+    finetuned: torch.nn.Module,
+    blocks: Mapping[str, torch.Tensor],
+    *,
+    base: torch.nn.Module | None = None,
+    recorded: BasePredictions | None = None,
+    record: bool = False,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 16,
+) -> BaseSource:
+    """The one place that decides where base predictions come from, for `finetuned` on `blocks`.
+
+    A separate `base` model is used as given. Otherwise, where the output head can rebuild the
+    base logits (`usable_reason`), `recorded` predictions are reused, or recorded now when
+    `record` or `cache_dir` asks for it (kept in `cache_dir` and reused from there); everything
+    else uses `disable_adapter()`, with a log line saying why.
+    """
+    if base is not None:
+        return BaseSource("model", model=base, reason="a separate base model was given")
+    reason = usable_reason(finetuned)
+    if reason is None and recorded is not None:
+        return BaseSource("recorded", predictions=recorded)
+    if reason is None and (record or cache_dir is not None):
+        path = cache_file(cache_dir, finetuned, blocks) if cache_dir is not None else None
+        try:
+            return BaseSource("recorded", predictions=record_base_predictions(finetuned, blocks, path, batch_size))
+        except ValueError as exc:
+            reason = str(exc)
+    if reason is not None and (record or recorded is not None or cache_dir is not None):
+        log.info("forgetting: base predictions from disable_adapter() at every measurement, because %s", reason)
+    return BaseSource("adapter", reason=reason or "recording was not asked for")

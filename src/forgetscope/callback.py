@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from forgetscope.base_cache import try_record_base_predictions, usable_reason
+from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
 from forgetscope.metric import METRIC_KEYS, mean_loss, measure_forgetting
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class ForgettingCallback(TrainerCallback):
             measurement, instead of a second forward pass through the base each time.
         base_predictions: hidden states already recorded for `eval_blocks` from the same
             base (`forgetscope.base_cache`), e.g. shared by every point of a sweep.
+
+    Which of these is used is decided once, at the start of training, by
+    `forgetscope.base_cache.choose_base_source`; `base_source` says what was chosen.
     """
 
     def __init__(
@@ -67,7 +70,7 @@ class ForgettingCallback(TrainerCallback):
         prefix: str = "forgetting/",
         on_record: Callable[[dict], None] | None = None,
         record_base: bool = True,
-        base_predictions=None,
+        base_predictions: BasePredictions | None = None,
     ):
         if not eval_blocks:
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
@@ -82,6 +85,7 @@ class ForgettingCallback(TrainerCallback):
         self.on_record = on_record
         self.record_base = record_base
         self.base_predictions = base_predictions
+        self.base_source: BaseSource | None = None
         self.records: list[dict] = []
         self._pending: dict | None = None
         self._last_train_loss: float | None = None
@@ -90,8 +94,9 @@ class ForgettingCallback(TrainerCallback):
 
     def measure(self, model: torch.nn.Module, step: int) -> dict:
         """One record: the metric overall and per domain, and `ft_loss` when configured."""
-        result = measure_forgetting(model, self.eval_blocks, base=self.base_model, batch_size=self.batch_size,
-                                    n_bootstrap=0, base_predictions=self.base_predictions)
+        if self.base_source is None:  # measured outside a Trainer run
+            self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions)
+        result = measure_forgetting(model, self.eval_blocks, base=self.base_source, batch_size=self.batch_size, n_bootstrap=0)
         record: dict = {"step": step, "train_loss": None}
         if self.ft_eval_blocks is not None:
             record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)
@@ -113,21 +118,17 @@ class ForgettingCallback(TrainerCallback):
     # -- Trainer events ----------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return  # under DDP / accelerate only the main process measures (no collectives are involved)
         if self.eval_steps is None:
             self.eval_steps = log_spaced_steps(state.max_steps, self.n_eval_points)
-        if self.base_model is None:
-            reason = usable_reason(model)
-            if reason is not None:
-                if self.record_base or self.base_predictions is not None:
-                    log.info("forgetting: base predictions from disable_adapter() at every measurement, because %s", reason)
-                self.base_predictions = None
-            elif self.base_predictions is None and self.record_base:
-                self.base_predictions = try_record_base_predictions(model, self.eval_blocks, batch_size=self.batch_size)
+        self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions,
+                                              record=self.record_base, batch_size=self.batch_size)
         if state.global_step in self.eval_steps and not any(r["step"] == state.global_step for r in self.records):
             self._emit(self.measure(model, state.global_step))  # step 0: before any update
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step not in self.eval_steps:
+        if not state.is_world_process_zero or state.global_step not in self.eval_steps:
             return
         should_log = control.should_log  # trainer.log() below clears it; the step's own log must still happen
         record = self.measure(model, state.global_step)

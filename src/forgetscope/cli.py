@@ -99,6 +99,7 @@ def measure(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Forgetting of an existing fine-tune against its base on held-out text (L_f, KL, ...)."""
+    from forgetscope.base_cache import choose_base_source
     from forgetscope.data import load_eval_blocks
     from forgetscope.metric import measure_forgetting
     from forgetscope.models import load_pair
@@ -109,16 +110,9 @@ def measure(
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
     _check_seq_len(pair.finetuned, seq_len)
     blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, max_tokens, text_column)
-    recorded = None
-    if cache_dir is not None and pair.base is None:
-        from forgetscope.base_cache import cache_key, try_record_base_predictions, usable_reason
-
-        if usable_reason(pair.finetuned) is None:
-            path = cache_dir / f"base-{cache_key(pair.finetuned, blocks)}.safetensors"
-            recorded = try_record_base_predictions(pair.finetuned, blocks, path=path, batch_size=batch_size)
+    source = choose_base_source(pair.finetuned, blocks, base=pair.base, cache_dir=cache_dir, batch_size=batch_size)
     result = measure_forgetting(
-        pair.finetuned, blocks, base=pair.base, batch_size=batch_size, n_bootstrap=bootstrap, seed=seed,
-        progress=not as_json, base_predictions=recorded,
+        pair.finetuned, blocks, base=source, batch_size=batch_size, n_bootstrap=bootstrap, seed=seed, progress=not as_json,
     )
     if sequences is not None:
         sequences.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,14 @@ Means are token-weighted; 95% intervals come from a bootstrap over whole sequenc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from forgetscope.base_cache import BaseSource, final_hidden
 
 METRIC_KEYS = ("forgetting_ce", "kl", "base_entropy", "hard_ce", "base_loss", "finetuned_loss")
 
@@ -156,54 +158,31 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def adapter_disabled_logits(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Base logits from a PEFT model with its adapters switched off: one copy of the weights."""
-    if not hasattr(model, "disable_adapter"):
-        raise ValueError("the fine-tuned model is not a PEFT model: pass a separate base model")
-
-    def logits(input_ids: torch.Tensor) -> torch.Tensor:
-        with model.disable_adapter():
-            return model(input_ids=input_ids).logits
-
-    return logits
-
-
-def model_logits(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Logits of a separate model (the reference path for base predictions)."""
-
-    def logits(input_ids: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=input_ids.to(_device_of(model))).logits
-
-    return logits
-
-
 @torch.no_grad()
 def measure_forgetting(
     finetuned: torch.nn.Module,
     blocks: Mapping[str, torch.Tensor],
-    base: torch.nn.Module | None = None,
+    base: torch.nn.Module | BaseSource | None = None,
     batch_size: int = 8,
     chunk_size: int | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: bool = False,
-    base_predictions=None,
 ) -> ForgettingResult:
-    """Measure forgetting of `finetuned` against `base` on `{domain: [n, seq_len] ids}`.
+    """Measure forgetting of `finetuned` against its base on `{domain: [n, seq_len] ids}`.
 
-    Base predictions come from, in order of preference: `base_predictions` (recorded once
-    for these blocks, see `forgetscope.base_cache`: one forward pass per measurement), a
-    separate `base` model (the reference path; both must share the tokenizer), or
-    `disable_adapter()` on `finetuned`, which must then be a PEFT model. Both models are put
-    in eval mode and restored afterwards.
+    `base` is where base predictions come from (`forgetscope.base_cache.BaseSource`, chosen by
+    `choose_base_source`): recorded hidden states (one forward pass per measurement), a
+    separate base model (the reference path; both must share the tokenizer), or, when None,
+    `disable_adapter()` on `finetuned`, which must then be a PEFT model. A model given
+    directly is a separate base. Models are put in eval mode and restored afterwards.
     """
-    if base_predictions is not None:
-        from forgetscope.base_cache import final_hidden
-
+    source = BaseSource.of(base)
+    if source.kind == "recorded":
         base_logits, head = None, finetuned.get_output_embeddings()
     else:
-        base_logits = model_logits(base) if base is not None else adapter_disabled_logits(finetuned)
-    models = [m for m in (finetuned, base) if m is not None]
+        base_logits = source.logits(finetuned)
+    models = [m for m in (finetuned, source.model) if m is not None]
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -219,7 +198,7 @@ def measure_forgetting(
                     batch = ids[start : start + batch_size].to(device)
                     if base_logits is None:  # hidden states only: logits are made chunk by chunk
                         ft = final_hidden(finetuned, batch)
-                        reference = base_predictions.hidden[name][start : start + len(batch)]
+                        reference = source.predictions.hidden[name][start : start + len(batch)]
                         sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head)
                     else:
                         ft = finetuned(input_ids=batch).logits

@@ -7,6 +7,8 @@ failure modes into one clear `UserInputError`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +109,21 @@ def check_same_tokenizer(base_tok, ft_tok, base_model, ft_model) -> None:
 
 @dataclass
 class ModelPair:
-    """What `measure` compares: `finetuned` and either a separate `base` or `None` (adapter path)."""
+    """What `measure` compares: `finetuned`, and its base as a separate model (`base`) or, for
+    a PEFT adapter, as the same weights with the adapter switched off (`base` is None)."""
 
     finetuned: torch.nn.Module
     base: torch.nn.Module | None
     tokenizer: object
+
+    @contextlib.contextmanager
+    def as_base(self) -> Iterator[torch.nn.Module]:
+        """The base model to run: the separate one, or the fine-tuned model with its adapters off."""
+        if self.base is not None:
+            yield self.base
+        else:
+            with self.finetuned.disable_adapter():
+                yield self.finetuned
 
 
 def load_pair(

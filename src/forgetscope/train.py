@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from forgetscope.base_cache import BasePredictions
 from forgetscope.callback import ForgettingCallback
 from forgetscope.errors import UserInputError
 
@@ -137,7 +138,7 @@ def finetune(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     callbacks: Sequence = (),
-    base_predictions=None,
+    base_predictions: BasePredictions | None = None,
 ) -> list[dict]:
     """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
 

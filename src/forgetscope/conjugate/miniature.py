@@ -26,7 +26,7 @@ import torch
 
 from forgetscope.errors import UserInputError
 from forgetscope.tiny import corpora
-from forgetscope.tiny.model import CORPUS_VERSION, TinyConfig, cache_root, cached_build, train_from_scratch, train_tokenizer
+from forgetscope.tiny.model import TinyConfig, cache_root, cached_build, corpus_stamp, train_from_scratch, train_tokenizer
 
 MINIATURE_VERSION = 1  # bump when the corpus construction below changes
 TRANSFORMS = ("piglatin", "leetspeak")
@@ -85,7 +85,7 @@ class MiniatureConfig:
         fields = asdict(self)
         for name in ("finetune_steps", "finetune_batch_size", "finetune_learning_rate", "rank"):
             fields.pop(name)
-        payload = json.dumps(fields | {"corpus": CORPUS_VERSION, "miniature": MINIATURE_VERSION}, sort_keys=True)
+        payload = json.dumps(fields | corpus_stamp() | {"miniature": MINIATURE_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -16,10 +16,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from forgetscope.base_cache import BaseSource
 from forgetscope.conjugate.tasks import ConflictTask, follows_context, make_conflict_tasks
 from forgetscope.errors import UserInputError
 from forgetscope.judges import Judge, refusal_judge
-from forgetscope.metric import METRIC_KEYS, adapter_disabled_logits, model_logits, sequence_sums, summarize
+from forgetscope.metric import METRIC_KEYS, sequence_sums, summarize
 
 
 def _context_limit(model) -> int | None:
@@ -56,7 +57,7 @@ def greedy(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, use_base: b
 def prompt_forgetting(finetuned, base, prompts: Sequence[torch.Tensor], n_bootstrap: int = 1000, seed: int = 0) -> dict:
     """L_f, KL, ... of `finetuned` against `base` (or its disabled adapter when `base` is None),
     token-weighted over the next-token predictions inside each `[1, n]` prompt."""
-    base_logits = model_logits(base) if base is not None else adapter_disabled_logits(finetuned)
+    base_logits = BaseSource.of(base).logits(finetuned)
     sums: dict[str, list[float]] = {key: [] for key in METRIC_KEYS}
     tokens = []
     device = next(finetuned.parameters()).device

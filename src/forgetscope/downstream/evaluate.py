@@ -225,12 +225,8 @@ def evaluate_pair(
         raise UserInputError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
     tasks = prepare_tasks(settings)  # bad names and data fail before any model is loaded
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
-    if pair.base is None:  # an adapter: the base is the same weights with the adapter switched off
-        with pair.finetuned.disable_adapter():
-            base_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks)
-    else:
-        base_result = evaluate_model(pair.base, pair.tokenizer, settings, tasks)
-        del pair.base
+    with pair.as_base() as base_model:
+        base_result = evaluate_model(base_model, pair.tokenizer, settings, tasks)
     ft_result = evaluate_model(pair.finetuned, pair.tokenizer, settings, tasks)
     return {"suite": settings.suite, "tasks": tasks.harness + ([safety.TASK] if tasks.safety else []),
             "limit": settings.limit, "num_fewshot": settings.num_fewshot, "base": base_result,

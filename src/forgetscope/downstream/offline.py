@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -93,11 +92,10 @@ def choice_examples(cloze: list[dict], seed: int = 0) -> list[dict]:
 
 
 def _version_key(shipped: dict[str, str]) -> str:
-    from forgetscope.tiny.model import CORPUS_VERSION
+    from forgetscope.tiny.model import corpus_stamp
 
-    # The code domain is this Python's standard library: another Python, other data.
-    payload = json.dumps({"files": shipped, "data": DATA_VERSION, "corpus": CORPUS_VERSION, "n": EXAMPLES_PER_DOMAIN,
-                          "python": list(sys.version_info[:2])}, sort_keys=True)
+    # corpus_stamp names the Python: the code domain is its standard library.
+    payload = json.dumps({"files": shipped, "data": DATA_VERSION, **corpus_stamp(), "n": EXAMPLES_PER_DOMAIN}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from forgetscope.base_cache import BasePredictions
 from forgetscope.data import group_into_blocks, load_eval_blocks, read_domains, split_validation
 from forgetscope.errors import UserInputError
 from forgetscope.sweep.config import DataSource, SweepConfig
@@ -29,7 +30,7 @@ class SweepInputs:
     train_blocks: torch.Tensor
     ft_eval_blocks: torch.Tensor
     eval_blocks: dict[str, torch.Tensor]
-    base_predictions: object = None  # forgetscope.base_cache.BasePredictions
+    base_predictions: BasePredictions | None = None
 
 
 def point_device(config: SweepConfig) -> torch.device:

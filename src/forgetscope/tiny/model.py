@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -45,11 +46,17 @@ class TinyConfig:
 
     def key(self) -> str:
         """Cache key: changes whenever a setting or the corpus version changes."""
-        payload = json.dumps(asdict(self) | {"corpus": CORPUS_VERSION}, sort_keys=True)
+        payload = json.dumps(asdict(self) | corpus_stamp(), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 CORPUS_VERSION = 2  # bump when corpora.py changes what text the model sees
+
+
+def corpus_stamp() -> dict:
+    """What decides the embedded corpora's text, for cache keys: their version, and the
+    Python version, since the code corpus is the running interpreter's standard library."""
+    return {"corpus": CORPUS_VERSION, "python": "{}.{}".format(*sys.version_info[:2])}
 
 
 def cache_root() -> Path:
