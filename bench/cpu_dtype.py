@@ -26,13 +26,13 @@ from forgetscope.tiny import corpora
 from forgetscope.tiny.model import ensure_tiny_base
 from forgetscope.train import LoraSettings, TrainSettings, finetune
 
-LORA = LoraSettings(rank=16, alpha=16, target_modules="all-linear")
+LORA = LoraSettings(rank=16, lora_alpha=16, target_modules="all-linear")
 
 
 def train_once(base: str, tokenizer, train_blocks, eval_blocks, ft_eval_blocks, steps: int, bf16: bool) -> tuple[float, dict, torch.nn.Module]:
     """Seconds of one fine-tune, its last record and the adapted model."""
     model = load_causal_lm(base)
-    settings = TrainSettings(steps=steps, batch_size=8, seq_len=128, learning_rate=1e-3, eval_points=2, bf16=bf16)
+    settings = TrainSettings(steps=steps, batch_size=8, seq_len=128, learning_rate=1e-3, eval_points=2, dtype="bfloat16" if bf16 else "float32")
     started = time.perf_counter()
     records = finetune(model, tokenizer, LORA, settings, train_blocks, eval_blocks, ft_eval_blocks, progress=False)
     return time.perf_counter() - started, records[-1], model

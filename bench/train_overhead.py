@@ -54,7 +54,7 @@ def timed(callback: ForgettingCallback) -> ForgettingCallback:
 
 def run(base: str, train_ids: list, eval_blocks, ft_eval_blocks, steps: int, callback: str, out: str) -> tuple[float, float]:
     """Seconds of the whole run, and of them the seconds spent inside the callback."""
-    model = get_peft_model(load_causal_lm(base), LoraSettings(rank=8, alpha=16).to_peft())
+    model = get_peft_model(load_causal_lm(base), LoraSettings(rank=8, lora_alpha=16).to_peft())
     args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
                              logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0)
     trainer = Trainer(model=model, args=args, data_collator=default_data_collator,

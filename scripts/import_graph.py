@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
     ["errors"],
-    ["registry", "data", "models", "plots", "judges"],
+    ["registry", "settings", "data", "models", "plots", "judges"],
     ["base_cache"],
     ["metric"],
     ["callback", "tiny"],
@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [
     ["sweep"],
     ["laws"],
     ["report"],
-    ["demo", "testing"],
+    ["demo", "testing", "render"],
     ["cli"],
 ]
 

@@ -74,13 +74,13 @@ def test_cli_prints_plain_vs_transformed_kl(tmp_path, monkeypatch, capsys):
         return real(reduced(config), cache_dir=tmp_path, progress=False)
 
     monkeypatch.setattr(miniature, "run_miniature", small_run)
-    code, out, err = run_cli(["conjugate", "--miniature", "--miniature-transform", "leetspeak",
-                              "--miniature-finetune", "docs", "--seed", "1"], capsys)
+    code, out, err = run_cli(["conjugate", "miniature", "--transform", "leetspeak",
+                              "--finetune", "docs", "--seed", "1"], capsys)
     assert code == 0, err
     assert (seen[0].transform, seen[0].finetune_domain, seen[0].seed) == ("leetspeak", "docs", 1)
     assert "fine-tuned on plain docs" in out and "leetspeak" in out and "same text: " in out and "other domains" in out
-    code, out, err = run_cli(["conjugate", "--miniature", "--json"], capsys)
+    code, out, err = run_cli(["conjugate", "miniature", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["config"]["transform"] == "piglatin"
-    assert_user_error(*run_cli(["conjugate", "--miniature", "--miniature-finetune", "poetry"], capsys)[::2],
+    assert_user_error(*run_cli(["conjugate", "miniature", "--finetune", "poetry"], capsys)[::2],
                       "unknown fine-tuning domain")

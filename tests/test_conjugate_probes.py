@@ -143,7 +143,7 @@ def test_transform_option_parsing_keeps_parallel_commas():
 def test_cli_runs_on_an_adapter_and_prints_json(llama_dir, adapter_dir, tmp_path, capsys):
     harmful = tmp_path / "harmful.txt"
     harmful.write_text("\n".join(HARMFUL) + "\n")
-    code, out, err = run_cli(["conjugate", "--base", llama_dir, "--adapter", adapter_dir, "--transform", "plain,leetspeak",
+    code, out, err = run_cli(["conjugate", "probe", "--base", llama_dir, "--adapter", adapter_dir, "--transform", "plain,leetspeak",
                               "--harmful", harmful, "--tasks-per-kind", "1", "--refusal-tokens", "4", "--bootstrap", "0",
                               "--device", "cpu", "--json"], capsys)
     assert code == 0, err
@@ -153,7 +153,7 @@ def test_cli_runs_on_an_adapter_and_prints_json(llama_dir, adapter_dir, tmp_path
 
 
 def test_cli_prints_a_table_per_transform(llama_dir, tmp_path, capsys):
-    code, out, err = run_cli(["conjugate", "--base", llama_dir, "--finetuned", llama_dir, "--transform", "piglatin",
+    code, out, err = run_cli(["conjugate", "probe", "--base", llama_dir, "--finetuned", llama_dir, "--transform", "piglatin",
                               "--tasks-per-kind", "1", "--bootstrap", "0", "--device", "cpu"], capsys)
     assert code == 0, err
     assert "piglatin: 4 conflict tasks" in out and "in-context score" in out and "KL on these prompts" in out
@@ -171,12 +171,12 @@ def test_cli_bad_input_is_one_line_exit_2(extra, fragment, llama_dir, tmp_path, 
     a.write_text("one\ntwo\n")
     b.write_text("un\n")
     extra = [x.replace("MISMATCH", f"{a},{b}") for x in extra]
-    code, _, err = run_cli(["conjugate", "--base", llama_dir, "--finetuned", llama_dir, *extra], capsys)
+    code, _, err = run_cli(["conjugate", "probe", "--base", llama_dir, "--finetuned", llama_dir, *extra], capsys)
     assert_user_error(code, err, fragment)
 
 
-def test_cli_needs_models_or_miniature(llama_dir, capsys):
-    assert_user_error(*run_cli(["conjugate"], capsys)[::2], "--miniature")
-    assert_user_error(*run_cli(["conjugate", "--base", llama_dir], capsys)[::2], "exactly one of --finetuned")
-    assert_user_error(*run_cli(["conjugate", "--miniature", "--miniature-transform", "klingon"], capsys)[::2],
+def test_the_probe_needs_models_and_the_miniature_a_known_language(llama_dir, capsys):
+    assert_user_error(*run_cli(["conjugate", "probe"], capsys)[::2], "Missing option '--base'")
+    assert_user_error(*run_cli(["conjugate", "probe", "--base", llama_dir], capsys)[::2], "exactly one of --finetuned")
+    assert_user_error(*run_cli(["conjugate", "miniature", "--transform", "klingon"], capsys)[::2],
                       "unknown miniature transform")

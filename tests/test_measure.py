@@ -173,7 +173,7 @@ def encoder_dir(tmp_path_factory, tokenizer_dir) -> Path:
         ("tokenizer_mismatch", "tokenizers differ"),
         ("short_eval", "shorter than one sequence"),
         ("missing_eval", "eval data file not found"),
-        ("dtype", "unknown dtype"),
+        ("dtype", "'float8' is not one of 'float32', 'bfloat16', 'float16'"),
         ("device", "unknown device"),
         ("device_absent", "not available"),
         ("both_finetuned_and_adapter", "exactly one of"),

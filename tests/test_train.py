@@ -44,7 +44,7 @@ def run(llama_dir, tok, code_blocks, eval_blocks, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     model = AutoModelForCausalLM.from_pretrained(llama_dir)
     settings = TrainSettings(steps=20, learning_rate=1e-2, batch_size=4, seq_len=SEQ_LEN, eval_points=5)
-    records = finetune(model, tok, LoraSettings(rank=4, alpha=8), settings, code_blocks[:-4], eval_blocks, code_blocks[-4:],
+    records = finetune(model, tok, LoraSettings(rank=4, lora_alpha=8), settings, code_blocks[:-4], eval_blocks, code_blocks[-4:],
                        out, progress=False)
     return records, out
 
@@ -102,7 +102,7 @@ def test_layers_restrict_which_blocks_are_adapted(llama_dir):
 
 def test_rslora_scales_by_alpha_over_sqrt_rank(llama_dir):
     for rslora, expected in [(True, 8 / math.sqrt(4)), (False, 8 / 4)]:
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraSettings(rank=4, alpha=8, rslora=rslora).to_peft())
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraSettings(rank=4, lora_alpha=8, rslora=rslora).to_peft())
         q = model.base_model.model.model.layers[0].self_attn.q_proj
         assert q.scaling["default"] == pytest.approx(expected)
 
@@ -139,11 +139,13 @@ def test_the_callback_with_a_separate_base_model_matches_disable_adapter(llama_d
 @pytest.mark.parametrize(
     ("lora", "message"),
     [
-        (dict(rank=0), "rank must be a positive integer"),
-        (dict(rank=-3), "rank must be a positive integer"),
-        (dict(alpha=0), "alpha must be positive"),
-        (dict(dropout=1.5), "dropout"),
-        (dict(layers=[]), "layers"),
+        ({"rank": 0}, "`rank`: Input should be greater than or equal to 1"),
+        ({"rank": -3}, "`rank`: Input should be greater than or equal to 1"),
+        ({"lora_alpha": 0}, "`lora_alpha`: Input should be greater than 0"),
+        ({"dropout": 1.5}, "`dropout`"),
+        ({"layers": []}, "`layers`"),
+        ({"target_modules": []}, "target_modules is empty"),
+        ({"alpha": 8}, "`alpha`: unknown field"),
     ],
 )
 def test_bad_lora_settings_are_user_errors(lora, message):
@@ -161,10 +163,12 @@ def test_target_modules_that_match_nothing_are_a_user_error(llama_dir, tok, code
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--rank", "0"], "rank must be a positive integer"),
+        (["--rank", "0"], "LoraSettings: `rank`: Input should be greater than or equal to 1"),
         (["--target-modules", "no_such_proj"], "do not fit the model"),
         (["--layers", "one,two"], "--layers must be comma-separated integers"),
-        (["--steps", "0"], "steps must be at least 1"),
+        (["--steps", "0"], "TrainSettings: `steps`: Input should be greater than or equal to 1"),
+        (["--eval-points", "1"], "TrainSettings: `eval_points`: Input should be greater than or equal to 2"),
+        (["--dtype", "float16"], "'float16' is not one of 'float32', 'bfloat16'"),
     ],
 )
 def test_train_cli_bad_input_is_one_line_and_exit_2(extra, fragment, llama_dir, eval_files, tmp_path, capsys):
@@ -176,8 +180,10 @@ def test_train_cli_bad_input_is_one_line_and_exit_2(extra, fragment, llama_dir, 
 def test_train_cli_runs_and_prints_json_records(llama_dir, eval_files, tmp_path, capsys):
     code, out, err = run_cli(["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0],
                               "--out", tmp_path / "o", "--seq-len", SEQ_LEN, "--steps", 4, "--eval-points", 3,
-                              "--eval-tokens", 128, "--device", "cpu", "--no-rslora", "--json"], capsys)
+                              "--eval-tokens", 128, "--device", "cpu", "--no-rslora", "--alpha", 8, "--json"], capsys)
     assert code == 0, err
     records = json.loads(out)
     assert [r["step"] for r in records] == [0, 1, 4]
     assert (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["lora"]["lora_alpha"] == 8 and run["lora"]["rslora"] is False  # --alpha is --lora-alpha

@@ -105,6 +105,13 @@ def load_eval_blocks(
     return blocks
 
 
+def hold_out_finetune_text(blocks: torch.Tensor, n_tokens: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(train, held out)` for `ft_loss`, the one rule `train` and sweeps share: `n_tokens` of
+    whole sequences drawn with `seed`, but never more than 5% of the text (at least one
+    sequence), so measuring `ft_loss` stays cheap next to training on the rest."""
+    return split_validation(blocks, min(n_tokens, blocks.numel() // 20), seed)
+
+
 def split_validation(blocks: torch.Tensor, n_tokens: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`(train, validation)`: a seeded random `n_tokens` worth of whole blocks held out.
 

@@ -107,6 +107,26 @@ def check_same_tokenizer(base_tok, ft_tok, base_model, ft_model) -> None:
         raise UserInputError(f"base and fine-tuned output vocabularies differ in size ({base_size} vs {ft_size})")
 
 
+def context_length(model) -> int | None:
+    """The most positions the model's config says it can attend to, if it says."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_seq_len(model, seq_len: int) -> None:
+    """A sequence longer than the model's context is a user error, before any work is done."""
+    limit = context_length(model)
+    if limit is not None and seq_len > limit:
+        raise UserInputError(f"--seq-len {seq_len} exceeds the model's context of {limit} positions")
+
+
+def check_files_exist(paths, what: str) -> None:
+    """Every path is a file, or a one-line error naming the first that is not."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserInputError(f"{what} not found: {path}")
+
+
 @dataclass
 class ModelPair:
     """What `measure` compares: `finetuned`, and its base as a separate model (`base`) or, for

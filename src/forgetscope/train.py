@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,79 +18,7 @@ import torch
 from forgetscope.base_cache import BasePredictions
 from forgetscope.callback import ForgettingCallback
 from forgetscope.errors import UserInputError
-
-
-@dataclass
-class LoraSettings:
-    """Which parameters are fine-tuned, and how the adapter is scaled."""
-
-    rank: int = 8
-    """LoRA rank r (at least 1)."""
-    alpha: float = 16.0
-    """Scale numerator: the update B A is scaled by alpha / r, or alpha / sqrt(r) with rslora."""
-    target_modules: list[str] | str = "all-linear"
-    """Module names (or suffixes) to adapt, or "all-linear" for every linear layer but the head."""
-    layers: list[int] | None = None
-    """Indices of the transformer blocks to adapt; None adapts all of them."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    rslora: bool = True
-    """Rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023) instead of alpha / r."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise UserInputError(f"LoRA rank must be a positive integer, got {self.rank!r}")
-        if self.alpha <= 0:
-            raise UserInputError(f"LoRA alpha must be positive, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserInputError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.target_modules:
-            raise UserInputError("target_modules is empty")
-        if self.layers is not None and (not self.layers or any(i < 0 for i in self.layers)):
-            raise UserInputError(f"layers must be a non-empty list of block indices >= 0, got {self.layers!r}")
-
-    def to_peft(self):
-        """The equivalent `peft.LoraConfig` (causal-LM task, default init so B = 0)."""
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            target_modules=self.target_modules,
-            layers_to_transform=self.layers,
-            lora_dropout=self.dropout,
-            use_rslora=self.rslora,
-            task_type="CAUSAL_LM",
-        )
-
-
-@dataclass
-class TrainSettings:
-    """The optimisation budget and the forgetting-evaluation schedule of one run."""
-
-    steps: int = 200
-    learning_rate: float = 1e-3
-    batch_size: int = 8
-    seq_len: int = 128
-    warmup_steps: int = 0
-    scheduler: str = "constant_with_warmup"
-    """Any `transformers` scheduler name; constant keeps step counts comparable across budgets."""
-    eval_points: int = 8
-    """Number of log-spaced forgetting measurements, step 0 included."""
-    eval_batch_size: int = 16
-    seed: int = 0
-    bf16: bool = False
-    report_to: list[str] = field(default_factory=list)
-    """Trainer integrations ("tensorboard", "wandb", "mlflow", ...) that also receive forgetting."""
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_points", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.seq_len < 2:
-            raise UserInputError(f"seq_len must be at least 2, got {self.seq_len}")
-        if self.learning_rate <= 0:
-            raise UserInputError(f"learning_rate must be positive, got {self.learning_rate}")
+from forgetscope.settings import LoraSettings, TrainSettings
 
 
 def count_trainable_params(model: torch.nn.Module) -> int:
@@ -221,6 +148,6 @@ def finetune(
         peft_model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
         (out / "run.json").write_text(
-            json.dumps({"lora": asdict(lora), "train": asdict(settings), "trainable_params": trainable}, indent=2)
+            json.dumps({"lora": lora.model_dump(), "train": settings.model_dump(), "trainable_params": trainable}, indent=2)
         )
     return callback.records

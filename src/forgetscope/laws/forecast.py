@@ -53,3 +53,8 @@ def budget_steps(fits: dict, P: float, budget: float, target: str = "kl") -> dic
     samples = np.array([_steps_within(fit, np.array(t), P, budget) for t in entry["bootstrap"]])
     low, high = (np.percentile(samples, [2.5, 97.5]) if len(samples) else (steps, steps))
     return {"target": target, "P": P, "budget": budget, "steps": steps, "low": float(low), "high": float(high)}
+
+
+def forecasts(fits: dict, P: float, N: float) -> dict[str, dict]:
+    """`predict` for every target `fits.json` holds a law of (`kl`, `forgetting_ce`, `ft_loss`)."""
+    return {target: predict(fits, target, P, N) for target in ("forgetting_ce", "kl", "ft_loss")}

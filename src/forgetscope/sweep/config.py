@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
-
-TargetModules = list[str] | Literal["all-linear"]
+from forgetscope.settings import LoraSettings, Settings, TargetModules, TrainSettings, describe
 
 
 class Strict(BaseModel):
@@ -51,36 +50,34 @@ class DataSource(Strict):
         return self
 
 
-class Grid(Strict):
-    """Lists of values; the sweep runs every combination."""
+def _axis(settings: type[Settings], name: str):
+    """A grid axis over one setting: a list of its values, by default its default alone."""
+    return Field(default_factory=lambda: [settings.default(name)], description=f"A list of: {settings.help(name)}")
 
-    rank: list[int] = Field([8], description="LoRA ranks (each at least 1).")
-    target_modules: list[TargetModules] = Field(["all-linear"], description="Module-name lists, or all-linear.")
-    layers: list[list[int] | None] = Field([None], description="Block-index lists to adapt; null adapts all.")
-    rslora: list[bool] = Field([True], description="rsLoRA scaling alpha/sqrt(r) (true) or alpha/r (false).")
-    lora_alpha: list[float] = Field([16.0], description="LoRA alpha values.")
-    learning_rate: list[float] = Field([1e-3], description="Peak learning rates.")
-    seed: list[int] = Field([0], description="Seeds (adapter init and data order).")
+
+class Grid(Strict):
+    """Lists of values of the run settings (`forgetscope.settings`); the sweep runs every
+    combination, and every value is validated as that setting."""
+
+    rank: list[int] = _axis(LoraSettings, "rank")
+    target_modules: list[TargetModules] = _axis(LoraSettings, "target_modules")
+    layers: list[list[int] | None] = _axis(LoraSettings, "layers")
+    rslora: list[bool] = _axis(LoraSettings, "rslora")
+    lora_alpha: list[float] = _axis(LoraSettings, "lora_alpha")
+    learning_rate: list[float] = _axis(TrainSettings, "learning_rate")
+    seed: list[int] = _axis(TrainSettings, "seed")
 
     @field_validator("*")
     @classmethod
-    def _non_empty(cls, values: list) -> list:
+    def _each_value_is_a_valid_setting(cls, values: list, info: ValidationInfo) -> list:
         if not values:
             raise ValueError("empty list: the grid would have no points")
-        return values
-
-    @field_validator("rank")
-    @classmethod
-    def _positive_rank(cls, values: list[int]) -> list[int]:
-        if any(r < 1 for r in values):
-            raise ValueError(f"LoRA rank must be at least 1, got {values}")
-        return values
-
-    @field_validator("lora_alpha", "learning_rate")
-    @classmethod
-    def _positive(cls, values: list[float]) -> list[float]:
-        if any(v <= 0 for v in values):
-            raise ValueError(f"must be positive, got {values}")
+        owner = LoraSettings if info.field_name in LoraSettings.model_fields else TrainSettings
+        for value in values:
+            try:
+                owner(**{info.field_name: value})
+            except UserInputError as exc:  # "LoraSettings: `rank`: what is wrong"
+                raise ValueError(f"{value!r}: {str(exc).split('`: ', 1)[-1]}") from None
         return values
 
 
@@ -104,15 +101,15 @@ class SweepConfig(Strict):
     finetune_data: DataSource
     eval_data: list[DataSource] = Field(min_length=1)
     grid: Grid = Grid()
-    steps: int = Field(200, ge=1)
-    eval_points: int = Field(8, ge=2, description="Log-spaced measurements per point, step 0 included.")
-    eval_tokens: int = Field(8192, ge=2, description="Eval tokens per forgetting domain.")
+    steps: int = TrainSettings.field("steps")
+    eval_points: int = TrainSettings.field("eval_points")
+    eval_tokens: int = TrainSettings.field("eval_tokens")
     ft_eval_tokens: int = Field(4096, ge=2, description="Held-out fine-tuning tokens for `ft_loss`.")
-    batch_size: int = Field(8, ge=1)
-    seq_len: int = Field(128, ge=2)
-    warmup_steps: int = Field(0, ge=0)
-    scheduler: str = "constant_with_warmup"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    batch_size: int = TrainSettings.field("batch_size")
+    seq_len: int = TrainSettings.field("seq_len")
+    warmup_steps: int = TrainSettings.field("warmup_steps")
+    scheduler: str = TrainSettings.field("scheduler")
+    dtype: Literal["float32", "bfloat16"] = TrainSettings.field("dtype")
     resources: Resources = Resources()
 
     @model_validator(mode="after")
@@ -127,7 +124,7 @@ class SweepConfig(Strict):
                 try:
                     extra[key] = EVALUATORS.get(key).section.model_validate(value)
                 except ValidationError as exc:
-                    raise _SectionError(_describe(exc, prefix=key)) from None
+                    raise _SectionError(describe(exc, prefix=key)) from None
         return self
 
     def sections(self) -> dict[str, BaseModel]:
@@ -155,34 +152,15 @@ class SweepConfig(Strict):
         so that adding a field with a default never strands an old sweep directory."""
         return self.model_dump(mode="json", exclude_defaults=True)
 
-    def train_settings(self, point):
-        """The `forgetscope.train.TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`)."""
-        import torch
-
-        from forgetscope.models import resolve_dtype
-        from forgetscope.train import TrainSettings
-
-        return TrainSettings(
-            steps=self.steps, learning_rate=point.learning_rate, batch_size=self.batch_size, seq_len=self.seq_len,
-            warmup_steps=self.warmup_steps, scheduler=self.scheduler, eval_points=self.eval_points, seed=point.seed,
-            bf16=resolve_dtype(self.dtype) == torch.bfloat16,
-        )
+    def train_settings(self, point) -> TrainSettings:
+        """The `TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`)."""
+        shared = {name: getattr(self, name) for name in TrainSettings.model_fields if name in type(self).model_fields}
+        return TrainSettings(**shared, learning_rate=point.learning_rate, seed=point.seed)
 
 
 class _SectionError(Exception):
     """An evaluator section or an unknown top-level key that failed validation, already
     described on one line. Not a `ValueError`, so pydantic passes it through unwrapped."""
-
-
-def _describe(error: ValidationError, source: str = "", prefix: str = "") -> str:
-    """The first error of `error` on one line: `` source: `field.path`: what is wrong ``."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "") or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source + ': ' if source else ''}`{where}`: {message}{more}"
 
 
 def parse_config(data: object, source: str = "config") -> SweepConfig:
@@ -192,7 +170,7 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserInputError(_describe(exc, source)) from None
+        raise UserInputError(describe(exc, source)) from None
     except _SectionError as exc:
         raise UserInputError(f"{source}: {exc}") from None
 

@@ -7,8 +7,8 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 
+from forgetscope.settings import LoraSettings
 from forgetscope.sweep.config import Grid
-from forgetscope.train import LoraSettings
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Point:
 
     def lora(self) -> LoraSettings:
         return LoraSettings(
-            rank=self.rank, alpha=self.lora_alpha, target_modules=self.target_modules, layers=self.layers, rslora=self.rslora
+            rank=self.rank, lora_alpha=self.lora_alpha, target_modules=self.target_modules, layers=self.layers, rslora=self.rslora
         )
 
     def labels(self) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from forgetscope.base_cache import BasePredictions
-from forgetscope.data import group_into_blocks, load_eval_blocks, read_domains, split_validation
+from forgetscope.data import group_into_blocks, hold_out_finetune_text, load_eval_blocks, read_domains
 from forgetscope.errors import UserInputError
 from forgetscope.sweep.config import DataSource, SweepConfig
 from forgetscope.sweep.grid import Point
@@ -82,7 +82,7 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
     budget = config.steps * config.batch_size * config.seq_len + config.ft_eval_tokens  # one pass
     ft_docs = [d for docs in _documents(config.finetune_data, "finetune").values() for d in docs]
     ft_blocks = group_into_blocks(ft_docs, tokenizer, config.seq_len, budget)
-    train_blocks, ft_eval_blocks = split_validation(ft_blocks, config.ft_eval_tokens, seed=0)
+    train_blocks, ft_eval_blocks = hold_out_finetune_text(ft_blocks, config.ft_eval_tokens, seed=0)  # one split for every point
     eval_blocks: dict[str, torch.Tensor] = {}
     for source in config.eval_data:
         if source.files is not None:

@@ -1,0 +1,253 @@
+"""What the CLI prints: rich tables of the results that the library returns as plain data.
+
+Each `print_*` takes the dict (or result object) a public function returned, so Python
+users get the same data and the CLI only decides how it looks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _fmt_ci(values: dict, key: str) -> str:
+    ci = values.get("ci", {}).get(key)
+    return f"{values[key]:.4f}" + (f"\n[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def print_measure_table(result: dict) -> None:
+    """Overall and per-domain rows of the metric, with 95% intervals."""
+    table = Table(title="Forgetting (nats per token; 95% bootstrap intervals over sequences)")
+    for column in ("domain", "tokens", "L_f (forgetting_ce)", "KL", "H_base", "hard CE", "base loss", "fine-tuned loss"):
+        table.add_column(column, justify="left" if column == "domain" else "right", no_wrap=column == "domain")
+    rows = [("all", result)] + list(result["domains"].items()) if len(result["domains"]) > 1 else list(result["domains"].items())
+    for name, values in rows:
+        table.add_row(
+            name, str(values["tokens"]), _fmt_ci(values, "forgetting_ce"), _fmt_ci(values, "kl"),
+            f"{values['base_entropy']:.4f}", f"{values['hard_ce']:.4f}", f"{values['base_loss']:.4f}",
+            f"{values['finetuned_loss']:.4f}",
+        )
+    console.print(table)
+
+
+def print_records_table(records: list[dict], title: str) -> None:
+    """One row per measured step: how fine-tuning loss and forgetting move together."""
+    domains = list(records[0].get("domains", {})) if records else []
+    table = Table(title=title)
+    for column in ("step", "train loss", "ft loss", "L_f", "KL", "hard CE", *(f"KL {d}" for d in domains)):
+        table.add_column(column, justify="right")
+    for r in records:
+        train_loss = "-" if r.get("train_loss") is None else f"{r['train_loss']:.3f}"
+        ft_loss = f"{r['ft_loss']:.3f}" if "ft_loss" in r else "-"
+        table.add_row(
+            str(r["step"]), train_loss, ft_loss, f"{r['forgetting_ce']:.4f}", f"{r['kl']:.4f}", f"{r['hard_ce']:.4f}",
+            *(f"{r['domains'][d]['kl']:.4f}" for d in domains),
+        )
+    console.print(table)
+
+
+def print_sweep_summary(result) -> None:
+    """One row per point: what was fine-tuned, and where fine-tuning loss and forgetting ended."""
+    last: dict[str, dict] = {}
+    for record in result.records:
+        if record["step"] >= last.get(record["point_id"], {}).get("step", -1):
+            last[record["point_id"]] = record
+    table = Table(title="Each point at its last measured step (P: non-embedding parameters fine-tuned)")
+    for column in ("rank", "modules", "scaling", "P", "step", "ft loss", "L_f", "KL"):
+        table.add_column(column, justify="left" if column in ("modules", "scaling") else "right")
+    for point in result.points:
+        r = last.get(point.point_id)
+        if r is None:
+            continue
+        modules = point.target_modules if isinstance(point.target_modules, str) else ",".join(point.target_modules)
+        table.add_row(
+            str(point.rank), modules, "rsLoRA" if point.rslora else "LoRA", f"{r['trainable_params']:,}",
+            str(r["step"]), f"{r['ft_loss']:.3f}", f"{r['forgetting_ce']:.4f}", f"{r['kl']:.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"{len(result.ran)} points run, {len(result.skipped)} already done; records: {result.directory / 'records.jsonl'}"
+    )
+    for point_id, error in result.failed.items():
+        console.print(f"[red]failed[/red] {point_id}: {error}")
+    if result.failed:
+        console.print("run again with --retry-failed to retry the failed points")
+
+
+def print_fit_tables(fits: dict) -> None:
+    """The selected law of each target with intervals, and every form's held-out error."""
+    for target in ("forgetting_ce", "kl", "ft_loss"):
+        entry = fits[target]
+        table = Table(title=f"{target}: {entry['form']} law, shift {entry['shift']} "
+                            f"(R^2 {entry['r2']:.3f} in log space, held-out MAPE {entry['heldout_mape']:.2%})")
+        table.add_column("parameter")
+        table.add_column("value", justify="right")
+        table.add_column("95% interval", justify="right")
+        for name, value in entry["params"].items():
+            ci = entry["ci"].get(name)
+            table.add_row(name, f"{value:.4g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+        console.print(table)
+        forms = Table(title=f"{target}: candidate forms, fitted without the largest P and the latest steps")
+        for column in ("form", "held-out MAPE", "held-out log RMSE", "R^2 (all data)"):
+            forms.add_column(column, justify="left" if column == "form" else "right")
+        for label, values in entry["forms"].items():
+            forms.add_row(label + (" *" if label == entry["label"] else ""),
+                          f"{values['heldout_mape']:.2%}", f"{values['heldout_log_rmse']:.4f}", f"{values['r2']:.3f}")
+        console.print(forms)
+    line = fits["linear"]
+    console.print(f"L_f = {line['intercept']:.4f} + {line['slope']:.4f} * ft_loss   (R^2 {line['r2']:.3f}, n {line['n']})")
+    domains = fits.get("domains") or {}
+    if domains:
+        console.print(
+            f"most forgotten domain: {domains['most_hurt']}; closest to the fine-tuning data "
+            f"(own loss rose least or fell most): {domains['closest_to_finetuning']}"
+        )
+
+
+def _pm(value: float, stderr: float | None, signed: bool = False) -> str:
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return text + (f" ± {stderr:.3f}" if stderr is not None else "")
+
+
+def print_downstream_table(result: dict) -> None:
+    """One row per task and metric: base, fine-tuned, difference, each ± its standard error."""
+    from rich import box
+
+    table = Table(title="Base against fine-tuned (± standard error; the difference's is paired over the examples)",
+                  box=box.SIMPLE_HEAD)
+    for column in ("task", "metric", "n", "base", "fine-tuned", "difference"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right", no_wrap=True)
+    for row in result["comparison"]:
+        arrow = {True: " ↑", False: " ↓", None: ""}[row["higher_is_better"]]  # which way is better
+        table.add_row(
+            row["task"], row["metric"] + arrow, str(row["n"]), _pm(row["base"], row["base_stderr"]),
+            _pm(row["finetuned"], row["finetuned_stderr"]), _pm(row["difference"], row["difference_stderr"], signed=True),
+        )
+    Console(width=max(console.width, 100)).print(table)  # whole numbers even in an 80-column pipe
+
+
+def print_synthetic_tables(results: dict) -> None:
+    """Errors against k for every predictor, then forgetting and recovery per fine-tuning checkpoint."""
+    from forgetscope.synthetic.plots import summary_rows
+
+    ks = results["k"]
+    shown = [k for k in (1, 2, 3, 5, 10, 15, 20, 30, 40) if k < len(ks)]
+    for dist in ("continuous", "discrete"):
+        table = Table(title=f"{dist} tasks: squared error / d against in-context examples k")
+        for column in ("predictor", *(f"k={k}" for k in shown), "mean k>=1"):
+            table.add_column(column, justify="left" if column == "predictor" else "right")
+        rows = [(n, results["baselines"][dist][n]) for n in ("ridge", "discrete posterior", "mixture Bayes")]
+        rows += [(label, by_gamma["1.0"]) for label, by_gamma in results["model"][dist].items()]
+        for name, summary in rows:
+            table.add_row(name, *(f"{summary['by_k'][k]:.3f}" for k in shown), f"{summary['mean']:.3f}")
+        console.print(table)
+    table = Table(title="Forgetting on continuous tasks and what conjugate prompting recovers (mean error / d, k>=1)")
+    rows = summary_rows(results)
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "state" else "right")
+    for row in rows:
+        cells = []
+        for key, value in row.items():
+            if value is None:
+                cells.append("-")
+            elif isinstance(value, list):
+                cells.append(", ".join("-" if v is None else f"{v:.0%}" for v in value))
+            elif key == "recovered":
+                cells.append(f"{value:.0%}")
+            elif key == "best gamma":
+                cells.append(f"{value:g}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    console.print(table)
+    ideal, plateau = results["ideal_bayes"], results["plateau"]
+    rec = ideal["recovery"]
+    console.print(
+        f"ideal Bayes (continuous): {rec['pretrained_mean']:.3f} at pool weight {ideal['pretrained_weight']:g}, "
+        f"{rec['finetuned_mean']:.3f} at {ideal['finetuned_weight']:g}, {rec['best_mean']:.3f} with gamma {rec['best_gamma']:g}"
+    )
+    console.print(
+        f"pretraining plateau: {'escaped' if plateau['escaped'] else 'NOT escaped'} "
+        f"(loss below halfway at step {plateau['escaped_at_step']}; {plateau['continuous_gap_closed']:.0%} of the gap "
+        f"from predicting 0 to the mixture Bayes closed)"
+    )
+
+
+def print_conjugate_tables(results: list[dict]) -> None:
+    """One table per transform: conflict-task scores, refusal rates, forgetting on its prompts."""
+    for r in results:
+        table = Table(title=f"{r['transform']}: {r['tasks']} conflict tasks (share following the in-context task)")
+        for column in ("probe", "base", "fine-tuned", "drop"):
+            table.add_column(column, justify="left" if column == "probe" else "right")
+        table.add_row("in-context score", f"{r['base_score']:.3f}", f"{r['finetuned_score']:.3f}", f"{r['drop']:+.3f}")
+        for kind, v in r["by_kind"].items():
+            table.add_row(f"  {kind}", f"{v['base']:.3f}", f"{v['finetuned']:.3f}", f"{v['drop']:+.3f}")
+        if r["refusal"] is not None:
+            ref = r["refusal"]
+            label = f"refusal rate (n={ref['n']}{', back-transformed' if ref['back_transformed'] else ''})"
+            table.add_row(label, f"{ref['base']:.3f}", f"{ref['finetuned']:.3f}", f"{ref['drop']:+.3f}")
+        f = r["forgetting"]
+        table.add_row(f"KL on these prompts ({f['tokens']} tokens)", "", _fmt_ci(f, "kl").replace("\n", " "), "")
+        table.add_row("L_f on these prompts", "", _fmt_ci(f, "forgetting_ce").replace("\n", " "), "")
+        console.print(table)
+
+
+def print_miniature(result: dict) -> None:
+    """KL to the base after fine-tuning, per domain, on plain and transformed held-out text."""
+    c = result["config"]
+    table = Table(title=f"Miniature: fine-tuned on plain {c['finetune_domain']}; KL to the base (nats/token)")
+    columns = ("held-out domain", "plain, per token", f"{c['transform']}, per token", f"{c['transform']}, same text")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "held-out domain" else "right")
+    rows = [(d + (" (fine-tuned on)" if d == c["finetune_domain"] else ""), v) for d, v in result["final"].items()]
+    for name, v in rows + [("other domains", result["other_domains"])]:
+        table.add_row(name, f"{v['plain']:.4f}", f"{v['transformed']:.4f}", f"{v['transformed_same_text']:.4f}")
+    console.print(table)
+    console.print("same text: the transformed text's KL summed over the same documents, per plain token")
+    console.print(f"base: {result['base']}\ntook {result['seconds']:.0f} s (pretraining {result['pretrain_seconds_this_run']:.0f} s of it)")
+
+
+def print_demo_intro() -> None:
+    console.print("[bold]forgetscope demo[/bold]: a tiny Llama pretrained here on scripture, Python docs and code,")
+    console.print("fine-tuned with rsLoRA on unseen Python code (8 runs: ranks 1-64, attention or all linear layers);")
+    console.print("forgetting measured on held-out scripture and docs.\n")
+
+
+def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
+    """The base model, the largest run step by step, every point at its end, and the fitted law."""
+    tm = summary["tiny_metrics"]
+    held = ", ".join(f"{d} {v:.3f}" for d, v in tm["heldout_loss"].items())
+    console.print(
+        f"\nbase model: {summary['base']}\n  {tm['parameters']:,} parameters "
+        f"({tm['non_embedding_parameters']:,} non-embedding), held-out loss (nats/token): {held}"
+    )
+    largest = max(result.points, key=lambda p: (p.target_modules == "all-linear", p.rank))
+    steps = [r for r in result.records if r["point_id"] == largest.point_id]
+    if steps:
+        print_records_table(steps, f"Forgetting over steps, rsLoRA r={largest.rank} on all linear layers (KL to the base, nats/token)")
+    print_sweep_summary(result)
+    if fits is not None:
+        line, kl = fits["linear"], fits["kl"]
+        params = ", ".join(f"{k} {v:.3g}" for k, v in kl["params"].items())
+        console.print(
+            f"law of KL: {kl['form']} ({params}; R^2 {kl['r2']:.3f}, held-out MAPE {kl['heldout_mape']:.1%})\n"
+            f"L_f = {line['intercept']:.3f} {line['slope']:+.3f} * ft_loss (R^2 {line['r2']:.3f})"
+        )
+        console.print(f"report: {summary['report']}")
+    console.print(f"summary: {out / 'demo.json'}\ntook {summary['seconds']:.0f} s")
+
+
+def print_forecasts(forecasts: dict, params: float, steps: float) -> None:
+    for target, f in forecasts.items():
+        console.print(f"{target:>14} at P={params:,.0f}, N={steps:,.0f}: {f['value']:.4f}  [{f['low']:.4f}, {f['high']:.4f}]")
+
+
+def print_budget(allowed: dict) -> None:
+    console.print(f"KL stays within {allowed['budget']} for about {allowed['steps']:,.0f} steps at P={allowed['P']:,.0f} "
+                  f"(95% interval {allowed['low']:,.0f} to {allowed['high']:,.0f})")

@@ -1,0 +1,111 @@
+"""Every setting of a fine-tuning run, defined once: name, type, default, bounds and help.
+
+`LoraSettings` says which parameters are fine-tuned and how the adapter is scaled;
+`TrainSettings` the optimisation budget and the forgetting-measurement schedule. The same
+definitions serve `forgetscope.train.finetune`, the sweep config (whose fields and grid axes
+are these fields: `sweep.config`) and the CLI options (`option(...)` takes their help and
+defaults), so names and defaults agree everywhere. Bad values are one-line `UserInputError`s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from forgetscope.errors import UserInputError
+
+TargetModules = list[str] | Literal["all-linear"]
+
+
+def describe(error: ValidationError, source: str = "", prefix: str = "") -> str:
+    """The first error of `error` on one line: `` source: `field.path`: what is wrong ``."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "") or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{source + ': ' if source else ''}`{where}`: {message}{more}"
+
+
+class Settings(BaseModel):
+    """Strict settings: unknown fields are errors, and constructing with bad values raises a
+    one-line `UserInputError` naming the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise UserInputError(f"{type(self).__name__}: {describe(exc)}") from None
+
+    @classmethod
+    def field(cls, name: str) -> FieldInfo:
+        """A copy of one field's definition, to declare the same setting elsewhere."""
+        return FieldInfo.merge_field_infos(cls.model_fields[name])
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return cls.model_fields[name].description or ""
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+
+class LoraSettings(Settings):
+    """Which parameters are fine-tuned, and how the adapter is scaled (PEFT's `LoraConfig`)."""
+
+    rank: int = Field(8, ge=1, description="LoRA rank r (at least 1).")
+    lora_alpha: float = Field(16.0, gt=0, description="Scale numerator: the update B A is scaled by alpha / r, or alpha / sqrt(r) with rsLoRA.")
+    target_modules: TargetModules = Field("all-linear", description="Module names (or suffixes) to adapt, or all-linear for every linear layer but the head.")
+    layers: list[int] | None = Field(None, min_length=1, description="Indices of the transformer blocks to adapt; none adapts all.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    rslora: bool = Field(True, description="Rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023) instead of alpha / r.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value: TargetModules) -> TargetModules:
+        if not value:
+            raise ValueError("target_modules is empty")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _block_indices(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(i < 0 for i in value):
+            raise ValueError(f"block indices must be >= 0, got {value}")
+        return value
+
+    def to_peft(self):
+        """The equivalent `peft.LoraConfig` (causal-LM task, default init so B = 0)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.lora_alpha, target_modules=self.target_modules, layers_to_transform=self.layers,
+            lora_dropout=self.dropout, use_rslora=self.rslora, task_type="CAUSAL_LM",
+        )
+
+
+class TrainSettings(Settings):
+    """The optimisation budget and the forgetting-measurement schedule of one run."""
+
+    steps: int = Field(200, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Sequences per step.")
+    seq_len: int = Field(128, ge=2, description="Tokens per sequence, for training and for the eval text.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    scheduler: str = Field("constant_with_warmup", description="Any transformers scheduler name; constant keeps step counts comparable across budgets.")
+    eval_points: int = Field(8, ge=2, description="Log-spaced forgetting measurements, step 0 included.")
+    eval_tokens: int = Field(4096, ge=2, description="Eval tokens per forgetting domain at each measurement (whole sequences; the default keeps 8 measurements near 6% of a run's time, bench/train_overhead.py).")
+    eval_batch_size: int = Field(16, ge=1, description="Sequences per forward pass when measuring.")
+    seed: int = Field(0, description="Seed of the adapter init and the data order.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32, or bfloat16 for mixed-precision (autocast) training.")
+    report_to: list[str] = Field(default_factory=list, description="Trainer integrations (tensorboard, wandb, mlflow, ...) that also receive forgetting.")
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
