@@ -32,8 +32,7 @@ import torch
 SHAPES = {
     # A Llama-shaped model as wide as a few CPU minutes allow (random weights: speed and
     # exactness depend on the shape, not on training).
-    "llama-768": dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, num_key_value_heads=12,
-                      intermediate_size=2048, vocab_size=32000),
+    "llama-768": {"hidden_size": 768, "layers": 6, "heads": 12, "intermediate_size": 2048, "vocab_size": 32000},
 }
 PATHS = ("naive", "disable_adapter", "cache", "cache-bf16")
 BATCH_SIZE = 8
@@ -45,14 +44,15 @@ CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 def load_base(model_name: str):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from forgetscope.testing import llama
 
     if model_name == "tiny":
         from forgetscope.tiny.model import ensure_tiny_base
 
         return AutoModelForCausalLM.from_pretrained(ensure_tiny_base()).eval().requires_grad_(False)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(max_position_embeddings=512, **SHAPES[model_name])).eval().requires_grad_(False)
+    return llama(max_positions=512, **SHAPES[model_name]).eval().requires_grad_(False)
 
 
 def with_adapter(model):

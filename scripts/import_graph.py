@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
     ["errors"],
-    ["registry", "settings", "data", "models", "plots", "judges"],
+    ["registry", "settings", "records", "data", "models", "plots", "judges", "testing"],
     ["base_cache"],
     ["metric"],
     ["callback", "tiny"],
@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [
     ["sweep"],
     ["laws"],
     ["report"],
-    ["demo", "testing", "render"],
+    ["demo", "render"],
     ["cli"],
 ]
 

@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from forgetscope.testing import gpt2, llama, save_with_tokenizer  # noqa: E402
 from forgetscope.tiny import corpora  # noqa: E402
 from forgetscope.tiny.model import train_tokenizer  # noqa: E402
 
@@ -32,35 +33,20 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return path
 
 
-def _save(model, tokenizer_dir: Path, path: Path) -> Path:
-    from transformers import AutoTokenizer
-
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
-    return path
-
-
 def make_llama(tokenizer_dir: Path, path: Path, seed: int = 0, vocab_size: int | None = None) -> Path:
     """A 2-layer, 32-wide Llama saved with the shared tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(seed)
-    vocab = vocab_size or len(AutoTokenizer.from_pretrained(tokenizer_dir))
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False,
-    )
-    return _save(LlamaForCausalLM(config), tokenizer_dir, path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return save_with_tokenizer(llama(vocab_size or len(tokenizer), seed=seed), tokenizer, path)
 
 
 def make_gpt2(tokenizer_dir: Path, path: Path, seed: int = 0) -> Path:
     """A 2-layer, 32-wide GPT-2 saved with the shared tokenizer."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(seed)
-    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
-    config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128)
-    return _save(GPT2LMHeadModel(config), tokenizer_dir, path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return save_with_tokenizer(gpt2(len(tokenizer), seed=seed), tokenizer, path)
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +89,12 @@ class Registries:
 @pytest.fixture
 def registries(monkeypatch) -> Registries:
     return Registries(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests, restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

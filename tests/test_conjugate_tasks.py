@@ -11,7 +11,6 @@ from forgetscope.conjugate.tasks import (
     follows_context,
     make_conflict_tasks,
     read_sentences,
-    score_outputs,
 )
 from forgetscope.conjugate.transforms import Leetspeak, PigLatin
 from forgetscope.errors import UserInputError
@@ -73,14 +72,10 @@ def test_seed_fixes_the_tasks_and_sentences_are_cut():
 def test_scoring_on_hand_made_outputs():
     tasks = make_conflict_tasks(SENTENCES, n_per_kind=1, seed=0)
     follow = [" " + t.answer + "\nInput: more" for t in tasks]  # leading space, trailing text: still follows
-    assert score_outputs(tasks, follow) == 1.0
+    assert all(follows_context(o, t.answer) for t, o in zip(tasks, follow))
     instruct = [" 42" if t.final_kind == "arithmetic" else " The cat" for t in tasks]
-    assert score_outputs(tasks, instruct) == 0.0
-    half = [follow[i] if i % 2 == 0 else instruct[i] for i in range(len(tasks))]
-    assert score_outputs(tasks, half) == 0.5
+    assert not any(follows_context(o, t.answer) for t, o in zip(tasks, instruct))
     assert not follows_context(" WHAT IS", "WHAT IS 3 + 4?")  # a prefix of the answer is not enough
-    with pytest.raises(ValueError):
-        score_outputs(tasks, follow[:-1])
 
 
 def test_sentence_file_errors(tmp_path):

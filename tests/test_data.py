@@ -1,4 +1,4 @@
-"""Eval text becomes blocks exactly as DESIGN.md's contract says."""
+"""Eval text becomes blocks exactly as the README's contract says."""
 
 from __future__ import annotations
 

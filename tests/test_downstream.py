@@ -17,7 +17,7 @@ from forgetscope.downstream.evaluate import EvalSettings, evaluate_pair, resolve
 from forgetscope.errors import UserInputError
 from forgetscope.tiny import corpora
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixed threads: the same numbers on every machine
 
 
 def rows_by(result: dict) -> dict[tuple[str, str], dict]:

@@ -4,7 +4,6 @@ next to the records, resumed without re-running or duplicating, and reported aga
 from __future__ import annotations
 
 import pytest
-import torch
 
 from cli_helpers import assert_user_error, run_cli
 from forgetscope.report import downstream_against_forgetting, write_report
@@ -13,7 +12,7 @@ from forgetscope.sweep.run import run_sweep
 from forgetscope.sweep.store import read_downstream
 from sweep_helpers import tiny_sweep_config, write_config
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixed threads: the same numbers on every machine
 
 DOWNSTREAM = {"suite": "fs_scripture_cloze,fs_docs_choice", "limit": 4}
 GRID = {"rank": [1, 4, 8], "target_modules": [["q_proj", "v_proj"]], "learning_rate": [0.05]}

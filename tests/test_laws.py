@@ -151,8 +151,12 @@ def test_the_report_is_one_html_file_with_its_plots_embedded(sweep_dir, capsys):
     code, out, err = run_cli(["report", sweep_dir, "--bootstrap", 50], capsys)
     assert code == 0, err
     page = (sweep_dir / "report.html").read_text()
+    from matplotlib.image import imread
+
     for png in ("kl_vs_steps.png", "forgetting_vs_steps.png", "forgetting_vs_ft_loss.png", "heldout.png", "residuals.png", "domains.png"):
-        assert (sweep_dir / png).stat().st_size > 5000
+        pixels = imread(sweep_dir / png)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 300, png
+        assert pixels[..., :3].std() > 0.05, f"{png} is blank"  # something was drawn on it
     assert page.count("data:image/png;base64,") >= 6
     assert "Fitted laws" in page and "src='http" not in page
 

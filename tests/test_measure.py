@@ -1,4 +1,4 @@
-"""`forgetscope measure`: the DESIGN contract, agreement with independent computations, and
+"""`forgetscope measure`: the documented contract, agreement with independent computations, and
 one clear line for every kind of bad input."""
 
 from __future__ import annotations

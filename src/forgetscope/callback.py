@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
 from forgetscope.metric import METRIC_KEYS, mean_loss, measure_forgetting
+from forgetscope.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class ForgettingCallback(TrainerCallback):
         n_eval_points: int = 8,
         batch_size: int = 16,
         prefix: str = "forgetting/",
-        on_record: Callable[[dict], None] | None = None,
+        on_record: Callable[[Record], None] | None = None,
         record_base: bool = True,
         base_predictions: BasePredictions | None = None,
     ):
@@ -86,18 +87,18 @@ class ForgettingCallback(TrainerCallback):
         self.record_base = record_base
         self.base_predictions = base_predictions
         self.base_source: BaseSource | None = None
-        self.records: list[dict] = []
+        self.records: list[Record] = []
         self._pending: dict | None = None
         self._last_train_loss: float | None = None
 
     # -- measuring ---------------------------------------------------------------------------
 
-    def measure(self, model: torch.nn.Module, step: int) -> dict:
+    def measure(self, model: torch.nn.Module, step: int) -> Record:
         """One record: the metric overall and per domain, and `ft_loss` when configured."""
         if self.base_source is None:  # measured outside a Trainer run
             self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions)
         result = measure_forgetting(model, self.eval_blocks, base=self.base_source, batch_size=self.batch_size, n_bootstrap=0)
-        record: dict = {"step": step, "train_loss": None}
+        record: Record = {"step": step, "train_loss": None}
         if self.ft_eval_blocks is not None:
             record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)
         record.update({key: result.overall[key] for key in METRIC_KEYS})
@@ -110,7 +111,7 @@ class ForgettingCallback(TrainerCallback):
             self.trainer.log(logs)
         return record
 
-    def _emit(self, record: dict) -> None:
+    def _emit(self, record: Record) -> None:
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)

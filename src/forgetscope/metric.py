@@ -1,4 +1,4 @@
-"""The forgetting metric of Kalajdzievski (2024), computed exactly as DESIGN.md defines it.
+"""The forgetting metric of Kalajdzievski (2024), computed exactly as the README defines it.
 
 For eval tokens with base next-token distribution p_t and fine-tuned q_t:
 
@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from forgetscope.base_cache import BaseSource, final_hidden
+from forgetscope.records import DomainMetrics
 
-METRIC_KEYS = ("forgetting_ce", "kl", "base_entropy", "hard_ce", "base_loss", "finetuned_loss")
+METRIC_KEYS = tuple(DomainMetrics.__annotations__)
+"""`forgetting_ce`, `kl`, `base_entropy`, `hard_ce`, `base_loss`, `finetuned_loss`."""
 
 
 CHUNK_ELEMENTS = 2**21

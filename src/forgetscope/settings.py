@@ -22,12 +22,12 @@ TargetModules = list[str] | Literal["all-linear"]
 def describe(error: ValidationError, source: str = "", prefix: str = "") -> str:
     """The first error of `error` on one line: `` source: `field.path`: what is wrong ``."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "") or "(top level)"
+    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source + ': ' if source else ''}`{where}`: {message}{more}"
+    return f"{source + ': ' if source else ''}{f'`{where}`: ' if where else ''}{message}{more}"
 
 
 class Settings(BaseModel):
@@ -40,7 +40,7 @@ class Settings(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise UserInputError(f"{type(self).__name__}: {describe(exc)}") from None
+            raise UserInputError(f"{self.model_config.get('title') or type(self).__name__}: {describe(exc)}") from None
 
     @classmethod
     def field(cls, name: str) -> FieldInfo:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ConfigDict, Field, field_validator
 
 from forgetscope.errors import UserInputError
+from forgetscope.settings import Settings
 from forgetscope.tiny import corpora
 from forgetscope.tiny.model import TinyConfig, cache_root, cached_build, corpus_stamp, train_from_scratch, train_tokenizer
 
@@ -32,44 +34,45 @@ MINIATURE_VERSION = 1  # bump when the corpus construction below changes
 TRANSFORMS = ("piglatin", "leetspeak")
 
 
-@dataclass(frozen=True)
-class MiniatureConfig:
-    """The whole experiment: corpus mixture, model size, pretraining and fine-tuning budgets."""
+class MiniatureConfig(Settings):
+    """The whole experiment: corpus mixture, model size, pretraining and fine-tuning budgets.
+    The model and pretraining fields become a `TinyConfig` (`tiny()`), with this seed."""
 
-    transform: str = "piglatin"
-    finetune_domain: str = "scripture"
-    transformed_fraction: float = 0.5
-    """Share of each domain's pretraining documents also given in the transformed language."""
-    seed: int = 0
-    """Seeds pretraining (model init, data order) and fine-tuning alike."""
-    vocab_size: int = 2048
-    hidden_size: int = 128
-    layers: int = 2
-    heads: int = 4
-    intermediate_size: int = 384
-    seq_len: int = 128
-    pretrain_steps: int = 500
-    pretrain_batch_size: int = 16
-    pretrain_learning_rate: float = 3e-3
-    finetune_steps: int = 150
-    finetune_batch_size: int = 8
-    finetune_learning_rate: float = 1e-3
-    rank: int = 16
-    eval_tokens: int = 8192
-    """Plain held-out tokens per domain (the transformed copies of those documents come on top)."""
-    max_documents: int | None = None
-    """Documents read per domain (None: all); small values make the test run in seconds."""
+    model_config = ConfigDict(extra="forbid", frozen=True, title="miniature config")
 
-    def __post_init__(self) -> None:
-        if self.transform not in TRANSFORMS:
-            raise UserInputError(f"unknown miniature transform {self.transform!r} (choose from {', '.join(TRANSFORMS)})")
-        if self.finetune_domain not in corpora.DOMAINS:
-            raise UserInputError(f"unknown fine-tuning domain {self.finetune_domain!r} (choose from {', '.join(corpora.DOMAINS)})")
-        if not 0 < self.transformed_fraction <= 1:
-            raise UserInputError(f"transformed_fraction must be in (0, 1], got {self.transformed_fraction}")
-        for name in ("pretrain_steps", "finetune_steps", "seq_len", "eval_tokens", "rank"):
-            if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+    transform: str = Field("piglatin", description=f"The second language of pretraining: {', '.join(TRANSFORMS)}.")
+    finetune_domain: str = Field("scripture", description=f"The domain fine-tuned on: {', '.join(corpora.DOMAINS)}.")
+    transformed_fraction: float = Field(0.5, gt=0, le=1, description="Share of each domain's pretraining documents also given in the transformed language.")
+    seed: int = Field(0, description="Seeds pretraining (model init, data order) and fine-tuning alike.")
+    vocab_size: int = Field(2048, ge=256, description="Byte-level BPE vocabulary.")
+    hidden_size: int = Field(128, ge=1, description="Width.")
+    layers: int = Field(2, ge=1, description="Transformer blocks.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate_size: int = Field(384, ge=1, description="MLP width.")
+    seq_len: int = Field(128, ge=2, description="Tokens per sequence, pretraining and fine-tuning.")
+    pretrain_steps: int = Field(500, ge=1, description="Pretraining steps.")
+    pretrain_batch_size: int = Field(16, ge=1, description="Sequences per pretraining step.")
+    pretrain_learning_rate: float = Field(3e-3, gt=0, description="Peak pretraining learning rate.")
+    finetune_steps: int = Field(150, ge=1, description="rsLoRA fine-tuning steps.")
+    finetune_batch_size: int = Field(8, ge=1, description="Sequences per fine-tuning step.")
+    finetune_learning_rate: float = Field(1e-3, gt=0, description="Peak fine-tuning learning rate.")
+    rank: int = Field(16, ge=1, description="LoRA rank of the fine-tune.")
+    eval_tokens: int = Field(8192, ge=2, description="Plain held-out tokens per domain (the transformed copies of those documents come on top).")
+    max_documents: int | None = Field(None, ge=1, description="Documents read per domain (None: all); small values make the test run in seconds.")
+
+    @field_validator("transform")
+    @classmethod
+    def _known_transform(cls, value: str) -> str:
+        if value not in TRANSFORMS:
+            raise ValueError(f"unknown miniature transform {value!r} (choose from {', '.join(TRANSFORMS)})")
+        return value
+
+    @field_validator("finetune_domain")
+    @classmethod
+    def _known_domain(cls, value: str) -> str:
+        if value not in corpora.DOMAINS:
+            raise ValueError(f"unknown fine-tuning domain {value!r} (choose from {', '.join(corpora.DOMAINS)})")
+        return value
 
     def tiny(self) -> TinyConfig:
         """The pretraining settings in the tiny model's terms."""
@@ -82,7 +85,7 @@ class MiniatureConfig:
 
     def base_key(self) -> str:
         """Cache key of the base model: everything pretraining depends on, not the fine-tune's budget."""
-        fields = asdict(self)
+        fields = self.model_dump()
         for name in ("finetune_steps", "finetune_batch_size", "finetune_learning_rate", "rank"):
             fields.pop(name)
         payload = json.dumps(fields | corpus_stamp() | {"miniature": MINIATURE_VERSION}, sort_keys=True)
@@ -171,7 +174,7 @@ def _pretrain(config: MiniatureConfig, out_dir: Path, progress: bool) -> dict:
     train_ids = torch.cat(blocks)
     heldout = {d: group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens) for d, docs in corpus.heldout.items()}
     metrics = train_from_scratch(tiny, tokenizer, train_ids, heldout, out_dir, progress, started)
-    metrics["miniature"] = asdict(config)
+    metrics["miniature"] = config.model_dump()
     metrics["transformed_tokens"] = int(sum(b.numel() for b in blocks[len(corpus.pretrain):]))
     (out_dir / "tiny_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -247,7 +250,7 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
 
     plain_tokens = sum(final[d]["plain_tokens"] for d in others)
     return {
-        "config": asdict(config),
+        "config": config.model_dump(),
         "base": str(base),
         "base_metrics": tiny_metrics(base),
         "records": records,
@@ -262,6 +265,6 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
 
 def reduced(config: MiniatureConfig) -> MiniatureConfig:
     """A seconds-long version of `config` (for tests and smoke runs)."""
-    return replace(config, vocab_size=400, hidden_size=32, layers=1, heads=2, intermediate_size=64, seq_len=64,
-                   pretrain_steps=30, pretrain_batch_size=8, finetune_steps=10, finetune_batch_size=4, rank=4,
-                   eval_tokens=512, max_documents=60)
+    return MiniatureConfig(**{**config.model_dump(), **dict(
+        vocab_size=400, hidden_size=32, layers=1, heads=2, intermediate_size=64, seq_len=64, pretrain_steps=30,
+        pretrain_batch_size=8, finetune_steps=10, finetune_batch_size=4, rank=4, eval_tokens=512, max_documents=60)})

@@ -125,12 +125,3 @@ def make_conflict_tasks(
 def follows_context(output: str, answer: str) -> bool:
     """Whether a generated continuation starts with the in-context answer (spaces around ignored)."""
     return output.strip().startswith(answer.strip())
-
-
-def score_outputs(tasks: Sequence[ConflictTask], outputs: Sequence[str]) -> float:
-    """Share of tasks whose output starts with the in-context answer."""
-    if len(tasks) != len(outputs):
-        raise ValueError(f"{len(tasks)} tasks but {len(outputs)} outputs")
-    if not tasks:
-        raise ValueError("no tasks to score")
-    return sum(follows_context(o, task.answer) for task, o in zip(tasks, outputs)) / len(tasks)

@@ -17,6 +17,7 @@ from forgetscope.errors import UserInputError
 from forgetscope.laws.analyses import domain_analysis, linear_relation, matched_loss_analysis
 from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, fit_law, holdout_mask, log_metrics
 from forgetscope.laws.forms import FORMS, candidate_forms
+from forgetscope.records import FIT_KEYS
 from forgetscope.sweep.store import read_records  # json + yaml only: no torch
 
 TARGETS = ("forgetting_ce", "kl", "ft_loss")
@@ -30,7 +31,7 @@ def read_table(directory: str | Path) -> pd.DataFrame:
     records = read_records(path)
     if not records:
         raise UserInputError(f"cannot fit: {path} holds no records")
-    missing = {"point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_loss"} - set(records[0])
+    missing = set(FIT_KEYS) - set(records[0])
     if missing:
         raise UserInputError(f"{path}: records lack {', '.join(sorted(missing))}")
     table = pd.DataFrame(records).rename(columns={"trainable_params": "P", "step": "N"})

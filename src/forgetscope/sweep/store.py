@@ -23,9 +23,10 @@ from pathlib import Path
 import yaml
 
 from forgetscope.errors import UserInputError
+from forgetscope.records import Record
 
 
-def read_records(path: str | Path) -> list[dict]:
+def read_records(path: str | Path) -> list[Record]:
     """Every complete record of a `records.jsonl`; a torn last line (a crash mid-write) is skipped."""
     records = []
     lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
@@ -155,7 +156,7 @@ class SweepStore:
 
     # -- records -------------------------------------------------------------------------------
 
-    def append(self, record: dict) -> None:
+    def append(self, record: Record) -> None:
         """Append one record and flush it to the OS: a killed process loses nothing written."""
         self._records.write(json.dumps(record) + "\n")
         self._records.flush()
@@ -165,7 +166,7 @@ class SweepStore:
         """How many records of `point_id` were appended since the store was opened."""
         return self._streamed[point_id]
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[Record]:
         """The records of finished points."""
         done = self.finished()
         return [r for r in read_records(self.records_path) if r.get("point_id") in done]

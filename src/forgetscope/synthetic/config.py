@@ -1,4 +1,4 @@
-"""The synthetic experiment's config: a frozen dataclass, validated when it is built or loaded.
+"""The synthetic experiment's config: frozen settings (`forgetscope.settings`), validated when built.
 
 Two configs ship with the package: `cpu.yaml` (shows forgetting and its partial recovery on
 2 CPU cores in minutes) and `paper.yaml` (the scale of Kotha et al. / Garg et al., for GPUs).
@@ -7,82 +7,78 @@ A user config names only the fields it changes; every other field keeps its defa
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
+from forgetscope.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Everything one run of the experiment needs; `validate()` says what is wrong in one line."""
+class SyntheticConfig(Settings):
+    """Everything one run of the experiment needs, each field validated where it is declared."""
 
-    name: str = "cpu"
+    model_config = ConfigDict(extra="forbid", frozen=True, title="synthetic config")
+
+    name: str = Field("cpu", description="A name for the run, shown in its outputs.")
     # The regression problem: x ~ N(0, I_d), w ~ N(0, tau^2 I_d), y = <w, x> + N(0, sigma^2).
-    d: int = 4
-    max_examples: int = 15  # prompts hold max_examples + 1 points: predictions with k = 0..max_examples examples
-    n_tasks: int = 8  # size of the discrete pool, drawn once from the prior
-    sigma: float = 0.5
-    tau: float = 1.0
-    discrete_weight: float = 0.5  # share of discrete-pool prompts in pretraining
+    d: int = Field(4, ge=1, description="Dimension of x and w.")
+    max_examples: int = Field(15, ge=1, description="Prompts hold max_examples + 1 points: predictions with k = 0..max_examples examples.")
+    n_tasks: int = Field(8, ge=1, description="Size of the discrete pool, drawn once from the prior.")
+    sigma: float = Field(0.5, gt=0, description="Label noise standard deviation.")
+    tau: float = Field(1.0, gt=0, description="Prior standard deviation of w.")
+    discrete_weight: float = Field(0.5, ge=0, le=1, description="Share of discrete-pool prompts in pretraining.")
     # The model: GPT-2 with a linear read-in and read-out.
-    n_layer: int = 4
-    n_embd: int = 64
-    n_head: int = 2
+    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
+    n_embd: int = Field(64, ge=1, description="Width (divisible by n_head).")
+    n_head: int = Field(2, ge=1, description="Attention heads.")
     # Pretraining on the mixture.
-    batch_size: int = 64
-    pretrain_steps: int = 9000
-    pretrain_lr: float = 2e-3
-    pretrain_warmup: int = 500
+    batch_size: int = Field(64, ge=1, description="Prompts per step.")
+    pretrain_steps: int = Field(9000, ge=1, description="Pretraining steps.")
+    pretrain_lr: float = Field(2e-3, gt=0, description="Peak pretraining learning rate.")
+    pretrain_warmup: int = Field(500, ge=0, description="Pretraining warm-up steps.")
     # Fine-tuning on the discrete pool only, evaluated at each checkpoint.
-    finetune_lr: float = 1e-4
-    finetune_warmup: int = 20
-    finetune_checkpoints: tuple[int, ...] = (50, 100, 200, 400)  # the last one is the fine-tuning length
+    finetune_lr: float = Field(1e-4, gt=0, description="Peak fine-tuning learning rate.")
+    finetune_warmup: int = Field(20, ge=0, description="Fine-tuning warm-up steps.")
+    finetune_checkpoints: tuple[int, ...] = Field((50, 100, 200, 400), description="Increasing steps to evaluate at; the last is the fine-tuning length.")
     # Evaluation on fixed prompts, the same for every model and gamma (paired comparisons).
-    eval_prompts: int = 2000
-    gammas: tuple[float, ...] = (0.5, 1.0, 1.25, 1.5, 2.0, 3.0)
-    ideal_finetuned_weight: float = 0.999  # prior weight on the pool of the "fine-tuned" ideal Bayesian
-    log_every: int = 100
-    seed: int = 0
-    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+    eval_prompts: int = Field(2000, ge=1, description="Fixed evaluation prompts per distribution.")
+    gammas: tuple[float, ...] = Field((0.5, 1.0, 1.25, 1.5, 2.0, 3.0), description="Label scales of conjugate prompting; must include 1 (the plain prompt).")
+    ideal_finetuned_weight: float = Field(0.999, ge=0, le=1, description="Prior weight on the pool of the 'fine-tuned' ideal Bayesian.")
+    log_every: int = Field(100, ge=1, description="Steps between logged losses.")
+    seed: int = Field(0, ge=0, description="Seed of the data, the model and the evaluation prompts.")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
 
-    def validate(self) -> SyntheticConfig:
-        """Raise `UserInputError` naming the first bad field; return self so calls chain."""
-        positive = ("d", "max_examples", "n_tasks", "n_layer", "n_embd", "n_head", "batch_size", "pretrain_steps",
-                    "eval_prompts", "log_every")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserInputError(f"synthetic config: `{name}` must be a positive integer, got {value!r}")
-        for name in ("pretrain_warmup", "finetune_warmup", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise UserInputError(f"synthetic config: `{name}` must be a non-negative integer, got {value!r}")
-        for name in ("sigma", "tau", "pretrain_lr", "finetune_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise UserInputError(f"synthetic config: `{name}` must be a positive number, got {value!r}")
-        for name in ("discrete_weight", "ideal_finetuned_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-                raise UserInputError(f"synthetic config: `{name}` must be a probability in [0, 1], got {value!r}")
+    @field_validator("finetune_checkpoints")
+    @classmethod
+    def _increasing_steps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(c < 1 for c in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"must be increasing positive step counts, got {list(value)}")
+        return value
+
+    @field_validator("gammas")
+    @classmethod
+    def _gammas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not g > 0 for g in value):
+            raise ValueError(f"must be positive numbers, got {list(value)}")
+        if 1.0 not in value:
+            raise ValueError("must include 1 (the plain prompt the others are compared with)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ValueError(f"must be auto, cpu or cuda[:N], got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> SyntheticConfig:
         if self.n_embd % self.n_head:
-            raise UserInputError(f"synthetic config: `n_embd` ({self.n_embd}) must be divisible by `n_head` ({self.n_head})")
-        checkpoints = self.finetune_checkpoints
-        if not checkpoints or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in checkpoints) \
-                or list(checkpoints) != sorted(set(checkpoints)):
-            raise UserInputError(f"synthetic config: `finetune_checkpoints` must be increasing positive step counts, got {list(checkpoints)}")
-        if not self.gammas or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0 for g in self.gammas):
-            raise UserInputError(f"synthetic config: `gammas` must be positive numbers, got {list(self.gammas)}")
-        if 1.0 not in self.gammas:
-            raise UserInputError("synthetic config: `gammas` must include 1 (the plain prompt the others are compared with)")
-        if not self.device == "auto" and not self.device == "cpu" and not self.device.startswith("cuda"):
-            raise UserInputError(f"synthetic config: `device` must be auto, cpu or cuda[:N], got {self.device!r}")
+            raise ValueError(f"`n_embd` ({self.n_embd}) must be divisible by `n_head` ({self.n_head})")
         return self
 
     @property
@@ -90,27 +86,14 @@ class SyntheticConfig:
         return self.finetune_checkpoints[-1]
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["finetune_checkpoints"] = list(self.finetune_checkpoints)
-        data["gammas"] = list(self.gammas)
-        return data
+        return self.model_dump(mode="json")
 
 
 def config_from_dict(data: dict, base: SyntheticConfig | None = None) -> SyntheticConfig:
-    """A validated config from plain data (e.g. parsed YAML): unknown keys are an error."""
+    """A validated config from plain data (e.g. parsed YAML), over `base`'s values: unknown keys are an error."""
     if not isinstance(data, dict):
         raise UserInputError(f"synthetic config: expected a mapping of fields, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(SyntheticConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserInputError(f"synthetic config: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
-    values = dict(data)
-    for name in ("finetune_checkpoints", "gammas"):
-        if name in values:
-            if not isinstance(values[name], (list, tuple)):
-                raise UserInputError(f"synthetic config: `{name}` must be a list, got {values[name]!r}")
-            values[name] = tuple(values[name])
-    return dataclasses.replace(base or SyntheticConfig(), **values).validate()
+    return SyntheticConfig(**{**(base.model_dump() if base is not None else {}), **data})
 
 
 def load_config(path: str | Path | None = None, **overrides) -> SyntheticConfig:

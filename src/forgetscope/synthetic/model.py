@@ -46,14 +46,8 @@ def prefix_loss(model: InContextRegressor, xs: torch.Tensor, ys: torch.Tensor) -
     return ((model(xs, ys) - ys) ** 2).mean()
 
 
-@torch.no_grad()
-def conjugate_predict(model: InContextRegressor, xs: torch.Tensor, ys: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Conjugate prompting: scale the in-context labels by `gamma`, predict, divide by `gamma`."""
-    return model(xs, gamma * ys) / gamma
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["InContextRegressor", "prefix_loss", "conjugate_predict", "count_parameters"]
+__all__ = ["InContextRegressor", "count_parameters", "prefix_loss"]

@@ -16,37 +16,38 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ConfigDict, Field
 
+from forgetscope.settings import Settings
 from forgetscope.tiny import corpora
 
 EOS = "<|endoftext|>"
 
 
-@dataclass(frozen=True)
-class TinyConfig:
+class TinyConfig(Settings):
     """Size and pretraining budget of the tiny base model."""
 
-    vocab_size: int = 4096
-    hidden_size: int = 192
-    layers: int = 4
-    heads: int = 6
-    intermediate_size: int = 512
-    seq_len: int = 128
-    pretrain_steps: int = 1000
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    warmup_steps: int = 50
-    heldout_tokens: int = 16_384
-    """Held-out tokens per domain for the reported loss."""
-    seed: int = 0
+    model_config = ConfigDict(extra="forbid", frozen=True, title="tiny config")
+
+    vocab_size: int = Field(4096, ge=256, description="Byte-level BPE vocabulary.")
+    hidden_size: int = Field(192, ge=1, description="Width.")
+    layers: int = Field(4, ge=1, description="Transformer blocks.")
+    heads: int = Field(6, ge=1, description="Attention heads (and key-value heads).")
+    intermediate_size: int = Field(512, ge=1, description="MLP width.")
+    seq_len: int = Field(128, ge=2, description="Tokens per pretraining sequence.")
+    pretrain_steps: int = Field(1000, ge=1, description="Pretraining steps.")
+    batch_size: int = Field(16, ge=1, description="Sequences per pretraining step.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW, cosine schedule).")
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.")
+    heldout_tokens: int = Field(16_384, ge=2, description="Held-out tokens per domain for the reported loss.")
+    seed: int = Field(0, description="Seed of the tokenizer-independent model init and the data order.")
 
     def key(self) -> str:
         """Cache key: changes whenever a setting or the corpus version changes."""
-        payload = json.dumps(asdict(self) | corpus_stamp(), sort_keys=True)
+        payload = json.dumps(self.model_dump() | corpus_stamp(), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -85,24 +86,13 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def build_model(config: TinyConfig, vocab_size: int):
-    """A freshly initialised tiny Llama."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A freshly initialised tiny Llama (tied head, token 0 the end of text)."""
+    from forgetscope.testing import llama
 
-    torch.manual_seed(config.seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.layers,
-            num_attention_heads=config.heads,
-            num_key_value_heads=config.heads,
-            intermediate_size=config.intermediate_size,
-            max_position_embeddings=max(256, config.seq_len),
-            tie_word_embeddings=True,
-            eos_token_id=0,
-            bos_token_id=0,
-            pad_token_id=0,
-        )
+    return llama(
+        vocab_size, hidden_size=config.hidden_size, layers=config.layers, heads=config.heads,
+        intermediate_size=config.intermediate_size, max_positions=max(256, config.seq_len), tie_embeddings=True,
+        seed=config.seed, eos_token_id=0, bos_token_id=0, pad_token_id=0,
     )
 
 
@@ -175,7 +165,7 @@ def train_from_scratch(
         "corpus_tokens": int(train_ids.numel()),
         "heldout_loss": {d: mean_loss(model, ids_) for d, ids_ in heldout.items()},
         "pretrain_seconds": round(time.time() - started, 1),
-        "config": asdict(config),
+        "config": config.model_dump(),
     }
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
