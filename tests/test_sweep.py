@@ -228,3 +228,52 @@ def test_an_address_without_the_ray_executor_is_a_user_error(llama_dir, eval_fil
     config = write_config(tmp_path / "c.yaml", tiny_sweep_config(llama_dir, eval_files))
     code, _, err = run_cli(["sweep", config, "--address", "auto"], capsys)
     assert_user_error(code, err, "--address joins a Ray cluster")
+
+
+COUNTING_EVALUATOR = '''
+"""`weights:` count the base's parameters once, and each point's trainable ones at its end."""
+from pydantic import BaseModel
+
+from forgetscope.sweep.evaluators import EVALUATORS
+
+
+class WeightsSection(BaseModel):
+    scale: float = 1.0
+
+
+class Weights:
+    name = "weights"
+    section = WeightsSection
+
+    def check(self, settings):
+        pass
+
+    def evaluate_base(self, settings, base_path, tokenizer_path, device):
+        from transformers import AutoModelForCausalLM
+
+        return {"parameters": settings.scale * AutoModelForCausalLM.from_pretrained(base_path).num_parameters()}
+
+    def evaluate_point(self, settings, model, tokenizer):
+        return {"trainable": settings.scale * sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+EVALUATORS.register(Weights.name, Weights())
+'''
+
+
+def test_a_new_evaluator_is_one_file_whose_section_and_artifacts_the_sweep_handles(llama_dir, eval_files, tmp_path, registries):
+    import forgetscope.sweep.evaluators as evaluators_package
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "weights.py").write_text(COUNTING_EVALUATOR)
+    registries.extend_package(evaluators_package, tmp_path / "plugins")
+    config = parse_config(tiny_sweep_config(llama_dir, eval_files, grid={"rank": [2], "target_modules": [["q_proj"]]},
+                                            weights={"scale": 2}))
+    result = run_sweep(config, tmp_path / "s", progress=False)
+    point_id = result.points[0].point_id
+    base = json.loads((tmp_path / "s" / "weights" / "base.json").read_text())
+    point = json.loads((tmp_path / "s" / "weights" / f"{point_id}.json").read_text())
+    trainable = result.records[0]["trainable_params"]
+    assert point == {"trainable": 2.0 * trainable} and base["parameters"] > point["trainable"]
+    with pytest.raises(UserInputError, match="`weights.scale`: Input should be a valid number"):
+        parse_config(tiny_sweep_config(llama_dir, eval_files, weights={"scale": "big"}))

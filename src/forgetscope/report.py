@@ -118,9 +118,9 @@ def downstream_against_forgetting(directory: str | Path, table=None) -> dict | N
     from scipy import stats
 
     from forgetscope.downstream.compare import drops
-    from forgetscope.sweep.store import read_downstream
+    from forgetscope.sweep.store import read_artifacts
 
-    base, points = read_downstream(directory)
+    base, points = read_artifacts(directory, "downstream")
     if base is None or not points:
         return None
     table = read_table(directory) if table is None else table

@@ -4,7 +4,7 @@
     DIR/records.jsonl    one JSON record a line, appended and flushed as each arrives
     DIR/points/ID.json   one file per point that ended: finished, or failed with its error
     DIR/KIND/            artifacts of an end-of-point evaluator (KIND is its name, e.g.
-                         `downstream`): base.json (the base, evaluated once) and ID.json
+                         `downstream`, `sweep/evaluators/`): base.json (the base, evaluated once) and ID.json
                          per point, written before the point is marked finished
 
 A point's records count only once its `points/ID.json` says "finished". Opening the
@@ -53,11 +53,6 @@ def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None =
     points = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))
               if path.stem != "base" and path.stem in finished}
     return base, points
-
-
-def read_downstream(directory: str | Path, finished: set[str] | None = None) -> tuple[dict | None, dict[str, dict]]:
-    """The `downstream` evaluator's artifacts (`read_artifacts(directory, "downstream")`)."""
-    return read_artifacts(directory, "downstream", finished)
 
 
 def _write_atomically(path: Path, text: str) -> None:
