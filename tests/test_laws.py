@@ -216,7 +216,7 @@ class Product(Form):
     def terms(self, params, logP, logN, trained):
         log_a, alpha = params
         term = np.where(trained, np.exp(log_a + alpha * (logP + logN)), 0.0)
-        return term, [term, term * (logP + logN)]
+        return [term], [term, term * (logP + logN)]
 
     def bounds(self):
         return [(-40.0, 40.0), (0.0, 3.0)]

@@ -31,8 +31,9 @@ class Form:
     """`g`'s parameters as fitted, amplitudes as `log_X`."""
 
     def terms(self, params: list[np.ndarray], logP: np.ndarray, logN: np.ndarray, trained: np.ndarray):
-        """`(g, [dg/dparam ...])` for parameter columns of shape `(B, 1)` and 1-d `log P`,
-        `log N`; `trained` is False at step 0, where the N-dependent part must be 0."""
+        """`([terms of g], [dg/dparam ...])` for parameter columns of shape `(B, 1)` and 1-d
+        `log P`, `log N`; `trained` is False at step 0, where the N-dependent part must be 0.
+        `y = E + term_1 + term_2 + ...`, summed in that order."""
         raise NotImplementedError
 
     def bounds(self) -> list[tuple[float, float]]:
@@ -70,8 +71,10 @@ class Form:
         E, rest = (shift, cols) if shift is not None else (cols[0], cols[1:])
         trained = N > 0  # step 0 carries only the shift
         logP, logN = np.log(P), np.log(np.where(trained, N, 1.0))
-        g, grads = self.terms(rest, logP, logN, trained)
-        y = E + g
+        parts, grads = self.terms(rest, logP, logN, trained)
+        y = E
+        for part in parts:
+            y = y + part
         if shift is None:
             grads = [np.ones_like(y), *grads]
         grad = np.stack(np.broadcast_arrays(*grads), axis=-1)

@@ -22,7 +22,7 @@ class Additive(Form):
         log_a, alpha, log_b, beta = params
         term_p = np.exp(log_a + self.sign * alpha * logP)
         term_n = np.where(trained, np.exp(log_b + self.sign * beta * logN), 0.0)
-        return term_p + term_n, [term_p, self.sign * term_p * logP, term_n, self.sign * term_n * logN]
+        return [term_p, term_n], [term_p, self.sign * term_p * logP, term_n, self.sign * term_n * logN]
 
     def bounds(self):
         return [(-40.0, 40.0), (-2.0, 3.0) if self.increasing else (0.0, 3.0), (-40.0, 40.0), (0.0, 3.0)]

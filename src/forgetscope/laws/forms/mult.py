@@ -21,7 +21,7 @@ class Multiplicative(Form):
     def terms(self, params, logP, logN, trained):
         log_a, alpha, beta = params
         term = np.where(trained, np.exp(log_a + self.sign * (alpha * logP + beta * logN)), 0.0)
-        return term, [term, self.sign * term * logP, self.sign * term * logN]
+        return [term], [term, self.sign * term * logP, self.sign * term * logN]
 
     def bounds(self):
         return [(-40.0, 40.0), (-2.0, 3.0) if self.increasing else (0.0, 3.0), (0.0, 3.0)]
