@@ -43,9 +43,10 @@ class Settings(BaseModel):
             raise UserInputError(f"{self.model_config.get('title') or type(self).__name__}: {describe(exc)}") from None
 
     @classmethod
-    def field(cls, name: str) -> FieldInfo:
-        """A copy of one field's definition, to declare the same setting elsewhere."""
-        return FieldInfo.merge_field_infos(cls.model_fields[name])
+    def field(cls, name: str, **overrides: Any) -> FieldInfo:
+        """A copy of one field's definition (bounds, help), to declare the same setting
+        elsewhere; `overrides` (e.g. `default=`) change the copy only."""
+        return FieldInfo.merge_field_infos(cls.model_fields[name], **overrides)
 
     @classmethod
     def help(cls, name: str) -> str:
