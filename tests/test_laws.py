@@ -240,3 +240,22 @@ def test_a_new_law_form_is_one_file_that_fit_then_tries(sweep_dir, tmp_path, cap
     assert {"product", "mult", "add"} <= set(fits["kl"]["forms"])
     assert {"product/fixed", "product/free"} <= set(fits["forgetting_ce"]["forms"])
     assert set(fits["kl"]["forms"]["product"]["params"]) == {"E", "A", "alpha"}
+
+
+def test_a_fits_json_from_before_the_label_and_heldout_keys_still_reports(sweep_dir, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old-sweep"
+    shutil.copytree(sweep_dir, old)
+    run_cli(["fit", old, "--bootstrap", 20], capsys)
+    fits = json.loads((old / "fits.json").read_text())
+    fits.pop("holdout")
+    for target in ("forgetting_ce", "kl", "ft_loss"):
+        fits[target].pop("label")
+        fits[target].pop("heldout_theta")
+    (old / "fits.json").write_text(json.dumps(fits))
+    code, _, err = run_cli(["report", old], capsys)
+    assert code == 0, err
+    assert "Fitted laws" in (old / "report.html").read_text()
+    code, out, err = run_cli(["predict", old, "--params", 5000, "--steps", 32, "--json"], capsys)
+    assert code == 0 and json.loads(out)["kl"]["value"] > 0, err
