@@ -12,7 +12,10 @@ The overhead is the time spent inside the callback over the rest of the same run
 end-to-end difference from the run without it is printed too, but runs of a minute vary
 by several percent on a shared machine, as much as the overhead itself.
 
-    python bench/train_overhead.py [--steps 200] [--eval-tokens 2048] [--repeats 2]
+    python bench/train_overhead.py [--steps 200] [--seq-len 256] [--eval-tokens 2048] [--repeats 2]
+
+`--seq-len 128 --eval-tokens 4096` is `forgetscope train`'s own default (one definition in
+`forgetscope.settings.TrainSettings`), unscaled.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ from forgetscope.models import load_causal_lm, load_tokenizer
 from forgetscope.tiny import corpora
 from forgetscope.tiny.model import ensure_tiny_base
 from forgetscope.train import LoraSettings
-
-SEQ_LEN = 256
 
 
 def timed(callback: ForgettingCallback) -> ForgettingCallback:
@@ -73,15 +74,16 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--eval-tokens", type=int, default=2048, help="Eval tokens per domain (the train command's default, scaled to 256-token sequences).")
+    parser.add_argument("--seq-len", type=int, default=256, help="Tokens per training and eval sequence.")
+    parser.add_argument("--eval-tokens", type=int, default=2048, help="Eval tokens per domain (2048: the share of 512-token sequences with 4096, scaled to 256).")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     base = str(ensure_tiny_base())
     tok = load_tokenizer(base)
-    code = group_into_blocks(corpora.load("code").finetune, tok, SEQ_LEN, args.steps * 8 * SEQ_LEN + args.eval_tokens)
-    n_ft_eval = args.eval_tokens // SEQ_LEN
+    code = group_into_blocks(corpora.load("code").finetune, tok, args.seq_len, args.steps * 8 * args.seq_len + args.eval_tokens)
+    n_ft_eval = args.eval_tokens // args.seq_len
     ft_eval_blocks, train_ids = code[:n_ft_eval], code[n_ft_eval:].tolist()
-    eval_blocks = {d: group_into_blocks(corpora.load(d).heldout, tok, SEQ_LEN, args.eval_tokens) for d in ("scripture", "docs")}
+    eval_blocks = {d: group_into_blocks(corpora.load(d).heldout, tok, args.seq_len, args.eval_tokens) for d in ("scripture", "docs")}
     seconds, inside = {}, {}
     with tempfile.TemporaryDirectory() as out:
         for _ in range(args.repeats):  # alternate the modes, keep each one's best: one run, one load
@@ -96,8 +98,8 @@ def main() -> None:
         # end to end: against the run without the callback (a few % of noise either way).
         overhead = inside[mode] / (seconds[mode] - inside[mode])
         print(f"{label:<38} {seconds[mode]:>8.1f} {inside[mode]:>11.1f} {overhead:>8.1%} {seconds[mode] / seconds['none'] - 1:>9.1%}")
-    print(f"\n{args.steps} steps of 8 x {SEQ_LEN} tokens; 8 measurements, each on {len(eval_blocks)} domains x "
-          f"{args.eval_tokens} eval tokens plus {len(ft_eval_blocks) * SEQ_LEN} held-out fine-tuning tokens.")
+    print(f"\n{args.steps} steps of 8 x {args.seq_len} tokens; 8 measurements, each on {len(eval_blocks)} domains x "
+          f"{args.eval_tokens} eval tokens plus {len(ft_eval_blocks) * args.seq_len} held-out fine-tuning tokens.")
 
 
 if __name__ == "__main__":
