@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from forgetscope.errors import UserInputError
+from forgetscope.records import Record
 from forgetscope.sweep.config import SweepConfig
 from forgetscope.sweep.evaluators import EVALUATORS
 from forgetscope.sweep.grid import Point
@@ -29,7 +30,7 @@ class PointResult:
     error that ended it."""
 
     point: Point
-    records: list[dict] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     artifacts: dict[str, object] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
@@ -55,7 +56,7 @@ def _evaluate_at_end(config: SweepConfig, tokenizer, artifacts: dict):
 
 def run_point(
     config: SweepConfig, point: Point, inputs: SweepInputs,
-    on_record: Callable[[dict], None] | None = None, callbacks: Sequence = (),
+    on_record: Callable[[Record], None] | None = None, callbacks: Sequence = (),
 ) -> PointResult:
     """Fine-tune one point; every record carries the point's labels and goes to `on_record`
     as it is measured. A failure of the point comes back in the result; a `UserInputError`
@@ -66,7 +67,7 @@ def run_point(
     labels = point.labels()
     result = PointResult(point)
 
-    def labelled(record: dict) -> None:
+    def labelled(record: Record) -> None:
         record.update(labels)
         values = [record.get(k) for k in ("train_loss", "ft_loss", "kl", "forgetting_ce")]
         if any(v is not None and not math.isfinite(v) for v in values):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from forgetscope.errors import UserInputError
+from forgetscope.records import Record
 from forgetscope.registry import Registry
 from forgetscope.sweep.config import SweepConfig
 from forgetscope.sweep.grid import Point
@@ -36,7 +37,7 @@ class ExecutorContext:
     directory: Path
     options: dict[str, str] = field(default_factory=dict)
     """`--executor-option KEY=VALUE` pairs; each executor says which it takes."""
-    on_record: Callable[[dict], None] | None = None
+    on_record: Callable[[Record], None] | None = None
     """Called by executors that run points in this process with each record as it is measured."""
     step_callback: Callable[[Point], object] | None = None
     """A `TrainerCallback` per point that moves a progress bar (in-process executors)."""
