@@ -11,7 +11,16 @@ import pytest
 
 from cli_helpers import assert_user_error, run_cli
 from forgetscope.errors import UserInputError
-from forgetscope.laws.fit import HUBER_DELTA, _objective, bootstrap, check_enough_data, fit_law, holdout_mask
+from forgetscope.laws.fit import (
+    HUBER_DELTA,
+    _objective,
+    bootstrap,
+    check_enough_data,
+    extrapolation_errors,
+    fit_law,
+    size_split,
+    time_split,
+)
 from forgetscope.laws.forms import FORMS
 from forgetscope.sweep.config import parse_config
 from forgetscope.sweep.run import run_sweep
@@ -23,7 +32,10 @@ CASES = {
     "add": (None, [0.2, np.log(0.05), 0.3, np.log(0.1), 0.5]),
     "mult_dec": (None, [1.0, np.log(20.0), 0.2, 0.3]),
     "add_dec": (None, [0.5, np.log(30.0), 0.25, np.log(10.0), 0.4]),
+    # A knee at N_c = 20 P^0.2 (about 80 to 500 steps over the design's P): steep, then flatter.
+    "broken": (0.0, [np.log(1e-5), 0.4, 1.3, 0.6, np.log(20.0), 0.2]),
 }
+EXPONENTS = {"broken": ("alpha", "beta1", "beta2", "g")}
 
 
 def design(runs_per_p: int = 1, n_p: int = 8, n_n: int = 15):
@@ -42,7 +54,7 @@ def test_each_form_recovers_its_exponents_within_5_percent_from_3_percent_noise(
     y = form.value_and_grad(np.array(true), P, N, shift)[0] * np.exp(np.random.default_rng(0).normal(0, 0.03, len(P)))
     fit = fit_law(form, P, N, y, shift)
     truth = form.report(np.array(true), shift)
-    for exponent in ("alpha", "beta"):
+    for exponent in EXPONENTS.get(name, ("alpha", "beta")):
         assert fit.params[exponent] == pytest.approx(truth[exponent], rel=0.05), exponent
 
 
@@ -97,12 +109,31 @@ def test_too_little_data_is_refused_with_a_clear_error(P, N, message):
         check_enough_data(np.array(P), np.array(N), 3, "kl")
 
 
-def test_validation_holds_out_the_largest_p_and_the_latest_steps():
-    P, N, runs = design(n_p=4, n_n=8)
-    held = holdout_mask(P, N, runs, last_fraction=0.25)
-    assert held[P == P.max()].all()
-    assert held[(P < P.max()) & (N >= np.unique(N)[-2])].all()
-    assert not held[(P < P.max()) & (N < np.unique(N)[-2])].any()
+def test_the_in_time_split_holds_out_each_run_after_its_fraction_of_steps():
+    N = np.array([1, 3, 10, 32, 100, 1, 2, 4, 8, 16], dtype=float)
+    runs = np.array([0] * 5 + [1] * 5)
+    held = time_split(N, runs, fraction=0.5)
+    assert held.tolist() == [False, False, False, False, True, False, False, False, False, True]
+    assert time_split(N, runs, fraction=0.8).tolist() == [False, False, False, True, True, False, False, True, True, True]
+
+
+def test_the_in_size_split_holds_out_the_largest_p_of_each_module_set():
+    P = np.array([10, 20, 40, 15, 30, 7], dtype=float)
+    modules = np.array(["qv", "qv", "qv", "all", "all", "single"])
+    assert size_split(P, modules).tolist() == [False, False, True, False, True, False]  # one P: nothing to forecast
+
+
+def test_the_broken_law_forecasts_past_its_knee_from_the_early_steps_within_5_percent():
+    form, shift, true = FORMS.get("broken"), 0.0, np.array(CASES["broken"][1])
+    P, N, runs = design(n_p=6, n_n=15)
+    y = form.value_and_grad(true, P, N, shift)[0] * np.exp(np.random.default_rng(1).normal(0, 0.03, len(P)))
+    held = time_split(N, runs, fraction=0.5)  # fit up to 1,500 steps, well past every knee; forecast the rest
+    fit = fit_law(form, P[~held], N[~held], y[~held], shift)
+    clean = form.value_and_grad(true, P[held], N[held], shift)[0]
+    errors = extrapolation_errors(clean, fit.predict(P[held], N[held]))
+    assert errors["median_ape"] < 0.05 and errors["max_ape"] < 0.1, errors
+    mult = fit_law(FORMS.get("mult"), P[~held], N[~held], y[~held], shift)
+    assert extrapolation_errors(clean, mult.predict(P[held], N[held]))["median_ape"] > 2 * errors["median_ape"]
 
 
 # -- on a real sweep directory ----------------------------------------------------------------
@@ -130,7 +161,13 @@ def test_fit_writes_fits_json_with_the_contract_keys(sweep_dir, capsys):
         for name, (low, high) in entry["ci"].items():
             assert low <= entry["params"][name] <= high or np.isclose(low, high), name
         assert all(np.isfinite(v["heldout_mape"]) for v in entry["forms"].values())
-    assert set(fits["forgetting_ce"]["forms"]) == {"mult/fixed", "mult/free", "add/fixed", "add/free"}
+        selected = entry["forms"][entry["label"]]["validation"]["selection"]["median_ape"]
+        assert all(selected <= v["validation"]["selection"]["median_ape"] for v in entry["forms"].values()
+                   if np.isfinite(v["validation"]["selection"]["median_ape"]))  # chosen on the selection split
+    assert set(fits["forgetting_ce"]["forms"]) == {"mult/fixed", "mult/free", "add/fixed", "add/free", "broken/fixed", "broken/free"}
+    for entry in (fits["kl"], *fits["kl"]["forms"].values()):
+        assert set(entry["validation"]) == {"in_time", "in_size", "selection"}
+        assert {"median_ape", "max_ape", "mape", "log_rmse", "n"} <= set(entry["validation"]["in_time"])
     assert fits["kl"]["params"]["E"] == 0.0
     assert {"slope", "intercept", "r2"} <= set(fits["linear"])
 

@@ -206,7 +206,7 @@ def sweep(
 def fit(
     directory: Annotated[Path, typer.Argument(help="Sweep directory (its records.jsonl is all that is read).")],
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of whole runs for the intervals.")] = 1000,
-    holdout: Annotated[float, typer.Option(help="Fraction of each run's last steps held out for validation.")] = 0.25,
+    holdout: Annotated[float, typer.Option(help="Share of each run's training steps the in-time test forecasts (0.5: fit up to N_max/2).")] = 0.5,
     seed: Seed = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print fits.json instead of tables.")] = False,
 ) -> None:

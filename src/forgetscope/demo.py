@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from forgetscope.laws.select import fit_sweep
 from forgetscope.report import write_report
 from forgetscope.sweep.config import SweepConfig, parse_config
 from forgetscope.sweep.run import SweepResult, run_sweep
@@ -45,7 +46,10 @@ def run_demo(
     if config.base_model == "tiny":
         config.base_model = str(ensure_tiny_base(tiny, cache_dir, progress))
     result = run_sweep(config, out / "sweep", progress=progress)
-    report = write_report(out / "sweep") if not result.failed else None
+    report = None
+    if not result.failed:
+        fit_sweep(out / "sweep")  # fitted again on every run, so a resumed demo shows this version's laws
+        report = write_report(out / "sweep")
     summary = {
         "base": config.base_model,
         "tiny_metrics": tiny_metrics(Path(config.base_model)),

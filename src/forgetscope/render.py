@@ -78,12 +78,18 @@ def print_sweep_summary(result) -> None:
         console.print("run again with --retry-failed to retry the failed points")
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.1%}"
+
+
 def print_fit_tables(fits: dict) -> None:
     """The selected law of each target with intervals, and every form's held-out error."""
     for target in ("forgetting_ce", "kl", "ft_loss"):
         entry = fits[target]
-        table = Table(title=f"{target}: {entry['form']} law, shift {entry['shift']} "
-                            f"(R^2 {entry['r2']:.3f} in log space, held-out MAPE {entry['heldout_mape']:.2%})")
+        validation = entry.get("validation", {})
+        in_time, in_size = validation.get("in_time", {}), validation.get("in_size", {})
+        table = Table(title=f"{target}: {entry['form']} law, shift {entry['shift']} (R^2 {entry['r2']:.3f} in log space; "
+                            f"median error forecasting in time {_pct(in_time.get('median_ape'))}, in size {_pct(in_size.get('median_ape'))})")
         table.add_column("parameter")
         table.add_column("value", justify="right")
         table.add_column("95% interval", justify="right")
@@ -91,12 +97,16 @@ def print_fit_tables(fits: dict) -> None:
             ci = entry["ci"].get(name)
             table.add_row(name, f"{value:.4g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
         console.print(table)
-        forms = Table(title=f"{target}: candidate forms, fitted without the largest P and the latest steps")
-        for column in ("form", "held-out MAPE", "held-out log RMSE", "R^2 (all data)"):
+        excess = " (of L_f - H_base)" if target == "forgetting_ce" else ""
+        forms = Table(title=f"{target}: every form's forecast errors{excess}; * chosen on the selection split")
+        for column in ("form", "selection median", "in time median", "in time max", "in size median", "in size max", "R^2 (all data)"):
             forms.add_column(column, justify="left" if column == "form" else "right")
         for label, values in entry["forms"].items():
-            forms.add_row(label + (" *" if label == entry["label"] else ""),
-                          f"{values['heldout_mape']:.2%}", f"{values['heldout_log_rmse']:.4f}", f"{values['r2']:.3f}")
+            v = values.get("validation", {})
+            cells = [_pct(v.get(split, {}).get(key)) for split, key in
+                     (("selection", "median_ape"), ("in_time", "median_ape"), ("in_time", "max_ape"),
+                      ("in_size", "median_ape"), ("in_size", "max_ape"))]
+            forms.add_row(label + (" *" if label == entry["label"] else ""), *cells, f"{values['r2']:.3f}")
         console.print(forms)
     line = fits["linear"]
     console.print(f"L_f = {line['intercept']:.4f} + {line['slope']:.4f} * ft_loss   (R^2 {line['r2']:.3f}, n {line['n']})")

@@ -1,6 +1,7 @@
 """Fitting laws the way the scaling-law field does: log-space residuals, a Huber loss summed
 over points, L-BFGS-B from a grid of starting points, bootstrap over whole runs, and
-validation by extrapolation to the largest `P` and the latest `N`."""
+validation by extrapolation, in two separate tests: in time (the latest steps of every
+run) and in size (the largest `P` of each module set)."""
 
 from __future__ import annotations
 
@@ -164,17 +165,35 @@ def bootstrap(fit: Fit, groups: np.ndarray, P, N, y, n_resamples: int = 1000, se
     return refine(fit.form, fit.shift, P, N, y, start, counts[:, row_group])[0]
 
 
-def holdout_mask(P, N, groups, last_fraction: float = 0.25) -> np.ndarray:
-    """True for what validation holds out: every run with the largest `P`, and the last
-    `last_fraction` of the steps of every run. With fewer than 3 distinct `P`, only steps."""
-    P, N, groups = (np.asarray(v) for v in (P, N, groups))
-    held = np.zeros(len(P), dtype=bool)
-    if len(np.unique(P)) >= 3:
-        held |= P == P.max()
+def time_split(N, groups, fraction: float = 0.5) -> np.ndarray:
+    """True for what the in-time test holds out: every measurement after `1 - fraction` of its
+    run's training steps (with 0.5, fit up to N_max / 2 and forecast the rest)."""
+    N, groups = np.asarray(N, dtype=float), np.asarray(groups)
+    held = np.zeros(len(N), dtype=bool)
     for g in np.unique(groups):
-        rows = np.flatnonzero(groups == g)
-        steps = np.unique(N[rows])
-        n_late = max(1, int(np.ceil(last_fraction * len(steps))))
-        if len(steps) > n_late + 1:
-            held[rows] |= N[rows] >= steps[-n_late]
+        rows = groups == g
+        held[rows] = N[rows] > (1.0 - fraction) * N[rows].max()
     return held
+
+
+def size_split(P, modules) -> np.ndarray:
+    """True for what the in-size test holds out: the runs with the largest `P` of each module
+    set that has at least two `P` (fit the smaller runs' full curves, forecast the largest)."""
+    P, modules = np.asarray(P, dtype=float), np.asarray(modules)
+    held = np.zeros(len(P), dtype=bool)
+    for m in np.unique(modules):
+        rows = modules == m
+        if len(np.unique(P[rows])) >= 2:
+            held[rows] = P[rows] == P[rows].max()
+    return held
+
+
+def extrapolation_errors(y, pred, floor=0.0) -> dict[str, float]:
+    """Absolute percentage errors of `pred` against `y` above `floor` (the base entropy for
+    `forgetting_ce`, so that its large constant part does not hide the error in what grows),
+    and the RMSE of their logs."""
+    y, pred = np.asarray(y, dtype=float) - floor, np.asarray(pred, dtype=float) - floor
+    ape = np.abs(pred - y) / np.abs(y)
+    log_err = np.log(np.maximum(pred, 1e-300)) - np.log(np.maximum(y, 1e-300))
+    return {"median_ape": float(np.median(ape)), "max_ape": float(np.max(ape)), "mape": float(np.mean(ape)),
+            "log_rmse": float(np.sqrt(np.mean(log_err**2))), "n": int(len(y))}

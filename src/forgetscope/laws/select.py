@@ -15,7 +15,7 @@ import pandas as pd
 
 from forgetscope.errors import UserInputError
 from forgetscope.laws.analyses import domain_analysis, linear_relation, matched_loss_analysis
-from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, fit_law, holdout_mask, log_metrics
+from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, extrapolation_errors, fit_law, log_metrics, size_split, time_split
 from forgetscope.laws.forms import FORMS, candidate_forms
 from forgetscope.records import FIT_KEYS
 from forgetscope.sweep.store import read_records  # json + yaml only: no torch
@@ -55,29 +55,66 @@ def _candidates(target: str, table: pd.DataFrame) -> dict[str, tuple[str, float 
     return out
 
 
-def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: str, last_fraction: float) -> dict:
+def _modules(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's module set (one set for records that do not say)."""
+    if "target_modules" not in rows:
+        return np.zeros(len(rows), dtype=int)
+    return rows.target_modules.map(lambda m: m if isinstance(m, str) else ",".join(m)).to_numpy()
+
+
+def _score(form, shift, rows: pd.DataFrame, target: str, train: np.ndarray, held: np.ndarray) -> tuple[dict, Fit | None]:
+    """Fit on `train`, score on `held` (trained steps only); NaNs where the split leaves too little."""
+    P, N, y = rows.P.to_numpy(float), rows.N.to_numpy(float), rows[target].to_numpy(float)
+    held = held & (N > 0)
+    fitted = train & (N > 0)
+    empty = {"median_ape": float("nan"), "max_ape": float("nan"), "mape": float("nan"), "log_rmse": float("nan"), "n": 0}
+    enough = (held.any() and len(np.unique(P[fitted])) >= 2 and len(np.unique(N[fitted])) >= 2
+              and fitted.sum() >= len(form.fit_names(shift)) + 2)
+    if not enough:
+        return empty, None
+    partial = fit_law(form, P[train], N[train], y[train], shift)
+    floor = rows.base_entropy.to_numpy(float)[held] if target == "forgetting_ce" else 0.0
+    return extrapolation_errors(y[held], partial.predict(P[held], N[held]), floor), partial
+
+
+def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: str, fraction: float) -> dict:
+    """One candidate fitted on everything, and on each validation split:
+
+    - `in_time`: every run up to `1 - fraction` of its steps, forecasting the rest;
+    - `in_size`: every run but the largest `P` of each module set, forecasting those;
+    - `selection`: inside the in-time training part, the same split again: the form is
+      chosen on this error, never on the two it reports.
+    """
     form = FORMS.get(name)
-    n_params = len(form.fit_names(shift))
-    check_enough_data(rows.P[rows.N > 0], rows.N[rows.N > 0], n_params, target)
+    check_enough_data(rows.P[rows.N > 0], rows.N[rows.N > 0], len(form.fit_names(shift)), target)
     P, N, y, groups = rows.P.to_numpy(float), rows.N.to_numpy(float), rows[target].to_numpy(float), rows.point_id.to_numpy()
     full = fit_law(form, P, N, y, shift)
-    held = holdout_mask(P, N, groups, last_fraction) & (N > 0)
-    train = ~held
-    result = {"fit": full, "rows": rows, **{k: v for k, v in log_metrics(y, full.predict(P, N)).items() if k != "mape"}}
-    if held.any() and len(np.unique(P[train & (N > 0)])) >= 2:
-        partial = fit_law(form, P[train], N[train], y[train], shift)
-        errors = log_metrics(y[held], partial.predict(P[held], N[held]))
-        result.update(heldout_mape=errors["mape"], heldout_log_rmse=errors["log_rmse"], heldout_fit=partial, heldout=held)
-    else:
-        result.update(heldout_mape=float("nan"), heldout_log_rmse=float("nan"), heldout_fit=None, heldout=held)
-    return result
+    in_time = time_split(N, groups, fraction)
+    in_size = size_split(P, _modules(rows))
+    inner = np.zeros(len(N), dtype=bool)
+    inner[~in_time] = time_split(N[~in_time], groups[~in_time], fraction)
+    validation, fits = {}, {}
+    for split, held, train in (("in_time", in_time, ~in_time), ("in_size", in_size, ~in_size),
+                               ("selection", inner, ~in_time & ~inner)):
+        validation[split], fits[split] = _score(form, shift, rows, target, train, held)
+    metrics = log_metrics(y, full.predict(P, N))
+    return {"fit": full, "rows": rows, "r2": metrics["r2"], "log_rmse": metrics["log_rmse"], "validation": validation,
+            "heldout_fit": fits["in_time"], "heldout_mape": validation["in_time"]["mape"],
+            "heldout_log_rmse": validation["in_time"]["log_rmse"]}
 
 
-def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: int = 0, last_fraction: float = 0.25) -> dict:
-    """Every candidate form of one target, the selected one with bootstrap intervals."""
-    tried = {label: _fit_candidate(name, shift, rows, target, last_fraction)
+def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5) -> dict:
+    """Every candidate form of one target, the one with the lowest median error on the
+    selection split chosen, with bootstrap intervals for its parameters."""
+    tried = {label: _fit_candidate(name, shift, rows, target, fraction)
              for label, (name, shift, rows) in _candidates(target, table).items()}
-    label = min(tried, key=lambda k: (np.nan_to_num(tried[k]["heldout_mape"], nan=np.inf), tried[k]["log_rmse"]))
+
+    def selection_error(label: str) -> tuple[float, float, float]:
+        v = tried[label]["validation"]
+        return (np.nan_to_num(v["selection"]["median_ape"], nan=np.inf), np.nan_to_num(v["in_time"]["median_ape"], nan=np.inf),
+                tried[label]["log_rmse"])
+
+    label = min(tried, key=selection_error)
     best = tried[label]
     fit: Fit = best["fit"]
     heldout_fit: Fit | None = best["heldout_fit"]
@@ -93,28 +130,30 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
         "shift_value": fit.shift,
         "params": fit.params,
         "ci": ci,
+        "selected_by": "median absolute percentage error on the selection split (inside the in-time training part)",
+        "validation": best["validation"],
         "heldout_mape": best["heldout_mape"],
         "heldout_log_rmse": best["heldout_log_rmse"],
         "r2": best["r2"],
         "log_rmse": best["log_rmse"],
         "n": int(len(rows)),
-        "forms": {k: {"heldout_mape": v["heldout_mape"], "heldout_log_rmse": v["heldout_log_rmse"], "r2": v["r2"],
-                      "params": v["fit"].params} for k, v in tried.items()},
+        "forms": {k: {"validation": v["validation"], "heldout_mape": v["heldout_mape"], "heldout_log_rmse": v["heldout_log_rmse"],
+                      "r2": v["r2"], "params": v["fit"].params} for k, v in tried.items()},
         "theta": fit.theta.tolist(),
         "heldout_theta": None if heldout_fit is None else heldout_fit.theta.tolist(),
         "bootstrap": samples.tolist(),
     }
 
 
-def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, last_fraction: float = 0.25) -> dict:
+def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5) -> dict:
     """Fit every target and the analyses, write `DIR/fits.json`, and return what it holds."""
     table = read_table(directory)
-    fits = {target: fit_target(table, target, n_bootstrap, seed, last_fraction) for target in TARGETS}
+    fits = {target: fit_target(table, target, n_bootstrap, seed, fraction) for target in TARGETS}
     fits["linear"] = linear_relation(table)
     fits["matched_loss"] = matched_loss_analysis(table)
     fits["domains"] = domain_analysis(table)
     fits["n_records"], fits["n_points"] = int(len(table)), int(table.point_id.nunique())
-    fits["holdout"] = last_fraction
+    fits["holdout"] = fraction
     (Path(directory) / "fits.json").write_text(json.dumps(fits, indent=2))
     return fits
 
@@ -133,5 +172,5 @@ def fitted_rows(table: pd.DataFrame, fits: dict, target: str) -> tuple[pd.DataFr
     entry = fits[target]
     label = entry.get("label") or (entry["form"] if target != "forgetting_ce" else f"{entry['form']}/{entry['shift']}")
     rows = _candidates(target, table)[label][2]
-    held = holdout_mask(rows.P.to_numpy(float), rows.N.to_numpy(float), rows.point_id.to_numpy(), fits.get("holdout", 0.25))
+    held = time_split(rows.N.to_numpy(float), rows.point_id.to_numpy(), fits.get("holdout", 0.5))
     return rows, held & (rows.N.to_numpy() > 0)
