@@ -245,8 +245,11 @@ def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
     if fits is not None:
         line, kl = fits["linear"], fits["kl"]
         params = ", ".join(f"{k} {v:.3g}" for k, v in kl["params"].items())
+        validation = kl.get("validation", {})
         console.print(
-            f"law of KL: {kl['form']} ({params}; R^2 {kl['r2']:.3f}, held-out MAPE {kl['heldout_mape']:.1%})\n"
+            f"law of KL: {kl['form']} ({params}; R^2 {kl['r2']:.3f})\n"
+            f"  forecast error (median over held-out points): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
+            f"in size {_pct(validation.get('in_size', {}).get('median_ape'))}\n"
             f"L_f = {line['intercept']:.3f} {line['slope']:+.3f} * ft_loss (R^2 {line['r2']:.3f})"
         )
         console.print(f"report: {summary['report']}")
