@@ -165,6 +165,10 @@ def test_fit_writes_fits_json_with_the_contract_keys(sweep_dir, capsys):
         assert all(selected <= v["validation"]["selection"]["median_ape"] for v in entry["forms"].values()
                    if np.isfinite(v["validation"]["selection"]["median_ape"]))  # chosen on the selection split
     assert set(fits["forgetting_ce"]["forms"]) == {"mult/fixed", "mult/free", "add/fixed", "add/free", "broken/fixed", "broken/free"}
+    interval = fits["kl"]["interval"]
+    assert interval["residual_q"] >= 0 and set(interval["coverage"]) == {"in_time", "in_size"}
+    for coverage in interval["coverage"].values():
+        assert 0 <= coverage["bootstrap"] <= coverage["with_model_error"] <= 1 and coverage["n"] > 0
     for entry in (fits["kl"], *fits["kl"]["forms"].values()):
         assert set(entry["validation"]) == {"in_time", "in_size", "selection"}
         assert {"median_ape", "max_ape", "mape", "log_rmse", "n"} <= set(entry["validation"]["in_time"])
@@ -178,6 +182,7 @@ def test_predict_forecasts_with_an_interval_and_answers_a_budget(sweep_dir, caps
     assert code == 0, err
     kl = json.loads(out)["kl"]
     assert kl["low"] <= kl["value"] <= kl["high"] and kl["value"] > 0
+    assert kl["low"] <= kl["bootstrap_low"] and kl["bootstrap_high"] <= kl["high"]  # widened by the form's own error
     code, out, err = run_cli(["predict", sweep_dir, "--params", 5000, "--budget", kl["value"], "--json"], capsys)
     assert code == 0, err
     allowed = json.loads(out)

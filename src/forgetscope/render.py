@@ -82,6 +82,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or value != value else f"{value:.1%}"
 
 
+def _coverage_text(interval: dict) -> str:
+    parts = [f"{split.replace('_', ' ')} {c['with_model_error']:.0%} of {c['n']} (bootstrap alone {c['bootstrap']:.0%})"
+             for split, c in interval["coverage"].items()]
+    return f"95% forecast intervals cover the held-out points {', '.join(parts)}"
+
+
 def print_fit_tables(fits: dict) -> None:
     """The selected law of each target with intervals, and every form's held-out error."""
     for target in ("forgetting_ce", "kl", "ft_loss"):
@@ -97,6 +103,8 @@ def print_fit_tables(fits: dict) -> None:
             ci = entry["ci"].get(name)
             table.add_row(name, f"{value:.4g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
         console.print(table)
+        if entry.get("interval", {}).get("coverage"):
+            console.print(f"{target}: {_coverage_text(entry['interval'])}")
         excess = " (of L_f - H_base)" if target == "forgetting_ce" else ""
         forms = Table(title=f"{target}: every form's forecast errors{excess}; * chosen on the selection split")
         for column in ("form", "selection median", "in time median", "in time max", "in size median", "in size max", "R^2 (all data)"):
@@ -250,6 +258,7 @@ def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
             f"law of KL: {kl['form']} ({params}; R^2 {kl['r2']:.3f})\n"
             f"  forecast error (median over held-out points): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
             f"in size {_pct(validation.get('in_size', {}).get('median_ape'))}\n"
+            + (f"  {_coverage_text(kl['interval'])}\n" if kl.get("interval", {}).get("coverage") else "") +
             f"L_f = {line['intercept']:.3f} {line['slope']:+.3f} * ft_loss (R^2 {line['r2']:.3f})"
         )
         console.print(f"report: {summary['report']}")

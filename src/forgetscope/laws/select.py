@@ -93,14 +93,48 @@ def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: s
     in_size = size_split(P, _modules(rows))
     inner = np.zeros(len(N), dtype=bool)
     inner[~in_time] = time_split(N[~in_time], groups[~in_time], fraction)
-    validation, fits = {}, {}
+    validation, fits, masks = {}, {}, {}
     for split, held, train in (("in_time", in_time, ~in_time), ("in_size", in_size, ~in_size),
                                ("selection", inner, ~in_time & ~inner)):
         validation[split], fits[split] = _score(form, shift, rows, target, train, held)
+        masks[split] = (train, held & (N > 0))
     metrics = log_metrics(y, full.predict(P, N))
     return {"fit": full, "rows": rows, "r2": metrics["r2"], "log_rmse": metrics["log_rmse"], "validation": validation,
+            "split_fits": fits, "masks": masks,
             "heldout_fit": fits["in_time"], "heldout_mape": validation["in_time"]["mape"],
             "heldout_log_rmse": validation["in_time"]["log_rmse"]}
+
+
+def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
+    """The model-error term of the prediction intervals and their coverage on held-out points.
+
+    The term is split-conformal: the largest absolute log residual of the selection split's
+    forecasts (the finite-sample 95% quantile of so few points), applied in log space around
+    the bootstrap band, which alone covers only the spread of the runs and not the error of
+    the form. Coverage is the share of each test split's held-out points inside the 95%
+    interval of the fit that never saw them, with and without the term.
+    """
+    rows = best["rows"]
+    P, N, y, groups = rows.P.to_numpy(float), rows.N.to_numpy(float), rows[target].to_numpy(float), rows.point_id.to_numpy()
+    residual_q = 0.0
+    selection = best["split_fits"]["selection"]
+    if selection is not None:
+        held = best["masks"]["selection"][1]
+        residuals = np.abs(np.log(np.maximum(selection.predict(P[held], N[held]), 1e-300)) - np.log(y[held]))
+        level = min(1.0, 0.95 * (len(residuals) + 1) / len(residuals))
+        residual_q = float(np.quantile(residuals, level))
+    out: dict = {"residual_q": residual_q, "coverage": {}}
+    for split in ("in_time", "in_size"):
+        fit = best["split_fits"][split]
+        if fit is None or n_bootstrap == 0:
+            continue
+        train, held = best["masks"][split]
+        samples = bootstrap(fit, groups[train], P[train], N[train], y[train], min(n_bootstrap, 200), seed)
+        band = np.percentile(fit.predict(P[held], N[held], samples), [2.5, 97.5], axis=0)
+        inside = (band[0] <= y[held]) & (y[held] <= band[1])
+        widened = (band[0] * np.exp(-residual_q) <= y[held]) & (y[held] <= band[1] * np.exp(residual_q))
+        out["coverage"][split] = {"bootstrap": float(inside.mean()), "with_model_error": float(widened.mean()), "n": int(held.sum())}
+    return out
 
 
 def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5) -> dict:
@@ -132,6 +166,7 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
         "ci": ci,
         "selected_by": "median absolute percentage error on the selection split (inside the in-time training part)",
         "validation": best["validation"],
+        "interval": _interval(best, target, n_bootstrap, seed),
         "heldout_mape": best["heldout_mape"],
         "heldout_log_rmse": best["heldout_log_rmse"],
         "r2": best["r2"],
