@@ -213,6 +213,7 @@ def test_an_unknown_executor_or_option_is_a_user_error(sweep, tmp_path, executor
     _, config = sweep
     with pytest.raises(UserInputError, match=fragment.replace("(", r"\(")):
         run_sweep(config, tmp_path / "s", executor=executor, options=options, progress=False)
+    assert not (tmp_path / "s").exists()  # refused before a sweep directory was made
 
 
 def test_the_sweep_command_starts_and_stops_its_own_ray_cluster(llama_dir, eval_files, tmp_path, capsys):

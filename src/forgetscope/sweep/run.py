@@ -37,7 +37,8 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or resume) a sweep into `out` on the named executor. Finished points are skipped;
     failed ones too unless `retry_failed`. `options` are the executor's own (`address` for Ray)."""
-    factory = EXECUTORS.get(executor)
+    context = ExecutorContext(config, None, Path(out), dict(options or {}))
+    engine = EXECUTORS.get(executor)(context)  # checks its options now; starts at `with engine`
     points = expand(config.grid)
     base_path = resolve_base(config, progress)
     check_modules(config, points, base_path)  # a config error must not leave a sweep directory behind
@@ -53,10 +54,10 @@ def run_sweep(
         skipped = [p.point_id for p in points if p not in todo]
         _evaluate_base(config, base_path, store)
         if todo:
-            inputs = prepare(config, base_path)
+            context.inputs = prepare(config, base_path)
             with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:
-                context = ExecutorContext(config, inputs, Path(out), dict(options or {}), store.append, bar.step_callback)
-                with factory(context) as engine:
+                context.on_record, context.step_callback = store.append, bar.step_callback
+                with engine:
                     for point in todo:
                         engine.submit(point)
                     for result in engine.as_completed():

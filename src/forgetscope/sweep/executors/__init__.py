@@ -33,7 +33,8 @@ class ExecutorContext:
     """What an executor is given: the sweep, its shared inputs, and hooks for in-process runs."""
 
     config: SweepConfig
-    inputs: SweepInputs
+    inputs: SweepInputs | None
+    """Set by the driver before the executor starts (`with executor:`)."""
     directory: Path
     options: dict[str, str] = field(default_factory=dict)
     """`--executor-option KEY=VALUE` pairs; each executor says which it takes."""
