@@ -19,6 +19,8 @@ CASES = {
     "mult (kl, shift 0)": ("mult", 0.0, np.array([np.log(1e-4), 0.3, 0.8])),
     "add (free shift)": ("add", None, np.array([0.2, np.log(0.05), 0.3, np.log(0.1), 0.5])),
     "broken (kl, shift 0)": ("broken", 0.0, np.array([np.log(1e-5), 0.4, 1.3, 0.6, np.log(20.0), 0.2])),
+    # the same with a factor for a second module set (runs 5-9), as `broken+arms`
+    "broken+arms": ("broken", 0.0, np.array([np.log(1e-5), 0.4, 1.3, 0.6, np.log(20.0), 0.2, np.log(3.0)])),
 }
 
 
@@ -29,16 +31,18 @@ def main() -> None:
     P = np.repeat(np.geomspace(1e3, 1e7, 10), 20)
     N = np.tile(np.geomspace(1, 3000, 20), 10)
     runs = np.repeat(np.arange(10), 20)
+    arms = (runs % 2).astype(int)  # two module sets, each with five sizes
     print(f"{'form':<21} {'fit (s)':>8} {'bootstrap (s)':>14} {'one-by-one (s)':>18} {'speed-up':>9} {'max |d theta|':>14}")
     for label, (name, shift, true) in CASES.items():
         form = FORMS.get(name)
-        y = form.value_and_grad(true, P, N, shift)[0] * np.exp(np.random.default_rng(0).normal(0, 0.03, len(P)))
+        arm = arms if label.endswith("+arms") else None
+        y = form.value_and_grad(true, P, N, shift, arm)[0] * np.exp(np.random.default_rng(0).normal(0, 0.03, len(P)))
         started = time.perf_counter()
-        fit = fit_law(form, P, N, y, shift)
+        fit = fit_law(form, P, N, y, shift, arm=arm)
         fit_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        batched = bootstrap(fit, runs, P, N, y, args.resamples, seed=0)
+        batched = bootstrap(fit, runs, P, N, y, args.resamples, seed=0, arm=arm)
         batched_seconds = time.perf_counter() - started
 
         # Baseline: the same resamples, each refitted from the full fit with L-BFGS-B.
@@ -47,7 +51,8 @@ def main() -> None:
         looped = []
         for count in counts:
             rows = np.concatenate([np.flatnonzero(runs == r) for r in range(10) for _ in range(int(count[r]))])
-            looped.append(fit_law(form, P[rows], N[rows], y[rows], shift, starts=[fit.theta]).theta)
+            looped.append(fit_law(form, P[rows], N[rows], y[rows], shift, starts=[fit.theta],
+                                  arm=None if arm is None else arm[rows]).theta)
         loop_seconds = time.perf_counter() - started
         gap = float(np.max(np.abs(np.percentile(batched, [2.5, 97.5], axis=0) - np.percentile(looped, [2.5, 97.5], axis=0))))
         print(f"{label:<21} {fit_seconds:>8.2f} {batched_seconds:>14.2f} {loop_seconds:>18.2f} "

@@ -8,6 +8,7 @@ import pytest
 
 from cli_helpers import run_cli
 from forgetscope.demo import demo_config, run_demo
+from forgetscope.sweep.config import Grid
 from forgetscope.tiny import corpora
 from forgetscope.tiny.model import TinyConfig, ensure_tiny_base
 
@@ -21,8 +22,7 @@ def demo(tmp_path_factory):
     config = demo_config().model_copy(
         update={"steps": 12, "eval_points": 4, "eval_tokens": 512, "ft_eval_tokens": 256, "batch_size": 4, "seq_len": 64}
     )
-    config.grid.rank = [1, 8]
-    config.grid.learning_rate = [5e-3]
+    config.grid = Grid(rank=[1, 8], target_modules=[["q_proj", "v_proj"], "all-linear"], learning_rate=[5e-3])
     out = tmp_path_factory.mktemp("demo")
     result, summary = run_demo(out, config, SMALL, cache_dir=cache, progress=False)
     return result, summary, out, cache

@@ -278,3 +278,11 @@ def test_a_new_evaluator_is_one_file_whose_section_and_artifacts_the_sweep_handl
     assert point == {"trainable": 2.0 * trainable} and base["parameters"] > point["trainable"]
     with pytest.raises(UserInputError, match="`weights.scale`: Input should be a valid number"):
         parse_config(tiny_sweep_config(llama_dir, eval_files, weights={"scale": "big"}))
+
+
+def test_a_list_of_grids_runs_their_union_each_point_once():
+    grids = [Grid(rank=[1, 2, 4], target_modules=["all-linear"]), Grid(rank=[2, 16], target_modules=[["q_proj", "v_proj"]]),
+             Grid(rank=[4], target_modules=["all-linear"])]  # the last repeats a point of the first
+    points = expand(grids)
+    assert [(p.rank, p.target_modules) for p in points] == [
+        (1, "all-linear"), (2, "all-linear"), (4, "all-linear"), (2, ["q_proj", "v_proj"]), (16, ["q_proj", "v_proj"])]

@@ -187,3 +187,35 @@ def test_train_cli_runs_and_prints_json_records(llama_dir, eval_files, tmp_path,
     assert (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["lora"]["lora_alpha"] == 8 and run["lora"]["rslora"] is False  # --alpha is --lora-alpha
+
+
+def test_dense_late_steps_see_the_start_and_put_most_points_past_a_fifth_of_the_run():
+    from forgetscope.callback import dense_late_steps
+
+    steps = dense_late_steps(100, 13)
+    assert steps[0] == 0 and steps[-1] == 100 and len(steps) == 13 and steps == sorted(set(steps))
+    assert sum(s >= 20 for s in steps) >= 8 and steps[1] == 1
+
+
+def test_a_kl_budget_forecasts_the_last_step_and_stops_the_run_once_crossed(llama_dir, tok, code_blocks, eval_blocks, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    settings = TrainSettings(steps=40, learning_rate=1e-2, batch_size=4, seq_len=SEQ_LEN, eval_points=10,
+                             eval_schedule="dense-late", kl_budget=1e-3, stop_on_budget="measured")
+    records = finetune(model, tok, LoraSettings(rank=4, lora_alpha=8), settings, code_blocks[:-4], eval_blocks, code_blocks[-4:],
+                       tmp_path, progress=False)
+    assert records[-1]["kl"] > 1e-3 and all(r["kl"] <= 1e-3 for r in records[:-1])  # stopped at the first crossing
+    assert records[-1]["step"] < 40
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert "exceeded the budget" in run["stopped_by_budget"]
+    forecasts = [r["forecast"] for r in records if "forecast" in r]
+    assert forecasts and all(f["low"] <= f["kl"] <= f["high"] and f["planned_steps"] == 40 for f in forecasts)
+
+
+def test_the_in_run_forecast_extrapolates_a_power_law_exactly():
+    from forgetscope.laws.forecast import forecast_run
+
+    steps = [0, 1, 4, 10, 25]
+    forecast = forecast_run(steps, [0.0, *(0.002 * s**0.8 for s in steps[1:])], planned_steps=100, budget=0.05)
+    assert forecast["kl"] == pytest.approx(0.002 * 100**0.8, rel=1e-9)
+    assert forecast["budget_step"] == pytest.approx((0.05 / 0.002) ** (1 / 0.8), rel=1e-9)
+    assert forecast_run([0, 1, 2], [0, 0.1, 0.2], 100) is None  # two trained points: too few

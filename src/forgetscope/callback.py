@@ -4,11 +4,15 @@
     trainer.add_callback(ForgettingCallback(trainer, eval_blocks={"wiki": blocks}))
     trainer.train()
 
-At step 0 and at log-spaced steps it measures the forgetting metric of the model being
+At step 0 and at scheduled steps (log-spaced by default) it measures the forgetting metric of the model being
 trained against its base (through `disable_adapter()` for a PEFT model, or a separate
 `base_model`), and logs it with `trainer.log`, so TensorBoard, W&B or MLflow (`report_to`)
 plot `forgetting/kl` beside the training loss. It also keeps every measurement as a record
 (`callback.records`) and can hand each to `on_record` as it is completed.
+
+With a KL `budget`, every measurement also forecasts the run's KL at its last step from the
+measurements so far (`forgetscope.laws.forecast.forecast_run`), logs it, and can stop the
+run once the budget is crossed, or once the forecast says it surely will be.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
+from forgetscope.laws.forecast import forecast_run
 from forgetscope.metric import METRIC_KEYS, mean_loss, measure_forgetting
 from forgetscope.records import Record
 
@@ -35,6 +40,22 @@ def log_spaced_steps(max_steps: int, n_points: int) -> list[int]:
     return [0, *(int(s) for s in steps)]
 
 
+def dense_late_steps(max_steps: int, n_points: int) -> list[int]:
+    """Step 0, a third of the points log-spaced up to a fifth of the run, the rest evenly
+    spaced from there to `max_steps`: the early rise is seen, and most points fall past the
+    bend, where laws are tested."""
+    if max_steps < 5 or n_points <= 4:
+        return log_spaced_steps(max_steps, n_points)
+    n_log = max(2, (n_points - 1) // 3)
+    early = np.geomspace(1, max_steps / 5, n_log)
+    late = np.linspace(max_steps / 5, max_steps, n_points - n_log)[1:]
+    steps = np.unique(np.round(np.concatenate([early, late])).astype(int))
+    return [0, *(int(s) for s in steps)]
+
+
+SCHEDULES = {"log": log_spaced_steps, "dense-late": dense_late_steps}
+
+
 class ForgettingCallback(TrainerCallback):
     """Measure and log forgetting at scheduled steps of a Trainer run.
 
@@ -46,13 +67,19 @@ class ForgettingCallback(TrainerCallback):
         ft_eval_blocks: held-out fine-tuning-domain blocks; their loss is logged as `ft_loss`.
         base_model: a separate frozen base model; `None` uses `disable_adapter()` of the
             PEFT model being trained.
-        eval_steps: the steps to measure at; default `n_eval_points` log-spaced steps.
+        eval_steps: the steps to measure at; default `n_eval_points` steps of `schedule`
+            (`log` or `dense-late`, see `SCHEDULES`).
         on_record: called with each finished record (a dict), e.g. to append it to a file.
         record_base: record the base model's final hidden states once at the start (when the
             output head is frozen, as with LoRA) and rebuild base logits from them at every
             measurement, instead of a second forward pass through the base each time.
         base_predictions: hidden states already recorded for `eval_blocks` from the same
             base (`forgetscope.base_cache`), e.g. shared by every point of a sweep.
+        budget: a KL budget (nats/token); each record then carries `forecast`, the KL
+            forecast at the last step with its 95% interval and the step the budget will
+            be crossed, also logged as `forgetting/forecast_kl` and friends.
+        stop_on_budget: `measured` stops the run when a measured KL exceeds `budget`,
+            `forecast` when the forecast's lower bound at the last step does, `never` not.
 
     Which of these is used is decided once, at the start of training, by
     `forgetscope.base_cache.choose_base_source`; `base_source` says what was chosen.
@@ -67,20 +94,33 @@ class ForgettingCallback(TrainerCallback):
         base_model: torch.nn.Module | None = None,
         eval_steps: Sequence[int] | None = None,
         n_eval_points: int = 8,
+        schedule: str = "log",
         batch_size: int = 16,
         prefix: str = "forgetting/",
         on_record: Callable[[Record], None] | None = None,
         record_base: bool = True,
         base_predictions: BasePredictions | None = None,
+        budget: float | None = None,
+        stop_on_budget: str = "never",
     ):
         if not eval_blocks:
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if stop_on_budget not in ("never", "measured", "forecast"):
+            raise ValueError(f"stop_on_budget must be never, measured or forecast, got {stop_on_budget!r}")
         self.trainer = trainer
         self.eval_blocks = dict(eval_blocks)
         self.ft_eval_blocks = ft_eval_blocks
         self.base_model = base_model
         self.eval_steps = None if eval_steps is None else sorted(set(int(s) for s in eval_steps))
         self.n_eval_points = n_eval_points
+        self.schedule = schedule
+        self.budget = budget
+        self.stop_on_budget = stop_on_budget
+        self.stopped_by_budget: str | None = None
+        """Why the budget stopped training, when it did."""
+        self._max_steps: int | None = None
         self.batch_size = batch_size
         self.prefix = prefix
         self.on_record = on_record
@@ -104,12 +144,39 @@ class ForgettingCallback(TrainerCallback):
         record.update({key: result.overall[key] for key in METRIC_KEYS})
         record["eval_tokens"] = result.overall["tokens"]
         record["domains"] = {name: {key: values[key] for key in METRIC_KEYS} for name, values in result.domains.items()}
+        record["vocab_size"] = int(model.get_output_embeddings().weight.shape[0])
+        forecast = self._forecast(step, record["kl"])
+        if forecast is not None:
+            record["forecast"] = forecast
         if self.trainer is not None:
             logs = result.flat(self.prefix)
             if "ft_loss" in record:
                 logs[f"{self.prefix}ft_loss"] = record["ft_loss"]
+            for key in ("kl", "low", "high", "budget_step"):
+                if forecast is not None and key in forecast:
+                    logs[f"{self.prefix}forecast_{key}"] = forecast[key]
             self.trainer.log(logs)
         return record
+
+    def _forecast(self, step: int, kl: float) -> dict | None:
+        """The KL forecast at the last step from the records so far (with a budget only)."""
+        if self.budget is None or self._max_steps is None or step >= self._max_steps:
+            return None
+        steps = [r["step"] for r in self.records] + [step]
+        kls = [r["kl"] for r in self.records] + [kl]
+        return forecast_run(steps, kls, self._max_steps, self.budget)
+
+    def _budget_crossed(self, record: Record) -> str | None:
+        """Why this record should stop training under `stop_on_budget`, or None."""
+        if self.budget is None or self.stop_on_budget == "never":
+            return None
+        if record["kl"] > self.budget:
+            return f"measured KL {record['kl']:.4g} exceeded the budget {self.budget:g} at step {record['step']}"
+        forecast = record.get("forecast")
+        if self.stop_on_budget == "forecast" and forecast is not None and forecast["low"] > self.budget:
+            return (f"the forecast KL at step {forecast['planned_steps']} is at least {forecast['low']:.4g} (95%), "
+                    f"over the budget {self.budget:g}, at step {record['step']}")
+        return None
 
     def _emit(self, record: Record) -> None:
         self.records.append(record)
@@ -121,8 +188,9 @@ class ForgettingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:
             return  # under DDP / accelerate only the main process measures (no collectives are involved)
+        self._max_steps = state.max_steps
         if self.eval_steps is None:
-            self.eval_steps = log_spaced_steps(state.max_steps, self.n_eval_points)
+            self.eval_steps = SCHEDULES[self.schedule](state.max_steps, self.n_eval_points)
         self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions,
                                               record=self.record_base, batch_size=self.batch_size)
         if state.global_step in self.eval_steps and not any(r["step"] == state.global_step for r in self.records):
@@ -134,6 +202,11 @@ class ForgettingCallback(TrainerCallback):
         should_log = control.should_log  # trainer.log() below clears it; the step's own log must still happen
         record = self.measure(model, state.global_step)
         control.should_log = should_log
+        reason = self._budget_crossed(record)
+        if reason is not None:
+            self.stopped_by_budget = reason
+            log.warning("stopping: %s", reason)
+            control.should_training_stop = True
         if should_log:
             self._pending = record  # the Trainer logs this step's loss right after this event
         else:

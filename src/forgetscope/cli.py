@@ -129,6 +129,9 @@ def train(
     warmup_steps: Annotated[int, setting(TrainSettings, "warmup_steps")] = TrainSettings.default("warmup_steps"),
     scheduler: Annotated[str, setting(TrainSettings, "scheduler")] = TrainSettings.default("scheduler"),
     eval_points: Annotated[int, setting(TrainSettings, "eval_points")] = TrainSettings.default("eval_points"),
+    eval_schedule: Annotated[str, setting(TrainSettings, "eval_schedule")] = TrainSettings.default("eval_schedule"),
+    kl_budget: Annotated[float | None, setting(TrainSettings, "kl_budget", "--kl-budget")] = None,
+    stop_on_budget: Annotated[str, setting(TrainSettings, "stop_on_budget")] = TrainSettings.default("stop_on_budget"),
     eval_tokens: Annotated[int, setting(TrainSettings, "eval_tokens")] = TrainSettings.default("eval_tokens"),
     seed: Annotated[int, setting(TrainSettings, "seed")] = TrainSettings.default("seed"),
     dtype: Annotated[TrainDtype, setting(TrainSettings, "dtype")] = TrainDtype.float32,
@@ -151,7 +154,8 @@ def train(
     lora = LoraSettings(rank=rank, lora_alpha=lora_alpha, target_modules=modules, layers=layer_ids, dropout=dropout, rslora=rslora)
     settings = TrainSettings(
         steps=steps, learning_rate=learning_rate, batch_size=batch_size, seq_len=seq_len, warmup_steps=warmup_steps,
-        scheduler=scheduler, eval_points=eval_points, eval_tokens=eval_tokens, seed=seed, dtype=dtype.value,
+        scheduler=scheduler, eval_points=eval_points, eval_schedule=eval_schedule, eval_tokens=eval_tokens, seed=seed,
+        dtype=dtype.value, kl_budget=kl_budget, stop_on_budget=stop_on_budget,
         report_to=[] if report_to == "none" else report_to.split(","),
     )
     check_files_exist([*train_data, *eval_data, *(ft_eval_data or [])], "data file")
@@ -170,6 +174,12 @@ def train(
         print(json.dumps(records))
     else:
         render.print_records_table(records, f"Forgetting during fine-tuning ({'rsLoRA' if rslora else 'LoRA'} r={rank})")
+        forecast = [r["forecast"] for r in records if "forecast" in r]
+        if forecast:
+            render.print_run_forecast(forecast[-1], kl_budget)
+        stopped = json.loads((out / "run.json").read_text()).get("stopped_by_budget")
+        if stopped:
+            render.console.print(f"stopped early: {stopped}")
         render.console.print(f"records: {out / 'records.jsonl'}\nadapter: {out / 'adapter'}")
 
 
@@ -226,23 +236,28 @@ def fit(
 @app.command()
 def predict(
     directory: Annotated[Path, typer.Argument(help="Sweep directory with fits.json (run `forgetscope fit` first).")],
-    params: Annotated[float, typer.Option(help="Trainable non-embedding parameters P of the planned fine-tune.")],
+    params: Annotated[float | None, typer.Option(help="Trainable non-embedding parameters P of the planned fine-tune.")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank of the planned fine-tune (P worked out from the sweep's module set).")] = None,
+    target_modules: Annotated[str | None, typer.Option(help="Module set the forecast is for, as the sweep names it (needed when it has several).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Learning rate of the planned fine-tune (default: the sweep's median).")] = None,
     steps: Annotated[float | None, typer.Option(help="Planned update steps N.")] = None,
     budget: Annotated[float | None, typer.Option(help="Forgetting budget (KL, nats/token): the largest N within it.")] = None,
+    extrapolate: Annotated[bool, typer.Option(help="Forecast beyond the range the validation tested, with a wider interval.")] = False,
     as_json: Json = False,
 ) -> None:
     """Forecast forgetting for a configuration not yet run, or the steps a forgetting budget allows."""
-    from forgetscope.laws.forecast import budget_steps, forecasts
+    from forgetscope.laws.forecast import Query, budget_steps, forecasts
     from forgetscope.laws.select import load_fits
 
     if (steps is None) == (budget is None):
         raise UserInputError("give exactly one of --steps (forecast forgetting) or --budget (forecast steps)")
     fits = load_fits(directory)
-    out = forecasts(fits, params, steps) if steps is not None else budget_steps(fits, params, budget)
+    query = Query(P=params, rank=rank, arm=target_modules, learning_rate=learning_rate, extrapolate=extrapolate)
+    out = forecasts(fits, query, steps) if steps is not None else budget_steps(fits, query, budget)
     if as_json:
         print(json.dumps(out))
     elif steps is not None:
-        render.print_forecasts(out, params, steps)
+        render.print_forecasts(out)
     else:
         render.print_budget(out)
 

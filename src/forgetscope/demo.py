@@ -2,12 +2,14 @@
 
 1. pretrain the tiny Llama on scripture + docs + part of the Python standard library
    (cached after the first run);
-2. sweep rsLoRA fine-tunes of it on Python code files it never saw: ranks 1 to 64, on the
-   attention projections only or on every linear layer (`sweep/demo.yaml`);
-3. measure forgetting on held-out scripture and docs at log-spaced steps of every run,
-   next to the held-out loss on code (`ft_loss`);
+2. sweep rsLoRA fine-tunes of it on Python code files it never saw: six ranks on every
+   linear layer, two on the attention's q and v projections (`sweep/demo.yaml`);
+3. measure forgetting on held-out scripture and docs at 13 steps of every run, most past
+   the bend of the curves, next to the held-out loss on code (`ft_loss`);
 4. store it all as a sweep directory, resumable like any other;
-5. fit the scaling laws of forgetting and write the HTML report.
+5. fit the scaling laws of forgetting, validated in time and in size, and write the HTML
+   report; forecast the largest run's last step from its first quarter, as the callback
+   would while it runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from forgetscope.laws.forecast import forecast_run
 from forgetscope.laws.select import fit_sweep
 from forgetscope.report import write_report
 from forgetscope.sweep.config import SweepConfig, parse_config
@@ -52,6 +55,7 @@ def run_demo(
         report = write_report(out / "sweep")
     summary = {
         "base": config.base_model,
+        "in_run_forecast": in_run_forecast(result),
         "tiny_metrics": tiny_metrics(Path(config.base_model)),
         "sweep": str(out / "sweep"),
         "points": len(result.points),
@@ -61,3 +65,20 @@ def run_demo(
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     return result, summary
+
+
+def in_run_forecast(result: SweepResult, share: float = 0.25) -> dict | None:
+    """The largest run's KL at its last step, forecast from its first `share` of steps (what
+    `ForgettingCallback(budget=...)` logs mid-run), against what it measured."""
+    if not result.records:
+        return None
+    largest = max(result.records, key=lambda r: (r["trainable_params"], r["step"]))
+    run = sorted((r for r in result.records if r["point_id"] == largest["point_id"]), key=lambda r: r["step"])
+    last = run[-1]["step"]
+    early = [r for r in run if r["step"] <= share * last]
+    forecast = forecast_run([r["step"] for r in early], [r["kl"] for r in early], last)
+    if forecast is None:
+        return None
+    measured = run[-1]["kl"]
+    return {**forecast, "point_id": largest["point_id"], "measured": measured,
+            "ape": abs(forecast["kl"] - measured) / measured, "covered": forecast["low"] <= measured <= forecast["high"]}

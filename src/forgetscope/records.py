@@ -7,7 +7,11 @@ Keys may be added, never removed; anything that writes records in this shape can
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TypedDict
+
+from forgetscope.errors import UserInputError
 
 
 class DomainMetrics(TypedDict):
@@ -33,6 +37,10 @@ class Record(DomainMetrics, total=False):
     domains: dict[str, DomainMetrics]
     trainable_params: int
     """`P`: non-embedding parameters being trained."""
+    vocab_size: int
+    """The output vocabulary: KL cannot sensibly exceed what a uniform prediction costs."""
+    forecast: dict
+    """With a KL budget: the forecast KL at the run's last step so far (`laws.forecast.forecast_run`)."""
     # A sweep adds the point's labels:
     point_id: str
     rank: int
@@ -46,3 +54,19 @@ class Record(DomainMetrics, total=False):
 
 FIT_KEYS = ("point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_loss")
 """What every record must hold for the laws to be fitted."""
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Every complete record of a `records.jsonl`; a torn last line (a crash mid-write) is skipped."""
+    records = []
+    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # torn last line
+            raise UserInputError(f"{path}: line {number} is not valid JSON") from None
+    return records

@@ -94,7 +94,7 @@ def print_fit_tables(fits: dict) -> None:
         entry = fits[target]
         validation = entry.get("validation", {})
         in_time, in_size = validation.get("in_time", {}), validation.get("in_size", {})
-        table = Table(title=f"{target}: {entry['form']} law, shift {entry['shift']} (R^2 {entry['r2']:.3f} in log space; "
+        table = Table(title=f"{target}: {entry.get('label', entry['form'])} law (R^2 {entry['r2']:.3f} in log space; "
                             f"median error forecasting in time {_pct(in_time.get('median_ape'))}, in size {_pct(in_size.get('median_ape'))})")
         table.add_column("parameter")
         table.add_column("value", justify="right")
@@ -105,10 +105,10 @@ def print_fit_tables(fits: dict) -> None:
         console.print(table)
         if entry.get("interval", {}).get("coverage"):
             console.print(f"{target}: {_coverage_text(entry['interval'])}")
-        excess = " (of L_f - H_base)" if target == "forgetting_ce" else ""
+        excess = {"forgetting_ce": " (of L_f - H_base)", "ft_loss": " (of the fine-tuning gain)"}.get(target, "")
         forms = Table(title=f"{target}: every form's forecast errors{excess}; * chosen on the selection split")
         for column in ("form", "selection median", "in time median", "in time max", "in size median", "in size max", "R^2 (all data)"):
-            forms.add_column(column, justify="left" if column == "form" else "right")
+            forms.add_column(column, justify="left" if column == "form" else "right", no_wrap=column == "form")
         for label, values in entry["forms"].items():
             v = values.get("validation", {})
             cells = [_pct(v.get(split, {}).get(key)) for split, key in
@@ -118,12 +118,27 @@ def print_fit_tables(fits: dict) -> None:
         console.print(forms)
     line = fits["linear"]
     console.print(f"L_f = {line['intercept']:.4f} + {line['slope']:.4f} * ft_loss   (R^2 {line['r2']:.3f}, n {line['n']})")
+    for arm, fit in (line.get("per_arm") or {}).items():
+        console.print(f"  {arm}: L_f = {fit['intercept']:.4f} + {fit['slope']:.4f} * ft_loss   (R^2 {fit['r2']:.3f}, n {fit['n']})")
     domains = fits.get("domains") or {}
     if domains:
         console.print(
             f"most forgotten domain: {domains['most_hurt']}; closest to the fine-tuning data "
             f"(own loss rose least or fell most): {domains['closest_to_finetuning']}"
         )
+    print_claims(fits)
+
+
+def print_claims(fits: dict) -> None:
+    """The paper's claims and this sweep's verdict on each."""
+    if not fits.get("claims"):
+        return
+    table = Table(title="The paper's claims on this sweep")
+    for column in ("claim", "verdict", "the numbers"):
+        table.add_column(column)
+    for claim in fits["claims"]:
+        table.add_row(claim["claim"], claim["verdict"], claim["evidence"])
+    console.print(table)
 
 
 def _pm(value: float, stderr: float | None, signed: bool = False) -> str:
@@ -233,8 +248,8 @@ def print_miniature(result: dict) -> None:
 
 def print_demo_intro() -> None:
     console.print("[bold]forgetscope demo[/bold]: a tiny Llama pretrained here on scripture, Python docs and code,")
-    console.print("fine-tuned with rsLoRA on unseen Python code (8 runs: ranks 1-64, attention or all linear layers);")
-    console.print("forgetting measured on held-out scripture and docs.\n")
+    console.print("fine-tuned with rsLoRA on unseen Python code (8 runs: ranks 1-32 on all linear layers, 2 and 16 on q,v);")
+    console.print("forgetting measured on held-out scripture and docs at 13 steps of each run.\n")
 
 
 def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
@@ -249,27 +264,49 @@ def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
     steps = [r for r in result.records if r["point_id"] == largest.point_id]
     if steps:
         print_records_table(steps, f"Forgetting over steps, rsLoRA r={largest.rank} on all linear layers (KL to the base, nats/token)")
+    early = summary.get("in_run_forecast")
+    if early:
+        console.print(f"in-run forecast from steps up to {early['from_step']}: KL at step {early['planned_steps']} {early['kl']:.4f} "
+                      f"[{early['low']:.4f}, {early['high']:.4f}], measured {early['measured']:.4f} (error {early['ape']:.1%})")
     print_sweep_summary(result)
     if fits is not None:
         line, kl = fits["linear"], fits["kl"]
         params = ", ".join(f"{k} {v:.3g}" for k, v in kl["params"].items())
         validation = kl.get("validation", {})
         console.print(
-            f"law of KL: {kl['form']} ({params}; R^2 {kl['r2']:.3f})\n"
+            f"law of KL: {kl.get('label', kl['form'])} ({params}; R^2 {kl['r2']:.3f})\n"
             f"  forecast error (median over held-out points): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
             f"in size {_pct(validation.get('in_size', {}).get('median_ape'))}\n"
             + (f"  {_coverage_text(kl['interval'])}\n" if kl.get("interval", {}).get("coverage") else "") +
             f"L_f = {line['intercept']:.3f} {line['slope']:+.3f} * ft_loss (R^2 {line['r2']:.3f})"
         )
+        print_claims(fits)
         console.print(f"report: {summary['report']}")
     console.print(f"summary: {out / 'demo.json'}\ntook {summary['seconds']:.0f} s")
 
 
-def print_forecasts(forecasts: dict, params: float, steps: float) -> None:
+def print_forecasts(forecasts: dict) -> None:
+    first = next(iter(forecasts.values()))
+    where = f"P={first['P']:,.0f}" + (f" ({first['module_set']})" if first.get("module_set") else "") + f", N={first['N']:,.0f}"
     for target, f in forecasts.items():
-        console.print(f"{target:>14} at P={params:,.0f}, N={steps:,.0f}: {f['value']:.4f}  [{f['low']:.4f}, {f['high']:.4f}]")
+        console.print(f"{target:>14} at {where}: {f['value']:.4f}  [{f['low']:.4f}, {f['high']:.4f}]"
+                      + (" (KL capped at a uniform prediction's)" if f.get("capped_at_uniform") else ""))
+    if not first["validated"]:
+        console.print(f"beyond the validated range: intervals widened {first['interval_widening']:.2f}x in log space")
 
 
 def print_budget(allowed: dict) -> None:
-    console.print(f"KL stays within {allowed['budget']} for about {allowed['steps']:,.0f} steps at P={allowed['P']:,.0f} "
-                  f"(95% interval {allowed['low']:,.0f} to {allowed['high']:,.0f})")
+    def steps(value) -> str:
+        return f"more than {allowed['searched_up_to']:,.0f}" if value is None else f"{value:,.0f}"
+
+    console.print(f"KL stays within {allowed['budget']} for about {steps(allowed['steps'])} steps at P={allowed['P']:,.0f}"
+                  + (f" ({allowed['module_set']})" if allowed.get("module_set") else "")
+                  + f" (95% interval {steps(allowed['low'])} to {steps(allowed['high'])})")
+
+
+def print_run_forecast(forecast: dict, budget: float | None) -> None:
+    """The in-run forecast of the last measurement before the end."""
+    crossing = forecast.get("budget_step")
+    console.print(f"forecast from step {forecast['from_step']}: KL at step {forecast['planned_steps']} "
+                  f"{forecast['kl']:.4f} [{forecast['low']:.4f}, {forecast['high']:.4f}]"
+                  + (f"; the budget {budget:g} is crossed near step {crossing:,.0f}" if crossing is not None and budget else ""))

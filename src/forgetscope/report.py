@@ -1,9 +1,11 @@
 """`forgetscope report DIR`: one self-contained `DIR/report.html` (images embedded) and its PNGs.
 
-The plots a reader of the paper expects: forgetting and KL against steps for each `P` on
-log axes with the fitted laws and their bootstrap bands, forgetting against fine-tuning
-loss with its line, predicted against measured on the held-out points, residuals,
-per-domain forgetting, and the fit tables.
+What a reader of the paper expects, labelled by rank and module set: KL and forgetting
+against steps with the fitted laws and their bands, forgetting against fine-tuning loss
+with one line per module set, the forecasts of both validation tests against what
+happened with their intervals and coverage, residuals, forgetting at matched fine-tuning
+gain, the domains over steps, every form's errors, and the paper's claims with the verdict
+this sweep's numbers give (`laws.analyses.claims`); nothing is concluded that they do not.
 """
 
 from __future__ import annotations
@@ -13,100 +15,205 @@ import html
 from pathlib import Path
 
 import numpy as np
+import yaml
+from matplotlib.ticker import LogLocator, NullFormatter
 
 from forgetscope.laws.forecast import fit_from
-from forgetscope.laws.select import fit_sweep, fitted_rows, load_fits, read_table
+from forgetscope.laws.select import fit_sweep, load_fits, read_table
 from forgetscope.plots import colors as _colors
 from forgetscope.plots import save as _save
 from forgetscope.plots import subplots
+
+LABELS = {"kl": "KL(base ‖ fine-tuned), nats/token", "forgetting_ce": "forgetting L_f, nats/token",
+          "ft_loss": "held-out fine-tuning loss L_ft", "ft_gain": "fine-tuning gain L_ft(0) - L_ft"}
+STYLES = ("-", "--", ":", "-.")
+
+
+def _run_label(rows) -> str:
+    first = rows.iloc[0]
+    rank = f"r={int(first['rank'])} " if "rank" in rows else ""
+    return f"{rank}{first.arm_name} (P={int(first.P):,})"
+
+
+def _log_axes(ax) -> None:
+    """Log axes with few, non-overlapping labels."""
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "log":
+            axis.set_major_locator(LogLocator(numticks=5))
+            axis.set_minor_formatter(NullFormatter())
+    ax.tick_params(labelsize=7)
+
+
+def _runs(table):
+    """Each run's rows, ordered by arm then P, with a colour per rank and a line style per arm."""
+    trained = table[table.N > 0]
+    colors = _colors(trained["rank"] if "rank" in trained else trained.P)
+    arms = sorted(trained.arm_name.unique())
+    for (arm, P), rows in sorted(trained.groupby(["arm_name", "P"]), key=lambda kv: (arms.index(kv[0][0]), kv[0][1])):
+        key = rows["rank"].iloc[0] if "rank" in rows else P
+        yield rows.sort_values("N"), colors[key], STYLES[arms.index(arm) % len(STYLES)]
 
 
 def _law_vs_steps(table, entry, target: str, title: str, path: Path) -> None:
     fit = fit_from(entry)
     samples = np.array(entry["bootstrap"])
-    colors = _colors(table.P)
-    fig, ax = subplots(figsize=(7, 4.5))
-    trained = table[table.N > 0]
-    grid = np.geomspace(max(1, trained.N.min()), trained.N.max() * 1.5, 60)
-    for P, group in trained.groupby("P"):
-        g = group.groupby("N")[target].mean()
-        ax.scatter(g.index, g.values, color=colors[P], s=18, zorder=3)
-        ax.plot(grid, fit.predict(P, grid), color=colors[P], lw=1.5, label=f"P = {P:,}")
+    fig, ax = subplots(figsize=(8, 5))
+    grid_steps = np.geomspace(1, table.N.max() * 1.5, 60)
+    for rows, color, style in _runs(table):
+        T_per_step = float(rows["T"].iloc[-1] / rows.N.iloc[-1])
+        grid = grid_steps * T_per_step
+        arm = fit.arms.index(rows.arm_name.iloc[0]) if fit.arms else 0
+        P = float(rows.P.iloc[0])
+        ax.scatter(rows.N, rows[target], color=color, s=14, zorder=3)
+        ax.plot(grid_steps, fit.predict(P, grid, arm=arm), color=color, ls=style, lw=1.4, label=_run_label(rows))
         if len(samples):
-            band = np.array([fit.predict(P, grid, t) for t in samples])
-            ax.fill_between(grid, *np.percentile(band, [2.5, 97.5], axis=0), color=colors[P], alpha=0.15, lw=0)
+            band = fit.predict(P, grid, samples[:200], arm=arm)
+            ax.fill_between(grid_steps, *np.percentile(band, [2.5, 97.5], axis=0), color=color, alpha=0.12, lw=0)
     if target == "forgetting_ce" and entry.get("shift_value") is not None:
-        ax.axhline(entry["shift_value"], color="grey", ls=":", lw=1, label="base entropy")
+        ax.axhline(entry["shift_value"], color="grey", ls=":", lw=1, label="base entropy H_base")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    if target == "kl":  # L_f spans a few percent above H_base: a linear axis shows it
+        ax.set_yscale("log")
+    _log_axes(ax)
     ax.set_xlabel("fine-tuning steps N")
-    ax.set_ylabel(target)
+    ax.set_ylabel(LABELS[target])
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=6.5, ncol=2, title="rank, module set (line style), P", title_fontsize=7,
+              loc="lower right" if target == "kl" else "upper left")
     _save(fig, path)
 
 
 def _vs_ft_loss(table, line: dict, path: Path) -> None:
     trained = table[table.N > 0]
-    colors = _colors(trained.P)
-    fig, ax = subplots(figsize=(6, 4.5))
-    for P, group in trained.groupby("P"):
-        ax.scatter(group.ft_loss, group.forgetting_ce, color=colors[P], s=16, label=f"P = {P:,}")
+    fig, ax = subplots(figsize=(7, 4.8))
+    arms = sorted(trained.arm_name.unique())
+    palette = _colors(range(len(arms))) if len(arms) > 1 else {0: "tab:blue"}
+    lines = line.get("per_arm") or {}
+    for i, arm in enumerate(arms):
+        rows = trained[trained.arm_name == arm]
+        ax.scatter(rows.ft_loss, rows.forgetting_ce, color=palette[i], s=14, alpha=0.8, label=f"{arm} runs")
+        if arm in lines:
+            xs = np.linspace(rows.ft_loss.min(), rows.ft_loss.max(), 20)
+            fit = lines[arm]
+            ax.plot(xs, fit["intercept"] + fit["slope"] * xs, color=palette[i], lw=1.2,
+                    label=f"{arm}: slope {fit['slope']:+.3f}, R² {fit['r2']:.2f}")
     xs = np.linspace(trained.ft_loss.min(), trained.ft_loss.max(), 20)
     ax.plot(xs, line["intercept"] + line["slope"] * xs, "k--", lw=1,
-            label=f"L_f = {line['intercept']:.3f} {line['slope']:+.3f} L_ft (R² {line['r2']:.2f})")
-    ax.set_xlabel("fine-tuning loss L_ft (held out)")
-    ax.set_ylabel("forgetting L_f")
-    ax.set_title("Forgetting against fine-tuning loss", fontsize=10)
+            label=f"pooled: slope {line['slope']:+.3f}, R² {line['r2']:.2f}")
+    ax.set_xlabel(LABELS["ft_loss"])
+    ax.set_ylabel(LABELS["forgetting_ce"])
+    ax.set_title("Forgetting against fine-tuning loss, one line per module set", fontsize=10)
     ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def _heldout_and_residuals(table, fits: dict, heldout_path: Path, residual_path: Path) -> None:
-    fig_h, axes_h = subplots(1, 3, figsize=(11, 3.8))
-    fig_r, axes_r = subplots(1, 3, figsize=(11, 3.4))
-    for ax_h, ax_r, target in zip(axes_h, axes_r, ("forgetting_ce", "kl", "ft_loss")):
+def _growth(values, target: str, entry: dict, fits: dict) -> np.ndarray:
+    """What grows from the base, as validation scored it."""
+    values = np.asarray(values, dtype=float)
+    if target == "forgetting_ce" and entry.get("column", target) == "forgetting_ce":
+        return values - fits.get("base", {}).get("forgetting_ce", 0.0)
+    if target == "ft_loss" and entry.get("column", target) == "ft_loss":
+        return fits.get("base", {}).get("ft_loss", entry.get("start", 0.0)) - values
+    return values
+
+
+GROWTH_LABELS = {"kl": "KL", "forgetting_ce": "L_f - H_base", "ft_loss": "fine-tuning gain"}
+
+
+def _forecasts_plot(fits: dict, path: Path) -> bool:
+    """Each validation test's forecasts, with their 95% intervals, against what happened."""
+    fig, axes = subplots(2, 3, figsize=(12, 7.5), squeeze=False)
+    drawn = False
+    for col, target in enumerate(("kl", "forgetting_ce", "ft_loss")):
         entry = fits[target]
-        rows, held = fitted_rows(table, fits, target)
-        P, N, y = rows.P.to_numpy(float), rows.N.to_numpy(float), rows[target].to_numpy(float)
-        heldout_fit = fit_from(entry, "heldout_theta")
-        if heldout_fit is not None and held.any():
-            pred = heldout_fit.predict(P, N)
-            ax_h.scatter(y[~held], pred[~held], s=12, color="tab:blue", label="fitted on")
-            ax_h.scatter(y[held], pred[held], s=16, color="tab:red", label="held out")
-            lims = [min(y.min(), pred.min()), max(y.max(), pred.max())]
-            ax_h.plot(lims, lims, "k:", lw=1)
-            ax_h.set_xscale("log")
-            ax_h.set_yscale("log")
-            ax_h.legend(fontsize=7)
-        ax_h.set_title(f"{target}: predicted vs measured", fontsize=9)
-        ax_h.set_xlabel("measured")
-        ax_h.set_ylabel("predicted")
-        residual = np.log(fit_from(entry).predict(P, N)) - np.log(y)
-        ax_r.scatter(np.maximum(N, 0.8), residual, s=12, c=np.log(P), cmap="viridis")
-        ax_r.axhline(0, color="k", lw=0.8)
-        ax_r.set_xscale("log")
-        ax_r.set_title(f"{target}: log residual of the full fit", fontsize=9)
-        ax_r.set_xlabel("steps N")
-    for fig, path in ((fig_h, heldout_path), (fig_r, residual_path)):
-        _save(fig, path)
+        forecasts = entry.get("interval", {}).get("forecasts", {})
+        for row, split in enumerate(("in_time", "in_size")):
+            ax = axes[row][col]
+            f = forecasts.get(split)
+            ax.set_title(f"{GROWTH_LABELS[target]}, forecast {split.replace('_', ' ')}", fontsize=9)
+            if not f:
+                ax.text(0.5, 0.5, "not tested", ha="center", va="center", transform=ax.transAxes)
+                continue
+            drawn = True
+            actual, value, low, high = (_growth(f[k], target, entry, fits) for k in ("actual", "value", "low", "high"))
+            low, high = np.minimum(low, high), np.maximum(low, high)
+            inside = (low <= actual) & (actual <= high)
+            for mask, color, name in ((inside, "tab:blue", "interval covers"), (~inside, "tab:red", "interval misses")):
+                if mask.any():
+                    ax.errorbar(actual[mask], value[mask], yerr=[value[mask] - low[mask], high[mask] - value[mask]], fmt="o", ms=3,
+                                color=color, capsize=2, lw=0.8, label=f"{name} ({int(mask.sum())})")
+            lims = [min(actual.min(), low.min()) * 0.9, max(actual.max(), high.max()) * 1.1]
+            ax.plot(lims, lims, "k:", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _log_axes(ax)
+            ax.set_xlabel("measured", fontsize=8)
+            ax.set_ylabel("forecast (95% interval)", fontsize=8)
+            ax.legend(fontsize=7)
+    _save(fig, path)
+    return drawn
 
 
-def _domains(table, path: Path) -> bool:
-    if "domains" not in table or table.domains.isna().all():
+def _residuals(table, fits: dict, path: Path) -> None:
+    fig, axes = subplots(1, 3, figsize=(12, 3.8))
+    for ax, target in zip(axes, ("kl", "forgetting_ce", "ft_loss")):
+        entry = fits[target]
+        column = entry.get("column", target)
+        fit = fit_from(entry)
+        rows = table[(table.N > 0) & (table[column] > 0)]
+        arm = np.array([fit.arms.index(a) if a in fit.arms else 0 for a in rows.arm_name]) if fit.arms else None
+        residual = np.log(fit.predict(rows.P.to_numpy(float), rows["T"].to_numpy(float), arm=arm)) - np.log(rows[column].to_numpy(float))
+        dots = ax.scatter(rows.N, residual, s=12, c=np.log10(rows.P.to_numpy(float)), cmap="viridis")
+        fig.colorbar(dots, ax=ax, label="log10 P")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"{LABELS[column]}: {entry['label'] if 'label' in entry else entry['form']}", fontsize=8)
+        ax.set_xlabel("fine-tuning steps N")
+        ax.set_ylabel("log(fitted / measured)")
+    _save(fig, path)
+
+
+def _matched_plot(fits: dict, table, path: Path) -> bool:
+    levels = fits["matched_loss"].get("levels", [])
+    if not levels:
         return False
-    last = table.loc[table.groupby("point_id").N.idxmax()].sort_values("P")
-    names = sorted({d for doms in last.domains for d in doms})
-    fig, ax = subplots(figsize=(7, 4))
-    width = 0.8 / len(names)
-    x = np.arange(len(last))
-    for i, name in enumerate(names):
-        ax.bar(x + i * width, [doms.get(name, {}).get("kl", np.nan) for doms in last.domains], width, label=name)
-    ax.set_xticks(x + 0.4 - width / 2, [f"{p:,}" for p in last.P], rotation=45, fontsize=7)
-    ax.set_xlabel("trainable parameters P (each run at its last step)")
-    ax.set_ylabel("KL to the base")
-    ax.set_title("Forgetting per domain", fontsize=10)
-    ax.legend(fontsize=8)
+    fig, ax = subplots(figsize=(7.5, 4.8))
+    by_run: dict = {}
+    for level in levels:
+        for r in level["runs"]:
+            by_run.setdefault(r["point_id"], []).append((level["gain"], r["kl"]))
+    for rows, color, style in _runs(table):
+        pid = rows.point_id.iloc[0]
+        if pid in by_run:
+            gain, kl = np.array(by_run[pid]).T
+            ax.plot(gain, kl, color=color, ls=style, marker="o", ms=3, lw=1.2, label=_run_label(rows))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_axes(ax)
+    ax.set_xlabel(LABELS["ft_gain"])
+    ax.set_ylabel(LABELS["kl"])
+    ax.set_title("KL at matched fine-tuning gain: lines that coincide forget alike", fontsize=10)
+    ax.legend(fontsize=6.5, ncol=2)
+    _save(fig, path)
+    return True
+
+
+def _domains(fits: dict, path: Path) -> bool:
+    over = (fits.get("domains") or {}).get("over_steps")
+    if not over:
+        return False
+    names = [k for k in over[0] if k not in ("step", "most_hurt")]
+    fig, ax = subplots(figsize=(7, 4.2))
+    steps = [o["step"] for o in over]
+    for name in names:
+        ax.plot(steps, [o.get(name, np.nan) for o in over], marker="o", ms=3, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_axes(ax)
+    ax.set_xlabel("fine-tuning steps N (the run with the largest P)")
+    ax.set_ylabel(LABELS["kl"])
+    ax.set_title("Forgetting per domain over steps", fontsize=10)
+    ax.legend(fontsize=8, title="eval domain", title_fontsize=8)
     _save(fig, path)
     return True
 
@@ -191,6 +298,10 @@ def _downstream_html(summary: dict) -> str:
     )
 
 
+def _pct(value) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.1%}"
+
+
 def _fit_table(target: str, entry: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td><td>"
@@ -198,16 +309,79 @@ def _fit_table(target: str, entry: dict) -> str:
         for k, v in entry["params"].items()
     )
     forms = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v['heldout_mape']:.2%}</td><td>{v['heldout_log_rmse']:.4f}</td><td>{v['r2']:.3f}</td></tr>"
+        f"<tr><td>{'<b>' if k == entry.get('label') else ''}{html.escape(k)}{' (chosen)</b>' if k == entry.get('label') else ''}</td>"
+        + "".join(f"<td>{_pct(v['validation'][split][stat])}</td>" for split in ('selection', 'in_time', 'in_size')
+                  for stat in ('median_ape', 'max_ape'))
+        + "".join(f"<td>{v['validation'][split]['log_rmse']:.3f}</td>" for split in ('in_time', 'in_size'))
+        + f"<td>{v['r2']:.3f}</td></tr>"
         for k, v in entry["forms"].items()
     )
+    coverage = entry.get("interval", {}).get("coverage", {})
+    cover = "; ".join(f"{split.replace('_', ' ')}: {c['with_model_error']:.0%} of {c['n']} (bootstrap alone {c['bootstrap']:.0%})"
+                      for split, c in coverage.items())
+    what = {"kl": "KL", "forgetting_ce": "L_f - H_base", "ft_loss": "the fine-tuning gain"}[target]
     return (
-        f"<h3>{target}: <code>{entry['form']}</code>, shift {entry['shift']}</h3>"
-        f"<p>R² {entry['r2']:.3f} and RMSE {entry['log_rmse']:.4f} in log space over {entry['n']} measurements; "
-        f"held-out MAPE {entry['heldout_mape']:.2%}.</p>"
+        f"<h3>{target}: <code>{html.escape(entry.get('label', entry['form']))}</code></h3>"
+        f"<p>R² {entry['r2']:.3f} and RMSE {entry['log_rmse']:.4f} in log space over {entry['n']} measurements. "
+        f"Errors are absolute percentage errors of {what}, forecast for measurements the fit never saw; the form is chosen on the "
+        f"selection split, inside the in-time training part. 95% interval coverage of the held-out points: {cover or 'not measured'}.</p>"
         f"<table><tr><th>parameter</th><th>value</th><th>95% interval (bootstrap over runs)</th></tr>{rows}</table>"
-        f"<table><tr><th>form</th><th>held-out MAPE</th><th>held-out log RMSE</th><th>R² (all data)</th></tr>{forms}</table>"
+        "<table><tr><th rowspan=2>form</th><th colspan=2>selection</th><th colspan=2>in time</th><th colspan=2>in size</th>"
+        "<th colspan=2>log RMSE</th><th rowspan=2>R² (all)</th></tr><tr><th>median</th><th>max</th><th>median</th><th>max</th>"
+        f"<th>median</th><th>max</th><th>in time</th><th>in size</th></tr>{forms}</table>"
     )
+
+
+def _claims_html(fits: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(c['claim'])}</td><td class='{c['verdict']}'>{c['verdict']}</td>"
+                   f"<td>{html.escape(c['evidence'])}</td></tr>" for c in fits.get("claims", []))
+    return ("<h2>The paper's claims on this sweep</h2><table class='claims'><tr><th>claim</th><th>verdict</th><th>the numbers</th></tr>"
+            f"{rows}</table>") if rows else ""
+
+
+def _matched_html(fits: dict) -> str:
+    levels = fits["matched_loss"].get("levels", [])
+    if not levels:
+        return f"<p>{html.escape(fits['matched_loss'].get('note', 'no matched levels'))}</p>"
+    arms = sorted({a for lv in levels for a in lv["within"]})
+    pairs = sorted({p for lv in levels for p in lv["across"]})
+    head = "".join(f"<th>spread within {html.escape(a)}</th>" for a in arms) + "".join(f"<th>KL ratio {html.escape(p)} (95%)</th>" for p in pairs)
+    body = ""
+    for lv in levels:
+        cells = "".join(f"<td>{lv['within'][a]['kl_spread']:.2f} ({lv['within'][a]['runs']} runs)</td>" if a in lv["within"] else "<td>-</td>"
+                        for a in arms)
+        cells += "".join(f"<td>{lv['across'][p]['ratio']:.2f} [{lv['across'][p]['low']:.2f}, {lv['across'][p]['high']:.2f}]</td>"
+                         if p in lv["across"] else "<td>-</td>" for p in pairs)
+        body += f"<tr><td>{lv['gain']:.4f}</td><td>{len(lv['runs'])}</td>{cells}</tr>"
+    return ("<p>Every run's KL where it reaches the same fine-tuning gain, over the whole range of gains the runs reach "
+            "(interpolated between measurements, never extrapolated). Spread: coefficient of variation of KL across the ranks of "
+            "one module set. Ratio: geometric-mean KL of one module set over the other's, with a bootstrap interval over runs.</p>"
+            f"<table><tr><th>gain</th><th>runs</th>{head}</tr>{body}</table>")
+
+
+def _domains_html(fits: dict) -> str:
+    domains = fits.get("domains") or {}
+    if not domains:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(d)}</td><td>{v['kl']:.4f}</td><td>{v['loss_change']:+.4f}</td></tr>"
+                   for d, v in domains["domains"].items())
+    over = domains.get("over_steps") or []
+    steps = "".join(f"<tr><td>{o['step']}</td>" + "".join(f"<td>{o[d]:.4f}</td>" for d in domains["domains"] if d in o)
+                    + f"<td>{html.escape(o['most_hurt'])}</td></tr>" for o in over)
+    names = "".join(f"<th>KL {html.escape(d)}</th>" for d in domains["domains"])
+    return ("<h2>Per-domain forgetting</h2><table><tr><th>domain</th><th>mean KL at each run's last step</th>"
+            f"<th>change of its own loss</th></tr>{rows}</table>"
+            f"<table><tr><th>step (largest P)</th>{names}<th>most forgotten</th></tr>{steps}</table>"
+            f"<p>Closest to the fine-tuning data (its own loss rose least or fell most): "
+            f"<b>{html.escape(domains['closest_to_finetuning'])}</b>.</p>")
+
+
+def _sweep_title(directory: Path) -> str:
+    config = directory / "config.yaml"
+    data = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    name = (data or {}).get("name") or directory.name
+    base = Path(str((data or {}).get("base_model", ""))).name
+    return f"{name}" + (f" on {base}" if base else "")
 
 
 def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) -> Path:
@@ -218,18 +392,21 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     table = read_table(directory)
     fits = load_fits(directory) if (directory / "fits.json").is_file() else fit_sweep(directory, n_bootstrap, seed)
     images = {
-        "kl_vs_steps.png": "KL to the base against steps, one colour per P, with the fitted law and its 95% band",
+        "kl_vs_steps.png": "KL to the base against steps: a colour per rank, a line style per module set, the fitted law and its 95% band",
         "forgetting_vs_steps.png": "Forgetting L_f against steps, with the fitted law and its 95% band",
-        "forgetting_vs_ft_loss.png": "Forgetting against fine-tuning loss: the paper's inverse linear relation",
-        "heldout.png": "Validation by extrapolation: fitted without the largest P and the latest steps",
-        "residuals.png": "Residuals of the full fits",
+        "heldout.png": "Validation: each test's forecasts (with 95% intervals) against what was measured; the dotted line is perfect",
+        "residuals.png": "Log residuals of the full fits against steps, coloured by P",
+        "forgetting_vs_ft_loss.png": "Forgetting against fine-tuning loss: the paper's inverse linear relation, per module set",
     }
     _law_vs_steps(table, fits["kl"], "kl", "KL(base ‖ fine-tuned) against steps", directory / "kl_vs_steps.png")
     _law_vs_steps(table, fits["forgetting_ce"], "forgetting_ce", "Forgetting L_f against steps", directory / "forgetting_vs_steps.png")
+    _forecasts_plot(fits, directory / "heldout.png")
+    _residuals(table, fits, directory / "residuals.png")
     _vs_ft_loss(table, fits["linear"], directory / "forgetting_vs_ft_loss.png")
-    _heldout_and_residuals(table, fits, directory / "heldout.png", directory / "residuals.png")
-    if _domains(table, directory / "domains.png"):
-        images["domains.png"] = "Forgetting per eval domain at the last step of each run"
+    if _matched_plot(fits, table, directory / "matched.png"):
+        images["matched.png"] = "KL at matched fine-tuning gain, one line per run"
+    if _domains(fits, directory / "domains.png"):
+        images["domains.png"] = "Forgetting per eval domain over the steps of the largest run"
     downstream = downstream_against_forgetting(directory, table)
     if downstream is not None:
         _downstream_plot(downstream, directory / "downstream.png")
@@ -239,42 +416,30 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
         f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, caption in images.items()
     )
-    line = fits["linear"]
-    domains = fits.get("domains") or {}
-    domain_text = ""
-    if domains:
-        rows = "".join(f"<tr><td>{html.escape(d)}</td><td>{v['kl']:.4f}</td><td>{v['loss_change']:+.4f}</td></tr>"
-                       for d, v in domains["domains"].items())
-        domain_text = (
-            "<h2>Per-domain forgetting</h2><table><tr><th>domain</th><th>mean KL at last step</th>"
-            f"<th>change of its own loss</th></tr>{rows}</table><p>Most forgotten: <b>{html.escape(domains['most_hurt'])}</b>; "
-            f"closest to the fine-tuning data (its own loss rose least or fell most): <b>{html.escape(domains['closest_to_finetuning'])}</b>.</p>"
-        )
-    matched = fits["matched_loss"]
-    spreads = [lv["kl_spread"] for lv in matched.get("levels", []) if lv["kl_spread"] is not None]
-    matched_text = (
-        f"<p>At matched fine-tuning loss, KL varies across runs by a coefficient of variation of "
-        f"{np.mean(spreads):.2f} on average, against {matched['kl_spread_at_last_step']:.2f} at the same step count. "
-        "The smaller the first number, the more forgetting is tied to how far fine-tuning got, whatever the number of "
-        "parameters or steps it took: fewer parameters or earlier stopping reduce forgetting only by reducing fine-tuning.</p>"
-        if spreads and matched.get("kl_spread_at_last_step") is not None else ""
-    )
-    corr = list(matched.get("within_run_corr", {}).values())
-    if corr:
-        matched_text += f"<p>Within each run, the rank correlation of fine-tuning loss and KL over steps is {np.mean(corr):+.2f} on average.</p>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>forgetscope report: {html.escape(directory.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 1em .5em 0;display:inline-table;vertical-align:top}}
+    kl = fits["kl"]
+    validation, coverage = kl["validation"], kl.get("interval", {}).get("coverage", {})
+    headline = "; ".join(
+        f"{split.replace('_', ' ')}: median error {_pct(validation[split]['median_ape'])}"
+        + (f", {coverage[split]['with_model_error']:.0%} of {coverage[split]['n']} held-out points inside the 95% interval" if split in coverage else "")
+        for split in ("in_time", "in_size"))
+    arms = ", ".join(html.escape(a) for a in sorted(table.arm_name.unique()))
+    title = html.escape(_sweep_title(directory))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>forgetscope: {title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 1em .5em 0;display:inline-table;vertical-align:top}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}}th{{background:#f3f3f3}}td:first-child{{text-align:left}}
+table.claims td{{text-align:left}}td.holds{{background:#e3f4e3}}td.fails{{background:#f8e0e0}}td.mixed{{background:#fbf1d9}}
 figure{{display:inline-block;margin:.5em}}img{{max-width:100%}}figcaption{{font-size:12px;color:#555}}</style></head><body>
-<h1>Forgetting in {html.escape(directory.name)}</h1>
-<p>{fits['n_points']} runs, {fits['n_records']} measurements. Forgetting L_f is the cross-entropy of the fine-tuned model's
+<h1>Forgetting in {title}</h1>
+<p>{fits['n_points']} runs ({arms}), {fits['n_records']} measurements. Forgetting L_f is the cross-entropy of the fine-tuned model's
 next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>
-<p><b>Forgetting against fine-tuning loss:</b> L_f = {line['intercept']:.4f} {line['slope']:+.4f} × L_ft, R² {line['r2']:.3f}
-over {line['n']} measurements ({'lower fine-tuning loss, more forgetting' if line['slope'] < 0 else 'not the inverse relation the paper reports'}).</p>
+<p><b>How far the KL law can be trusted</b> ({html.escape(kl.get('label', kl['form']))}, chosen on a selection split):
+forecasting in time (each run fitted up to {1 - fits.get('holdout', 0.5):.0%} of its steps) and in size (the largest P of each
+module set held out): {headline}.</p>
+{_claims_html(fits)}
 {figures}
-<h2>Fitted laws</h2>{''.join(_fit_table(t, fits[t]) for t in ('forgetting_ce', 'kl', 'ft_loss'))}
-<h2>Can early stopping or fewer parameters avoid forgetting?</h2>{matched_text}
-{domain_text}
+<h2>Fitted laws</h2>{''.join(_fit_table(t, fits[t]) for t in ('kl', 'forgetting_ce', 'ft_loss'))}
+<h2>Forgetting at matched fine-tuning gain</h2>{_matched_html(fits)}
+{_domains_html(fits)}
 {_downstream_html(downstream) if downstream is not None else ""}
 </body></html>"""
     out = directory / "report.html"

@@ -100,12 +100,15 @@ class TrainSettings(Settings):
     seq_len: int = Field(128, ge=2, description="Tokens per sequence, for training and for the eval text.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     scheduler: str = Field("constant_with_warmup", description="Any transformers scheduler name; constant keeps step counts comparable across budgets.")
-    eval_points: int = Field(8, ge=2, description="Log-spaced forgetting measurements, step 0 included.")
+    eval_points: int = Field(8, ge=2, description="Forgetting measurements, step 0 included, spaced by eval_schedule.")
+    eval_schedule: Literal["log", "dense-late"] = Field("log", description="log: log-spaced steps; dense-late: a third log-spaced up to a fifth of the run, the rest evenly spaced after it, for fitting laws past the bend.")
     eval_tokens: int = Field(4096, ge=2, description="Eval tokens per forgetting domain at each measurement (whole sequences; the default keeps 8 measurements near 6% of a run's time, bench/train_overhead.py).")
     eval_batch_size: int = Field(16, ge=1, description="Sequences per forward pass when measuring.")
     seed: int = Field(0, description="Seed of the adapter init and the data order.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32, or bfloat16 for mixed-precision (autocast) training.")
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations (tensorboard, wandb, mlflow, ...) that also receive forgetting.")
+    kl_budget: float | None = Field(None, gt=0, description="Forgetting budget (KL, nats/token): each measurement logs the forecast KL at the last step and the step the budget will be crossed.")
+    stop_on_budget: Literal["never", "measured", "forecast"] = Field("measured", description="With kl_budget, stop training when the measured KL crosses it (measured), when the forecast's 95% lower bound at the last step does (forecast), or never.")
 
     @property
     def bf16(self) -> bool:

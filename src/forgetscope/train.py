@@ -133,6 +133,9 @@ def finetune(
         eval_blocks,
         ft_eval_blocks=ft_eval_blocks,
         n_eval_points=settings.eval_points,
+        schedule=settings.eval_schedule,
+        budget=settings.kl_budget,
+        stop_on_budget=settings.stop_on_budget,
         batch_size=settings.eval_batch_size,
         on_record=record_sink,
         base_predictions=base_predictions,
@@ -148,6 +151,7 @@ def finetune(
         peft_model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
         (out / "run.json").write_text(
-            json.dumps({"lora": lora.model_dump(), "train": settings.model_dump(), "trainable_params": trainable}, indent=2)
+            json.dumps({"lora": lora.model_dump(), "train": settings.model_dump(), "trainable_params": trainable,
+                        "stopped_by_budget": callback.stopped_by_budget}, indent=2)
         )
     return callback.records

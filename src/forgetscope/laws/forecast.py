@@ -1,10 +1,20 @@
-"""Forecasts from `fits.json`: forgetting for a configuration not yet run, and the steps a
-forgetting budget allows. Forecast intervals are the 95% bootstrap band over runs widened by
-the form's own error, calibrated on held-out forecasts (`select._interval`)."""
+"""Forecasts from `fits.json`: forgetting for a configuration not yet run, the steps a
+forgetting budget allows, and (`forecast_run`) the rest of a run from its first part.
+
+Forecasts are coherent: KL is the law of KL, `forgetting_ce = H_base + KL` (the identity the
+metric obeys), KL stays below what a uniform prediction would cost (`log V - H_base`), and
+step 0 is the base. Intervals are the 95% bootstrap band over runs widened by the form's own
+error, calibrated on held-out forecasts (`select._interval`). A query beyond the range the
+validation tested is refused unless `extrapolate`, and then its interval is widened in
+proportion to how much further it reaches than the validation did.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from scipy import stats
 
 from forgetscope.errors import UserInputError
 from forgetscope.laws.fit import Fit
@@ -16,49 +26,183 @@ def fit_from(entry: dict, theta_key: str = "theta") -> Fit | None:
     without the held-out runs; None where the entry has none)."""
     if entry.get(theta_key) is None:
         return None
-    return Fit(FORMS.get(entry["form"]), entry["shift_value"], np.array(entry[theta_key]), 0.0, True)
+    return Fit(FORMS.get(entry["form"]), entry["shift_value"], np.array(entry[theta_key]), 0.0, True, tuple(entry.get("arms", ())))
 
 
-def predict(fits: dict, target: str, P: float, N: float) -> dict:
-    """The forecast for `P` parameters after `N` steps, with a 95% bootstrap interval."""
-    if P <= 0 or N < 0:
-        raise UserInputError(f"--params must be positive and --steps non-negative (got {P}, {N})")
+@dataclass(frozen=True)
+class Query:
+    """A planned fine-tune: `P` parameters (or `rank` in arm `arm`), `steps` at `learning_rate`."""
+
+    P: float | None = None
+    rank: int | None = None
+    arm: str | None = None
+    """The module set (and scaling, when the sweep has both), as `fits.json`'s `range.arms` names it."""
+    learning_rate: float | None = None
+    extrapolate: bool = False
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A query in the laws' terms: `P`, the arm's name, and `T` per step."""
+
+    P: float
+    arm: str | None
+    T_per_step: float
+
+
+def resolve(fits: dict, query: Query) -> Resolved:
+    """Work out `P` and the arm; refuse what the sweep cannot answer, with one line."""
+    ranges = fits.get("range")
+    arms = (ranges or {}).get("arms", {})
+    arm = query.arm
+    if arm is not None and arms and arm not in arms:
+        raise UserInputError(f"--target-modules {arm!r} is not in this sweep; it has {', '.join(arms)}")
+    if arm is None and len(arms) > 1 and (query.rank is not None or any(fits[t].get("arms") for t in ("kl", "ft_loss"))):
+        raise UserInputError(f"this sweep has several module sets ({'; '.join(arms)}): give --target-modules")
+    if arm is None and len(arms) == 1:
+        arm = next(iter(arms))
+    if (query.P is None) == (query.rank is None):
+        raise UserInputError("give exactly one of --params or --rank")
+    if query.rank is not None:
+        if query.rank < 1:
+            raise UserInputError(f"--rank must be at least 1, got {query.rank}")
+        per_rank = arms.get(arm, {}).get("params_per_rank", float("nan")) if arm else float("nan")
+        if not np.isfinite(per_rank):
+            raise UserInputError("this fits.json does not know parameters per rank: give --params (refit with this version)")
+        P = query.rank * per_rank
+    else:
+        P = float(query.P)
+    if P <= 0:
+        raise UserInputError(f"--params must be positive, got {P}")
+    reference = (ranges or {}).get("reference_learning_rate", 1.0)
+    lr = reference if query.learning_rate is None else query.learning_rate
+    if lr <= 0:
+        raise UserInputError(f"--learning-rate must be positive, got {lr}")
+    return Resolved(P, arm, lr / reference)
+
+
+def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> float:
+    """1 inside the validated range; beyond it (with `extrapolate`), the ratio of how far the
+    query reaches past the data to how far the validation reached, in log terms; without
+    `extrapolate`, a one-line refusal."""
+    ranges = fits.get("range")
+    if ranges is None:
+        return 1.0  # fits.json from before validated ranges: nothing to check against
+    reasons, factor = [], 1.0
+    if T > ranges["validated_T"]:
+        reasons.append(f"{T:.4g} steps-equivalent is beyond the {ranges['validated_T']:.4g} the in-time test validated")
+        factor = max(factor, np.log(T / ranges["max_T"]) / max(np.log(ranges["time_factor"]), 1e-9))
+    arm = ranges["arms"].get(where.arm) if where.arm else None
+    if arm is not None:
+        low, high = arm["validated_P"]
+        if not low <= where.P <= high:
+            reasons.append(f"P = {where.P:,.0f} is outside the {low:,.0f} to {high:,.0f} the in-size test validated for {where.arm}")
+            reach = np.log(where.P / arm["P"][-1]) if where.P > high else np.log(arm["P"][0] / where.P)
+            factor = max(factor, reach / max(np.log(ranges["size_factor"]), 1e-9))
+    if reasons and not extrapolate:
+        raise UserInputError("; ".join(reasons) + " (pass --extrapolate for a forecast with a wider interval)")
+    return float(factor)
+
+
+def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen: float) -> tuple[np.ndarray, ...]:
+    """`(value, low, high, bootstrap_low, bootstrap_high)` of one target's law over `T`."""
     entry = fits[target]
     fit = fit_from(entry)
-    value = float(fit.predict(P, N))
-    samples = np.array([float(fit.predict(P, N, np.array(t))) for t in entry["bootstrap"]])
-    low, high = (np.percentile(samples, [2.5, 97.5]) if len(samples) else (value, value))
-    # The form's own error, calibrated on held-out forecasts (`fits.json` before it: none).
-    q = entry.get("interval", {}).get("residual_q", 0.0)
-    return {"target": target, "P": P, "N": N, "value": value, "low": float(low * np.exp(-q)), "high": float(high * np.exp(q)),
-            "bootstrap_low": float(low), "bootstrap_high": float(high)}
+    arm = fit.arms.index(where.arm) if fit.arms and where.arm in fit.arms else 0
+    value = fit.predict(where.P, T, arm=arm)
+    samples = np.array(entry["bootstrap"])
+    if len(samples):
+        boot_low, boot_high = np.percentile(fit.predict(where.P, T, samples, arm=arm), [2.5, 97.5], axis=0)
+    else:
+        boot_low, boot_high = value, value
+    q = entry.get("interval", {}).get("residual_q", 0.0) * widen  # the form's own error
+    if entry.get("column", target) == "ft_loss":  # a falling law: its log-space band sits around E + g
+        return value, boot_low * np.exp(-q), boot_high * np.exp(q), boot_low, boot_high
+    return value, np.minimum(boot_low, value) * np.exp(-q), np.maximum(boot_high, value) * np.exp(q), boot_low, boot_high
 
 
-def _steps_within(fit: Fit, theta: np.ndarray, P: float, budget: float, max_steps: float = 1e12) -> float:
-    """Largest N whose forecast stays within `budget` (bisection in log N; the laws grow in N)."""
-    if float(fit.predict(P, 1.0, theta)) > budget:
-        return 0.0
-    if float(fit.predict(P, max_steps, theta)) <= budget:
-        return float("inf")
-    lo, hi = 0.0, np.log(max_steps)
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if float(fit.predict(P, np.exp(mid), theta)) <= budget else (lo, mid)
-    return float(np.exp(lo))
+def forecasts(fits: dict, query: Query, steps: float) -> dict[str, dict]:
+    """`{kl, forgetting_ce, ft_loss}`, each with `value`, `low`, `high` (95%), after `steps`."""
+    if steps < 0:
+        raise UserInputError(f"--steps must be non-negative, got {steps}")
+    where = resolve(fits, query)
+    T = steps * where.T_per_step
+    widen = widening(fits, where, T, query.extrapolate)
+    base = fits.get("base", {})
+    H = base.get("forgetting_ce", fits["forgetting_ce"].get("shift_value") or 0.0)
+    cap = np.log(fits["vocab_size"]) - H if fits.get("vocab_size") else np.inf  # what a uniform prediction costs
+    common = {"P": where.P, "N": steps, "module_set": where.arm, "validated": widen == 1.0, "interval_widening": widen}
+    if steps == 0:  # the base itself
+        start = {"kl": 0.0, "forgetting_ce": H, "ft_loss": base.get("ft_loss", float(fits["ft_loss"]["params"]["E"]))}
+        return {t: {"target": t, **common, "value": v, "low": v, "high": v} for t, v in start.items()}
+    out = {}
+    kl = [min(float(v), cap) for v in _band(fits, "kl", where, np.array(T), widen)]
+    out["kl"] = {"target": "kl", **common, "value": kl[0], "low": kl[1], "high": kl[2], "bootstrap_low": kl[3],
+                 "bootstrap_high": kl[4], "capped_at_uniform": bool(kl[0] >= cap)}
+    out["forgetting_ce"] = {"target": "forgetting_ce", **common, "value": H + kl[0], "low": H + kl[1], "high": H + kl[2],
+                            "base_entropy": H}
+    ft = [float(v) for v in _band(fits, "ft_loss", where, np.array(T), widen)]
+    if fits["ft_loss"].get("column") == "ft_gain":  # a law of the gain: ft_loss = start - gain
+        start = fits["ft_loss"]["start"]
+        ft = [start - ft[0], start - ft[2], start - ft[1], start - ft[4], start - ft[3]]
+    out["ft_loss"] = {"target": "ft_loss", **common, "value": ft[0], "low": ft[1], "high": ft[2], "bootstrap_low": ft[3],
+                      "bootstrap_high": ft[4]}
+    return out
 
 
-def budget_steps(fits: dict, P: float, budget: float, target: str = "kl") -> dict:
-    """How many steps `P` trainable parameters can take before forgetting exceeds `budget`."""
+def budget_steps(fits: dict, query: Query, budget: float, target: str = "kl") -> dict:
+    """The steps `query` can take before its KL forecast (value, and each end of the 95%
+    interval) exceeds `budget`; `None` where it stays within it over the validated range."""
     if budget <= 0:
         raise UserInputError(f"--budget must be positive, got {budget}")
-    entry = fits[target]
-    fit = fit_from(entry)
-    steps = _steps_within(fit, fit.theta, P, budget)
-    samples = np.array([_steps_within(fit, np.array(t), P, budget) for t in entry["bootstrap"]])
-    low, high = (np.percentile(samples, [2.5, 97.5]) if len(samples) else (steps, steps))
-    return {"target": target, "P": P, "budget": budget, "steps": steps, "low": float(low), "high": float(high)}
+    where = resolve(fits, query)
+    ranges = fits.get("range") or {}
+    top = ranges.get("validated_T", 1e6) if not query.extrapolate else 1e4 * ranges.get("max_T", 1e2)
+    T = np.geomspace(min(1.0, top), top, 400)
+    widen = widening(fits, where, T[-1], query.extrapolate)  # without extrapolate T stays validated: checks P
+    value, low, high = _band(fits, target, where, T, widen)[:3]
+
+    def first_crossing(curve: np.ndarray) -> float | None:
+        over = np.flatnonzero(curve > budget)
+        if not len(over):
+            return None
+        j = over[0]
+        if j == 0:
+            return 0.0
+        # interpolate in log-log between the grid points around the crossing
+        w = (np.log(budget) - np.log(curve[j - 1])) / (np.log(curve[j]) - np.log(curve[j - 1]))
+        return float(np.exp(np.log(T[j - 1]) + w * (np.log(T[j]) - np.log(T[j - 1]))) / where.T_per_step)
+
+    steps = first_crossing(value)
+    return {"target": target, "P": where.P, "module_set": where.arm, "budget": budget, "steps": steps,
+            "low": first_crossing(high), "high": first_crossing(low), "searched_up_to": float(T[-1] / where.T_per_step)}
 
 
-def forecasts(fits: dict, P: float, N: float) -> dict[str, dict]:
-    """`predict` for every target `fits.json` holds a law of (`kl`, `forgetting_ce`, `ft_loss`)."""
-    return {target: predict(fits, target, P, N) for target in ("forgetting_ce", "kl", "ft_loss")}
+def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, points: int = 3) -> dict | None:
+    """Forecast one run's KL at `planned_steps` from its measurements so far.
+
+    A run has one `P`, so no law in `P` can be fitted to it: this is a local power law,
+    `log KL = a + b log N`, fitted by least squares to the last `points` measurements (the
+    curves bend to a shallower slope, so the latest slope extrapolates best), with a 95%
+    prediction interval from the t distribution. Returns None until there are enough
+    measurements. `budget_step`: the step at which the forecast crosses `budget`.
+    """
+    steps, kl = np.asarray(steps, dtype=float), np.asarray(kl, dtype=float)
+    keep = (steps > 0) & (kl > 0)
+    steps, kl = steps[keep][-points:], kl[keep][-points:]
+    if len(steps) < 3 or len(np.unique(steps)) < 3:
+        return None
+    x, y = np.log(steps), np.log(kl)
+    line = stats.linregress(x, y)
+    x0 = np.log(planned_steps)
+    dof = len(x) - 2
+    resid = y - (line.intercept + line.slope * x)
+    s = np.sqrt(np.sum(resid**2) / dof)
+    se = s * np.sqrt(1 + 1 / len(x) + (x0 - x.mean()) ** 2 / np.sum((x - x.mean()) ** 2))
+    mean = line.intercept + line.slope * x0
+    t = stats.t.ppf(0.975, dof)
+    out = {"from_step": int(steps[-1]), "planned_steps": int(planned_steps), "kl": float(np.exp(mean)),
+           "low": float(np.exp(mean - t * se)), "high": float(np.exp(mean + t * se)), "slope": float(line.slope)}
+    if budget is not None and line.slope > 0:
+        out["budget_step"] = float(np.exp((np.log(budget) - line.intercept) / line.slope))
+    return out

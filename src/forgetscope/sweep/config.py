@@ -9,6 +9,7 @@
       rank: [1, 4, 16]
       target_modules: [[q_proj, v_proj], all-linear]
       rslora: [true]
+                                      # or a list of such grids: their union
     steps: 200
     eval_points: 8
     downstream:                       # optional: an evaluator's section (`sweep/evaluators/`), here
@@ -100,9 +101,10 @@ class SweepConfig(Strict):
     tokenizer: str | None = Field(None, description="Tokenizer directory or hub id, if not the base model's.")
     finetune_data: DataSource
     eval_data: list[DataSource] = Field(min_length=1)
-    grid: Grid = Grid()
+    grid: Grid | list[Grid] = Field(default_factory=Grid, description="Every combination of the axes is one point; a list of grids runs their union.")
     steps: int = TrainSettings.field("steps")
     eval_points: int = TrainSettings.field("eval_points")
+    eval_schedule: Literal["log", "dense-late"] = TrainSettings.field("eval_schedule")
     eval_tokens: int = TrainSettings.field("eval_tokens")
     ft_eval_tokens: int = Field(4096, ge=2, description="Held-out fine-tuning tokens for `ft_loss`.")
     batch_size: int = TrainSettings.field("batch_size")

@@ -40,7 +40,11 @@ class Point:
         return {"point_id": self.point_id, **asdict(self)}
 
 
-def expand(grid: Grid) -> list[Point]:
-    """Every combination, in a fixed order (the order of the YAML lists)."""
+def expand(grid: Grid | list[Grid]) -> list[Point]:
+    """Every combination, in a fixed order (the order of the YAML lists); for a list of
+    grids, their union in order, each point once."""
+    if isinstance(grid, list):
+        points = [point for sub in grid for point in expand(sub)]
+        return list({point.point_id: point for point in points}.values())
     axes = [grid.rank, grid.target_modules, grid.layers, grid.rslora, grid.lora_alpha, grid.learning_rate, grid.seed]
     return [Point(*values) for values in itertools.product(*axes)]

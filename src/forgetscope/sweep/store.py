@@ -23,23 +23,7 @@ from pathlib import Path
 import yaml
 
 from forgetscope.errors import UserInputError
-from forgetscope.records import Record
-
-
-def read_records(path: str | Path) -> list[Record]:
-    """Every complete record of a `records.jsonl`; a torn last line (a crash mid-write) is skipped."""
-    records = []
-    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # torn last line
-            raise UserInputError(f"{path}: line {number} is not valid JSON") from None
-    return records
+from forgetscope.records import Record, read_records
 
 
 def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None = None) -> tuple[object, dict[str, object]]:

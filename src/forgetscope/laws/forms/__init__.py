@@ -2,7 +2,9 @@
 (update steps): `y = E + g(P, N)`.
 
 `E` is the shift: 0 for `kl`, the base entropy for `forgetting_ce` when fixed, fitted
-otherwise. A form is one module in this package that registers a `Form`: its `g`, the
+otherwise. Any form can also take one factor per arm (module set and scaling) beyond the
+first: `y = E + k_arm * g(P, N)`, fitted as `log k`, so a sweep over several module sets
+shares one law instead of pooling them under one `P`. A form is one module in this package that registers a `Form`: its `g`, the
 gradient of `g` with respect to its own parameters (so fits use exact gradients), the
 parameters' names, bounds and a grid of starting points. Amplitudes are fitted as
 logarithms (`log_A`) so they stay positive; `report` gives them back as `A`.
@@ -59,34 +61,46 @@ class Form:
         """The names of the fitted vector theta: E first unless the shift is fixed."""
         return self.fitted_names if shift is not None else ("E", *self.fitted_names)
 
-    def value_and_grad(self, theta: np.ndarray, P: np.ndarray, N: np.ndarray, shift: float | None):
-        """`(y, dy/dtheta)` for 1-d `P`, `N` of length n, theta laid out as `fit_names(shift)`.
+    def value_and_grad(self, theta: np.ndarray, P: np.ndarray, N: np.ndarray, shift: float | None,
+                       arm: np.ndarray | None = None):
+        """`(y, dy/dtheta)` for 1-d `P`, `N` of length n, theta laid out as `fit_names(shift)`
+        followed by the log-factors of arms 1, 2, ... (`arm`: each row's arm index; arm 0
+        has no factor).
 
         `theta` of shape `(k,)` gives `y` of shape `(n,)` and a gradient of `(n, k)`; a batch
         of shape `(B, k)` gives `(B, n)` and `(B, n, k)` (used by the batched bootstrap).
         """
         theta = np.asarray(theta, dtype=float)
         batch = theta if theta.ndim == 2 else theta[None]
-        cols = [batch[:, j : j + 1] for j in range(batch.shape[1])]  # each (B, 1)
+        n_core = len(self.fit_names(shift))
+        cols = [batch[:, j : j + 1] for j in range(n_core)]  # each (B, 1)
         E, rest = (shift, cols) if shift is not None else (cols[0], cols[1:])
         trained = N > 0  # step 0 carries only the shift
         logP, logN = np.log(P), np.log(np.where(trained, N, 1.0))
         parts, grads = self.terms(rest, logP, logN, trained)
-        y = E
-        for part in parts:
-            y = y + part
+        g = sum(parts[1:], parts[0])
+        log_factors = batch[:, n_core:]  # (B, arms - 1)
+        if log_factors.shape[1]:
+            onehot = (np.asarray(arm)[None, :] == np.arange(1, log_factors.shape[1] + 1)[:, None]).astype(float)
+            factor = np.exp(log_factors @ onehot)  # (B, n)
+            grads = [factor * d for d in grads] + [factor * g * row for row in onehot]
+            g = factor * g
+        y = E + g
         if shift is None:
             grads = [np.ones_like(y), *grads]
         grad = np.stack(np.broadcast_arrays(*grads), axis=-1)
         y = np.broadcast_to(y, grad.shape[:-1])
         return (y, grad) if theta.ndim == 2 else (y[0], grad[0])
 
-    def report(self, theta: np.ndarray, shift: float | None) -> dict[str, float]:
-        """`{E, A, alpha, ...}` in the natural parameterisation."""
-        values = dict(zip(self.fit_names(shift), np.asarray(theta, dtype=float)))
+    def report(self, theta: np.ndarray, shift: float | None, arms: tuple[str, ...] = ()) -> dict[str, float]:
+        """`{E, A, alpha, ..., "k[arm]": ...}` in the natural parameterisation."""
+        theta = np.asarray(theta, dtype=float)
+        values = dict(zip(self.fit_names(shift), theta))
         out = {"E": float(shift if shift is not None else values["E"])}
         for name in self.fitted_names:
             out[name.removeprefix("log_")] = float(np.exp(values[name])) if name.startswith("log_") else float(values[name])
+        for name, log_k in zip(arms[1:], theta[len(values):]):
+            out[f"k[{name}]"] = float(np.exp(log_k))
         return out
 
 

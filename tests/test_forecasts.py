@@ -1,0 +1,132 @@
+"""Forecasts that hold, on sweeps drawn from known laws (`law_helpers`): the law with a
+factor per module set is chosen and recovers the truth, held-out forecasts are within 5%,
+intervals cover at about their nominal rate over repeated draws, runs at different learning
+rates share one law, `predict` is coherent and refuses what the validation did not test,
+and bad input never leaves `fits.json` half written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cli_helpers import assert_user_error, run_cli
+from forgetscope.laws.select import fit_sweep, fit_target, load_fits, read_table
+from law_helpers import ARMS, FT_START, GAIN_LAW, H_BASE, KL_LAW, VOCAB, truth, write_sweep
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    directory = write_sweep(tmp_path_factory.mktemp("known") / "sweep")
+    fit_sweep(directory, n_bootstrap=200)
+    return directory
+
+
+def test_the_law_with_a_factor_per_module_set_is_chosen_and_recovers_the_truth(known):
+    kl = load_fits(known)["kl"]
+    assert kl["label"] == "broken+arms"
+    assert kl["params"]["k[q_proj,v_proj]"] == pytest.approx(ARMS["q_proj,v_proj"][0], rel=0.05)
+    truth_params = dict(zip(("alpha", "beta1", "beta2"), KL_LAW[1:4]))
+    for name, value in truth_params.items():
+        assert kl["params"][name] == pytest.approx(value, rel=0.05), name
+
+
+def test_held_out_forecasts_are_within_5_percent_in_time_and_in_size(known):
+    fits = load_fits(known)
+    for target in ("kl", "forgetting_ce", "ft_loss"):
+        for split in ("in_time", "in_size"):
+            assert fits[target]["validation"][split]["median_ape"] < 0.05, (target, split)
+
+
+def test_interval_coverage_is_near_nominal_over_repeated_draws(tmp_path):
+    inside, total, widths = 0, 0, []
+    for draw in range(6):
+        table = read_table(write_sweep(tmp_path / f"d{draw}", seed=100 + draw, noise=0.05, arms=("all-linear",)))
+        interval = fit_target(table, "kl", n_bootstrap=100, seed=draw)["interval"]
+        for f in interval["forecasts"].values():
+            actual, low, high = map(np.array, (f["actual"], f["low"], f["high"]))
+            inside += int(((low <= actual) & (actual <= high)).sum())
+            total += len(actual)
+            widths += list(high / low)
+    assert 0.85 <= inside / total <= 1.0, inside / total
+    assert np.median(widths) < 1.8  # and not by being vacuous: the median band is under a factor 1.8 wide
+
+
+def test_runs_at_different_learning_rates_share_one_law_in_learning_rate_times_steps(tmp_path, capsys):
+    directory = write_sweep(tmp_path / "s", arms=("all-linear",), learning_rates=(5e-4, 1e-3, 2e-3))
+    fit_sweep(directory, n_bootstrap=50)
+    code, out, err = run_cli(["predict", directory, "--rank", 8, "--learning-rate", 2e-3, "--steps", 90, "--json"], capsys)
+    assert code == 0, err
+    kl = json.loads(out)["kl"]
+    assert kl["value"] == pytest.approx(float(truth(KL_LAW, 8 * ARMS["all-linear"][1], 180)), rel=0.05)
+
+
+def test_predict_is_coherent_and_works_out_p_from_the_rank(known, capsys):
+    code, out, err = run_cli(["predict", known, "--rank", 8, "--target-modules", "q_proj,v_proj", "--steps", 150, "--json"], capsys)
+    assert code == 0, err
+    f = json.loads(out)
+    P = 8 * ARMS["q_proj,v_proj"][1]
+    assert f["kl"]["P"] == P and f["kl"]["validated"] is True
+    assert f["kl"]["value"] == pytest.approx(float(truth(KL_LAW, P, 150, 3.0)), rel=0.05)
+    assert f["forgetting_ce"]["value"] == pytest.approx(H_BASE + f["kl"]["value"], rel=1e-3)  # L_f = H_base + KL
+    assert f["ft_loss"]["value"] == pytest.approx(FT_START - float(truth(GAIN_LAW, P, 150)), rel=0.01)
+    for target in f.values():
+        assert target["low"] <= target["value"] <= target["high"]
+    code, out, err = run_cli(["predict", known, "--rank", 8, "--target-modules", "all-linear", "--steps", 0, "--json"], capsys)
+    start = json.loads(out)
+    assert start["kl"]["value"] == 0 and start["forgetting_ce"]["value"] == pytest.approx(H_BASE)
+    assert start["ft_loss"]["value"] == pytest.approx(FT_START, rel=0.01)  # step 0 is the base
+
+
+def test_predict_beyond_the_validated_range_needs_extrapolate_and_then_widens(known, capsys):
+    args = ["predict", known, "--rank", 8, "--target-modules", "all-linear", "--json"]
+    code, _, err = run_cli([*args, "--steps", 5000], capsys)
+    assert_user_error(code, err, "beyond the 400 the in-time test validated")
+    code, _, err = run_cli([*args[:3], 4096, *args[4:], "--steps", 100], capsys)
+    assert_user_error(code, err, "in-size test validated for all-linear")
+    small = [*args[:3], 1, *args[4:]]  # rank 1: far beyond the steps, but short of the uniform cap
+    inside = json.loads(run_cli([*small, "--steps", 400], capsys)[1])["kl"]
+    code, out, err = run_cli([*small, "--steps", 1600, "--extrapolate"], capsys)
+    assert code == 0, err
+    far = json.loads(out)["kl"]
+    assert far["validated"] is False and far["interval_widening"] > 1
+    assert np.log(far["high"] / far["low"]) > np.log(inside["high"] / inside["low"])
+    huge = json.loads(run_cli([*args[:3], 10**6, *args[4:], "--steps", 10**7, "--extrapolate"], capsys)[1])
+    assert huge["kl"]["value"] <= np.log(VOCAB) - H_BASE + 1e-9 and huge["forgetting_ce"]["high"] <= np.log(VOCAB) + 1e-9
+
+
+def test_a_sweep_with_several_module_sets_asks_which_one(known, capsys):
+    code, _, err = run_cli(["predict", known, "--rank", 8, "--steps", 50], capsys)
+    assert_user_error(code, err, "give --target-modules")
+    code, _, err = run_cli(["predict", known, "--rank", 8, "--target-modules", "k_proj", "--steps", 50], capsys)
+    assert_user_error(code, err, "is not in this sweep")
+
+
+def test_the_analyses_report_one_line_per_module_set_and_the_matched_gain_ratio(known):
+    fits = load_fits(known)
+    assert set(fits["linear"]["per_arm"]) == set(ARMS)
+    across = [r for level in fits["matched_loss"]["levels"] for r in level["across"].values()]
+    assert across and all(r["low"] <= r["ratio"] <= r["high"] for r in across)
+    assert all(r["ratio"] < 1 for r in across)  # all-linear / q,v: q,v forgets 3x more at the same P and T
+    verdicts = {c["claim"]: c["verdict"] for c in fits["claims"]}
+    assert verdicts["Across module sets, forgetting at the same fine-tuning gain is the same"] == "fails"
+
+
+def test_a_split_that_leaves_too_few_points_is_refused_and_fits_json_stays_intact(tmp_path, capsys):
+    directory = write_sweep(tmp_path / "s", arms=("all-linear",))
+    (directory / "fits.json").write_text('{"kept": true}')
+    records = [json.loads(line) for line in (directory / "records.jsonl").read_text().splitlines()]
+    short = [r for r in records if r["step"] <= 3]  # steps 1 and 3: nothing left to fit in time
+    (directory / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
+    code, _, err = run_cli(["fit", directory], capsys)
+    assert_user_error(code, err, "too few measurements")
+    assert json.loads((directory / "fits.json").read_text()) == {"kept": True}
+
+
+def test_a_sweep_with_one_rank_and_one_module_set_is_refused_and_fits_json_stays_intact(tmp_path, capsys):
+    directory = write_sweep(tmp_path / "s", ranks=(4,), arms=("all-linear",))
+    (directory / "fits.json").write_text('{"kept": true}')
+    code, _, err = run_cli(["fit", directory], capsys)
+    assert_user_error(code, err, "same number of trainable parameters")
+    assert json.loads((directory / "fits.json").read_text()) == {"kept": True}
