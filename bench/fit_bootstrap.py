@@ -18,9 +18,9 @@ from forgetscope.laws.forms import FORMS
 CASES = {
     "mult (kl, shift 0)": ("mult", 0.0, np.array([np.log(1e-4), 0.3, 0.8])),
     "add (free shift)": ("add", None, np.array([0.2, np.log(0.05), 0.3, np.log(0.1), 0.5])),
-    "broken (kl, shift 0)": ("broken", 0.0, np.array([np.log(1e-5), 0.4, 1.3, 0.6, np.log(20.0), 0.2])),
+    "broken (kl, shift 0)": ("broken", 0.0, np.array([np.log(1e-5), 0.4, 1.3, 0.7, np.log(20.0), 0.2])),
     # the same with a factor for a second module set (runs 5-9), as `broken+arms`
-    "broken+arms": ("broken", 0.0, np.array([np.log(1e-5), 0.4, 1.3, 0.6, np.log(20.0), 0.2, np.log(3.0)])),
+    "broken+arms": ("broken", 0.0, np.array([np.log(1e-5), 0.4, 1.3, 0.7, np.log(20.0), 0.2, np.log(3.0)])),
 }
 
 

@@ -13,8 +13,8 @@ from forgetscope.laws.forms import FORMS
 
 H_BASE, FT_START, VOCAB = 4.6, 5.1, 4096
 # KL: knee at N_c = 20 P^0.1 (30 to 70 steps here), steep then flatter, as the demo's curves bend.
-KL_LAW = [np.log(2e-5), 0.45, 1.4, 0.7, np.log(20.0), 0.1]
-GAIN_LAW = [np.log(1e-3), 0.25, 1.2, 0.5, np.log(15.0), 0.05]
+KL_LAW = [np.log(2e-5), 0.45, 1.4, 0.7, np.log(20.0), 0.1]  # beta2 = 1.4 - 0.7
+GAIN_LAW = [np.log(1e-3), 0.25, 1.2, 0.7, np.log(15.0), 0.05]
 ARMS = {"all-linear": (1.0, 4864), "q_proj,v_proj": (3.0, 1024)}
 """module set: (KL factor, parameters per rank)."""
 STEPS = [0, 1, 3, 7, 20, 33, 47, 60, 73, 87, 100, 113, 127, 140, 153, 167, 180, 200]

@@ -198,17 +198,23 @@ def test_dense_late_steps_see_the_start_and_put_most_points_past_a_fifth_of_the_
 
 
 def test_a_kl_budget_forecasts_the_last_step_and_stops_the_run_once_crossed(llama_dir, tok, code_blocks, eval_blocks, tmp_path):
-    model = AutoModelForCausalLM.from_pretrained(llama_dir)
-    settings = TrainSettings(steps=40, learning_rate=1e-2, batch_size=4, seq_len=SEQ_LEN, eval_points=10,
-                             eval_schedule="dense-late", kl_budget=1e-3, stop_on_budget="measured")
-    records = finetune(model, tok, LoraSettings(rank=4, lora_alpha=8), settings, code_blocks[:-4], eval_blocks, code_blocks[-4:],
-                       tmp_path, progress=False)
-    assert records[-1]["kl"] > 1e-3 and all(r["kl"] <= 1e-3 for r in records[:-1])  # stopped at the first crossing
-    assert records[-1]["step"] < 40
-    run = json.loads((tmp_path / "run.json").read_text())
-    assert "exceeded the budget" in run["stopped_by_budget"]
-    forecasts = [r["forecast"] for r in records if "forecast" in r]
-    assert forecasts and all(f["low"] <= f["kl"] <= f["high"] and f["planned_steps"] == 40 for f in forecasts)
+    def run(budget: float, stop: str, out):
+        settings = TrainSettings(steps=40, learning_rate=1e-2, batch_size=4, seq_len=SEQ_LEN, eval_points=10,
+                                 eval_schedule="dense-late", kl_budget=budget, stop_on_budget=stop)
+        return finetune(AutoModelForCausalLM.from_pretrained(llama_dir), tok, LoraSettings(rank=4, lora_alpha=8), settings,
+                        code_blocks[:-4], eval_blocks, code_blocks[-4:], out, progress=False)
+
+    watched = run(1.0, "never", tmp_path / "watched")
+    steps = [r["step"] for r in watched]
+    assert steps == [0, 1, 3, 8, 13, 19, 24, 29, 35, 40]  # dense-late, and never stopped
+    forecasts = [r["forecast"] for r in watched if "forecast" in r]  # from the third trained measurement on
+    assert len(forecasts) == 6 and all(f["low"] <= f["kl"] <= f["high"] and f["planned_steps"] == 40 for f in forecasts)
+    budget = max(r["kl"] for r in watched[:6]) * 1.0001
+    crossing = next(i for i, r in enumerate(watched) if r["kl"] > budget)
+    stopped = run(budget, "measured", tmp_path / "stopped")
+    assert [r["step"] for r in stopped] == steps[: crossing + 1]  # the same run, up to the first crossing
+    run_json = json.loads((tmp_path / "stopped" / "run.json").read_text())
+    assert "exceeded the budget" in run_json["stopped_by_budget"] and f"step {steps[crossing]}" in run_json["stopped_by_budget"]
 
 
 def test_the_in_run_forecast_extrapolates_a_power_law_exactly():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -101,7 +102,7 @@ def print_fit_tables(fits: dict) -> None:
         table.add_column("95% interval", justify="right")
         for name, value in entry["params"].items():
             ci = entry["ci"].get(name)
-            table.add_row(name, f"{value:.4g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
+            table.add_row(escape(name), f"{value:.4g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-")
         console.print(table)
         if entry.get("interval", {}).get("coverage"):
             console.print(f"{target}: {_coverage_text(entry['interval'])}")
@@ -137,7 +138,7 @@ def print_claims(fits: dict) -> None:
     for column in ("claim", "verdict", "the numbers"):
         table.add_column(column)
     for claim in fits["claims"]:
-        table.add_row(claim["claim"], claim["verdict"], claim["evidence"])
+        table.add_row(escape(claim["claim"]), claim["verdict"], escape(claim["evidence"]))
     console.print(table)
 
 
@@ -271,7 +272,7 @@ def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
     print_sweep_summary(result)
     if fits is not None:
         line, kl = fits["linear"], fits["kl"]
-        params = ", ".join(f"{k} {v:.3g}" for k, v in kl["params"].items())
+        params = escape(", ".join(f"{k} {v:.3g}" for k, v in kl["params"].items()))
         validation = kl.get("validation", {})
         console.print(
             f"law of KL: {kl.get('label', kl['form'])} ({params}; R^2 {kl['r2']:.3f})\n"
@@ -290,7 +291,7 @@ def print_forecasts(forecasts: dict) -> None:
     where = f"P={first['P']:,.0f}" + (f" ({first['module_set']})" if first.get("module_set") else "") + f", N={first['N']:,.0f}"
     for target, f in forecasts.items():
         console.print(f"{target:>14} at {where}: {f['value']:.4f}  [{f['low']:.4f}, {f['high']:.4f}]"
-                      + (" (KL capped at a uniform prediction's)" if f.get("capped_at_uniform") else ""))
+                      + (" (KL capped at a uniform prediction's cross-entropy, log V)" if f.get("capped_at_uniform") else ""))
     if not first["validated"]:
         console.print(f"beyond the validated range: intervals widened {first['interval_widening']:.2f}x in log space")
 

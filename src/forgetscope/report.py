@@ -140,13 +140,15 @@ def _forecasts_plot(fits: dict, path: Path) -> bool:
             inside = (low <= actual) & (actual <= high)
             for mask, color, name in ((inside, "tab:blue", "interval covers"), (~inside, "tab:red", "interval misses")):
                 if mask.any():
-                    ax.errorbar(actual[mask], value[mask], yerr=[value[mask] - low[mask], high[mask] - value[mask]], fmt="o", ms=3,
+                    below, above = np.maximum(value - low, 0), np.maximum(high - value, 0)  # the band need not hold the value
+                    ax.errorbar(actual[mask], value[mask], yerr=[below[mask], above[mask]], fmt="o", ms=3,
                                 color=color, capsize=2, lw=0.8, label=f"{name} ({int(mask.sum())})")
             lims = [min(actual.min(), low.min()) * 0.9, max(actual.max(), high.max()) * 1.1]
             ax.plot(lims, lims, "k:", lw=0.8)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            _log_axes(ax)
+            if min(actual.min(), low.min()) > 0:  # a gain can be negative early on: then a linear axis
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                _log_axes(ax)
             ax.set_xlabel("measured", fontsize=8)
             ax.set_ylabel("forecast (95% interval)", fontsize=8)
             ax.legend(fontsize=7)

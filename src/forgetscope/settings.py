@@ -19,10 +19,14 @@ from forgetscope.errors import UserInputError
 TargetModules = list[str] | Literal["all-linear"]
 
 
+UNNAMED = ("", "-")
+"""Tags of a union's branches that error paths leave out (`SweepConfig.grid`'s one grid or list)."""
+
+
 def describe(error: ValidationError, source: str = "", prefix: str = "") -> str:
     """The first error of `error` on one line: `` source: `field.path`: what is wrong ``."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part not in UNNAMED)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"

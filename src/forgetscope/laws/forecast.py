@@ -2,8 +2,8 @@
 forgetting budget allows, and (`forecast_run`) the rest of a run from its first part.
 
 Forecasts are coherent: KL is the law of KL, `forgetting_ce = H_base + KL` (the identity the
-metric obeys), KL stays below what a uniform prediction would cost (`log V - H_base`), and
-step 0 is the base. Intervals are the 95% bootstrap band over runs widened by the form's own
+metric obeys), KL stays below the cross-entropy of a uniform prediction (`log V`), and step 0
+is the base. Intervals are the 95% bootstrap band over runs widened by the form's own
 error, calibrated on held-out forecasts (`select._interval`). A query beyond the range the
 validation tested is refused unless `extrapolate`, and then its interval is widened in
 proportion to how much further it reaches than the validation did.
@@ -130,7 +130,7 @@ def forecasts(fits: dict, query: Query, steps: float) -> dict[str, dict]:
     widen = widening(fits, where, T, query.extrapolate)
     base = fits.get("base", {})
     H = base.get("forgetting_ce", fits["forgetting_ce"].get("shift_value") or 0.0)
-    cap = np.log(fits["vocab_size"]) - H if fits.get("vocab_size") else np.inf  # what a uniform prediction costs
+    cap = np.log(fits["vocab_size"]) if fits.get("vocab_size") else np.inf  # the cross-entropy of a uniform prediction
     common = {"P": where.P, "N": steps, "module_set": where.arm, "validated": widen == 1.0, "interval_widening": widen}
     if steps == 0:  # the base itself
         start = {"kl": 0.0, "forgetting_ce": H, "ft_loss": base.get("ft_loss", float(fits["ft_loss"]["params"]["E"]))}
@@ -182,14 +182,18 @@ def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, poi
     """Forecast one run's KL at `planned_steps` from its measurements so far.
 
     A run has one `P`, so no law in `P` can be fitted to it: this is a local power law,
-    `log KL = a + b log N`, fitted by least squares to the last `points` measurements (the
-    curves bend to a shallower slope, so the latest slope extrapolates best), with a 95%
-    prediction interval from the t distribution. Returns None until there are enough
+    `log KL = a + b log N`, fitted by least squares to the latest half of the measurements
+    in `log N` (those past the square root of the last step; at least the last `points`):
+    the curves are steeper over the first steps, so the latest slope extrapolates best. The
+    95% prediction interval is from the t distribution. Returns None until there are enough
     measurements. `budget_step`: the step at which the forecast crosses `budget`.
     """
     steps, kl = np.asarray(steps, dtype=float), np.asarray(kl, dtype=float)
     keep = (steps > 0) & (kl > 0)
-    steps, kl = steps[keep][-points:], kl[keep][-points:]
+    steps, kl = steps[keep], kl[keep]
+    if len(steps):
+        first = min(int(np.searchsorted(steps, np.sqrt(steps[-1]))), max(len(steps) - points, 0))
+        steps, kl = steps[first:], kl[first:]
     if len(steps) < 3 or len(np.unique(steps)) < 3:
         return None
     x, y = np.log(steps), np.log(kl)

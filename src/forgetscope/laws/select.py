@@ -205,8 +205,14 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
 def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5) -> dict:
     """Every candidate form of one target, the one with the lowest median error on the
     selection split chosen, with bootstrap intervals for its parameters."""
-    tried = {label: _fit_candidate(name, shift, rows, column, fraction, with_arms) | {"column": column}
-             for label, (name, shift, rows, column, with_arms) in _candidates(target, table).items()}
+    tried, refused = {}, []
+    for label, (name, shift, rows, column, with_arms) in _candidates(target, table).items():
+        try:
+            tried[label] = _fit_candidate(name, shift, rows, column, fraction, with_arms) | {"column": column}
+        except UserInputError as exc:  # too little data for this candidate: the others may still fit
+            refused.append(exc)
+    if not tried:
+        raise refused[0]
 
     if all(np.isnan(t["validation"]["in_time"]["median_ape"]) for t in tried.values()):
         raise UserInputError(f"cannot validate the laws of {target}: fitting each run up to {1 - fraction:.0%} of its steps leaves "

@@ -22,10 +22,10 @@ Every error names the field and what is wrong with it, on one line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
 from forgetscope.settings import LoraSettings, Settings, TargetModules, TrainSettings, describe
@@ -101,7 +101,9 @@ class SweepConfig(Strict):
     tokenizer: str | None = Field(None, description="Tokenizer directory or hub id, if not the base model's.")
     finetune_data: DataSource
     eval_data: list[DataSource] = Field(min_length=1)
-    grid: Grid | list[Grid] = Field(default_factory=Grid, description="Every combination of the axes is one point; a list of grids runs their union.")
+    grid: Annotated[Annotated[Grid, Tag("")] | Annotated[list[Grid], Tag("-")],
+                    Discriminator(lambda v: "-" if isinstance(v, list) else "")] = Field(
+        default_factory=Grid, description="Every combination of the axes is one point; a list of grids runs their union.")
     steps: int = TrainSettings.field("steps")
     eval_points: int = TrainSettings.field("eval_points")
     eval_schedule: Literal["log", "dense-late"] = TrainSettings.field("eval_schedule")

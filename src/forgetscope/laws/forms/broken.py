@@ -4,9 +4,11 @@
 
 Below the knee `N_c` forgetting grows like `N^beta1`, above it like `N^beta2`; the knee moves
 with the number of parameters fine-tuned (`g`), so the exponent in `P` can change with `N` as
-measured on the demo (issue 15). It is the smoothly broken power law of Caballero et al.
+measured on the demo (issue 15). The curves bend down, never up: `beta2 = beta1 - bend` with
+`bend >= 0` is fitted, since a fitted upturn (the noise of a few late steps) would run away
+when extrapolated. It is the smoothly broken power law of Caballero et al.
 (2023, "Broken Neural Scaling Laws") with one break and smoothness 1, written in log space:
-`log(term) = log A + alpha log P + beta1 log N + (beta2 - beta1) softplus(log N - log N_c)`.
+`log(term) = log A + alpha log P + beta1 log N - bend softplus(log N - log N_c)`.
 """
 
 from __future__ import annotations
@@ -29,24 +31,28 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BrokenPowerLaw(Form):
-    fitted_names: tuple[str, ...] = ("log_A", "alpha", "beta1", "beta2", "log_n0", "g")
+    fitted_names: tuple[str, ...] = ("log_A", "alpha", "beta1", "bend", "log_n0", "g")
 
     def terms(self, params, logP, logN, trained):
-        log_a, alpha, beta1, beta2, log_n0, g = params
+        log_a, alpha, beta1, bend, log_n0, g = params
         x = logN - log_n0 - g * logP  # log(N / N_c)
         soft, gate = _softplus(x), _sigmoid(x)
-        term = np.where(trained, np.exp(log_a + alpha * logP + beta1 * logN + (beta2 - beta1) * soft), 0.0)
-        slope_change = beta2 - beta1
-        grads = [term, term * logP, term * (logN - soft), term * soft, -term * slope_change * gate,
-                 -term * slope_change * gate * logP]
+        term = np.where(trained, np.exp(log_a + alpha * logP + beta1 * logN - bend * soft), 0.0)
+        grads = [term, term * logP, term * logN, -term * soft, term * bend * gate, term * bend * gate * logP]
         return [term], grads
 
     def bounds(self):
         return [(-40.0, 40.0), (-2.0, 3.0), (0.0, 3.0), (0.0, 3.0), (-5.0, 20.0), (-2.0, 2.0)]
 
     def starts(self, level):
-        grid = itertools.product((0.05, 0.5), (0.5, 1.0, 1.5), (0.3, 1.0), (np.log(10.0), np.log(100.0)), (0.0, 0.3), (-3.0, 0.0))
-        return [[level + scale, a, b1, b2, ln0, g] for a, b1, b2, ln0, g, scale in grid]
+        grid = itertools.product((0.05, 0.5), (0.5, 1.0, 1.5), (0.2, 0.6), (np.log(10.0), np.log(100.0)), (0.0, 0.3), (-3.0, 0.0))
+        return [[level + scale, a, b1, bend, ln0, g] for a, b1, bend, ln0, g, scale in grid]
+
+    def report(self, theta, shift, arms=()):
+        """The fitted parameters, and `beta2 = beta1 - bend`, the slope past the knee."""
+        out = super().report(theta, shift, arms)
+        out["beta2"] = out["beta1"] - out["bend"]
+        return out
 
 
 FORMS.register("broken", BrokenPowerLaw("broken", increasing=True))
