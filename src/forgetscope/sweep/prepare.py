@@ -63,9 +63,12 @@ def _documents(source: DataSource, split: str) -> dict[str, list[str]]:
 
 
 def resolve_base(config: SweepConfig, progress: bool = True) -> str:
-    """The base model's directory or hub id; `tiny` is pretrained here first if not cached."""
+    """The base model's directory or hub id; `tiny` is pretrained here first if not cached, a
+    GGUF file or a known source (`smollm2`) converted or fetched first (`forgetscope.sources`)."""
     if config.base_model != "tiny":
-        return config.base_model
+        from forgetscope.sources import resolve_model
+
+        return resolve_model(config.base_model)
     from forgetscope.tiny.model import ensure_tiny_base
 
     return str(ensure_tiny_base(progress=progress))

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from pydantic import ConfigDict, Field
 
 from forgetscope.settings import Settings
+from forgetscope.sources import cache_root, cached_build
 from forgetscope.tiny import corpora
 
 EOS = "<|endoftext|>"
@@ -58,13 +57,6 @@ def corpus_stamp() -> dict:
     """What decides the embedded corpora's text, for cache keys: their version, and the
     Python version, since the code corpus is the running interpreter's standard library."""
     return {"corpus": CORPUS_VERSION, "python": "{}.{}".format(*sys.version_info[:2])}
-
-
-def cache_root() -> Path:
-    """`$FORGETSCOPE_CACHE`, else `$XDG_CACHE_HOME/forgetscope`, else `~/.cache/forgetscope`."""
-    if "FORGETSCOPE_CACHE" in os.environ:
-        return Path(os.environ["FORGETSCOPE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "forgetscope"
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -177,40 +169,6 @@ def ensure_tiny_base(config: TinyConfig = TinyConfig(), cache_dir: Path | None =
     """The cached tiny base model directory, pretraining it first if needed."""
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     return cached_build(root, "tiny-llama", config.key(), lambda scratch: pretrain(config, scratch, progress))
-
-
-def cached_build(root: Path, prefix: str, key: str, build: Callable[[Path], object]) -> Path:
-    """`root/PREFIX-KEY`, running `build(scratch_dir)` first unless it holds `tiny_metrics.json`.
-
-    The model is built in a scratch directory and renamed into place when complete, so an
-    interrupted pretraining never leaves a half-written model in the cache.
-    """
-    target = root / f"{prefix}-{key}"
-    if (target / "tiny_metrics.json").is_file():
-        return target
-    for stale in root.glob(f".tmp-{key}-*"):  # left by a pretraining that was killed
-        if not _process_alive(int(stale.name.rsplit("-", 1)[1])):
-            shutil.rmtree(stale, ignore_errors=True)
-    scratch = root / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    try:
-        build(scratch)
-        shutil.rmtree(target, ignore_errors=True)
-        scratch.rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def tiny_metrics(model_dir: Path) -> dict:
