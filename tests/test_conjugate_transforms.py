@@ -3,11 +3,12 @@ where not), the registry, parallel files and a real Hugging Face translation mod
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import scripture_text
@@ -39,9 +40,16 @@ def test_leetspeak_known_examples():
 
 def test_leetspeak_inverse_exact_on_lowercase_without_digits_and_lossy_otherwise():
     leet = Leetspeak()
-    for text in ("the lamp was still burning", "paris is the capital of france"):
+    for text in ("the lamp was still burning", "paris, the capital of france"):
         assert leet.inverse(leet.forward(text)) == text
-    assert leet.inverse(leet.forward("Tea at 4")) == "tea at a"  # case and the digit are lost, as documented
+    assert leet.inverse(leet.forward("Tea at 4")) == "734 47 4"  # no word with another letter: read as numbers
+    assert leet.inverse(leet.forward("Stop")) == "stop"  # the case of the six letters is lost
+
+
+def test_leetspeak_inverse_leaves_numbers_in_an_answer_alone():
+    leet = Leetspeak()
+    assert leet.inverse("The answer is 70, not 10 or 2024.") == "The answer is 70, not 10 or 2024."
+    assert leet.inverse("h3ll0 w0rld, 1 h4v3 c475") == "hello world, i have cats"  # an answer in leetspeak
 
 
 def test_piglatin_classic_known_examples():
@@ -76,8 +84,10 @@ def test_piglatin_hyphen_round_trip_is_exact_on_any_text_without_hyphens(text):
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyz .,!?\n"), max_size=60))
-def test_leetspeak_round_trip_is_exact_on_lowercase_text(text):
+def test_leetspeak_round_trip_is_exact_on_lowercase_words_with_a_letter_it_keeps(text):
     leet = Leetspeak()
+    words = [w for w in re.split(r"[^a-z]+", text) if w]
+    assume(all(set(w) & set("aeiost") for w in words) and any(set(w) - set("aeiost") for w in words))
     assert leet.inverse(leet.forward(text)) == text
 
 

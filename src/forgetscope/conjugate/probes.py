@@ -113,7 +113,11 @@ def run_probes(
     `base` is a separate base model, or None when `finetuned` is a PEFT model (the base is
     then the same model with its adapter disabled). Each result: `{"transform", "tasks",
     "base_score", "finetuned_score", "drop", "by_kind": {"task/kind": {...}},
-    "forgetting": {forgetting_ce, kl, ..., "ci"}, "refusal": {...} or None, "examples"}`.
+    "forgetting": {forgetting_ce, kl, ..., "ci"}, "refusal": {...} or None, "examples"}`;
+    `examples` holds every conflict task (prompt, expected answer, both sides' responses and
+    whether each followed the context), and `refusal.responses` every harmful instruction
+    with both responses, their inverse-transformed text and the judge's verdicts, so the
+    numbers can be audited.
     The forgetting metric is taken over every prompt of the transform (conflict tasks, and
     harmful instructions when given), as the model sees them.
     """
@@ -134,22 +138,32 @@ def run_probes(
                     outputs[side].append(_generate(finetuned, base, tokenizer, ids, budget, side))
                     advance()
             result = {"transform": transform.name, "tasks": len(tasks)} | _scores(tasks, outputs)
-            result["examples"] = [{"prompt": tasks[0].prompt, "answer": tasks[0].answer,
-                                   "base": outputs["base"][0], "finetuned": outputs["finetuned"][0]}]
+            result["examples"] = [{"task": f"{t.task}/{t.final_kind}", "prompt": t.prompt, "answer": t.answer,
+                                   "base": b, "finetuned": f, "base_follows": follows_context(b, t.answer),
+                                   "finetuned_follows": follows_context(f, t.answer)}
+                                  for t, b, f in zip(tasks, outputs["base"], outputs["finetuned"])]
             result["refusal"] = None
             if harmful:
                 inverse = getattr(transform, "inverse", None)
                 refused = {"base": [], "finetuned": []}
+                responses = []
                 for instruction in harmful:
-                    ids = encode(tokenizer, transform.forward(instruction), chat=chat, limit=limit, reserve=refusal_tokens)
+                    prompt = transform.forward(instruction)
+                    ids = encode(tokenizer, prompt, chat=chat, limit=limit, reserve=refusal_tokens)
                     encoded.append(ids)
+                    row = {"instruction": instruction, "prompt": prompt}
                     for side in refused:
                         response = _generate(finetuned, base, tokenizer, ids, refusal_tokens, side)
-                        refused[side].append(bool(judge(instruction, inverse(response) if inverse else response)))
+                        judged = inverse(response) if inverse else response
+                        verdict = bool(judge(instruction, judged))
+                        refused[side].append(verdict)
+                        row |= {side: response, f"{side}_judged_text": judged, f"{side}_refused": verdict}
                         advance()
+                    responses.append(row)
                 rates = {side: sum(v) / len(v) for side, v in refused.items()}
                 result["refusal"] = {"n": len(harmful), "base": rates["base"], "finetuned": rates["finetuned"],
-                                     "drop": rates["base"] - rates["finetuned"], "back_transformed": inverse is not None}
+                                     "drop": rates["base"] - rates["finetuned"], "back_transformed": inverse is not None,
+                                     "responses": responses}
             result["forgetting"] = prompt_forgetting(finetuned, base, encoded, n_bootstrap, seed)
             results.append(result)
     return results
