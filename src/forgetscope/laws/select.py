@@ -308,13 +308,3 @@ def load_fits(directory: str | Path) -> dict:
     if not path.is_file():
         raise UserInputError(f"{path} not found: run `forgetscope fit {directory}` first")
     return json.loads(path.read_text())
-
-
-def fitted_rows(table: pd.DataFrame, fits: dict, target: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """The rows the selected law of `target` was fitted on, and which of them validation held
-    out (as `fit_sweep` chose them)."""
-    entry = fits[target]
-    label = entry.get("label") or (entry["form"] if target != "forgetting_ce" else f"{entry['form']}/{entry['shift']}")
-    rows = _candidates(target, table)[label][2]  # an old fits.json's label is a pooled one
-    held = time_split(rows.N.to_numpy(float), rows.point_id.to_numpy(), fits.get("holdout", 0.5))
-    return rows, held & (rows.N.to_numpy() > 0)
