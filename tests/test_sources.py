@@ -34,6 +34,24 @@ def test_a_missing_gguf_package_names_the_extra(tmp_path, monkeypatch):
         sources.check_gguf(path)
 
 
+def test_an_architecture_transformers_cannot_dequantise_is_one_line(tmp_path, eval_files, monkeypatch, capsys):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(tmp_path / "odd.gguf"), "nosucharch")  # a valid GGUF of an unknown architecture
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    monkeypatch.setenv("FORGETSCOPE_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli(["measure", "--base", tmp_path / "odd.gguf", "--finetuned", tmp_path / "odd.gguf",
+                            "--eval-data", eval_files[0]], capsys)
+    assert_user_error(code, err, "architecture nosucharch is not supported")
+    assert not list((tmp_path / "cache").glob("gguf-*"))  # nothing half-converted is left in the cache
+
+
 def test_fetching_an_unknown_source_lists_the_known_ones(capsys):
     code, _, err = run_cli(["fetch", "no-such-model"], capsys)
     assert_user_error(code, err, "known: smollm2")

@@ -131,7 +131,7 @@ def gguf_model_dir(path: str | Path, cache_dir: Path | None = None) -> Path:
     key = file_digest(path)
     target = root / f"gguf-{key}"
     if not (target / "source.json").is_file():
-        log.warning("converting %s to a float32 model directory (once; cached in %s)", path.name, target)
+        log.info("converting %s to a float32 model directory (once; cached in %s)", path.name, target)  # transformers shows a bar
     return cached_build(root, "gguf", key, lambda scratch: convert_gguf(path, scratch), done="source.json")
 
 
