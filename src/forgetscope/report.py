@@ -107,16 +107,6 @@ def _vs_ft_loss(table, line: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def _growth(values, target: str, entry: dict, fits: dict) -> np.ndarray:
-    """What grows from the base, as validation scored it."""
-    values = np.asarray(values, dtype=float)
-    if target == "forgetting_ce" and entry.get("column", target) == "forgetting_ce":
-        return values - fits.get("base", {}).get("forgetting_ce", 0.0)
-    if target == "ft_loss" and entry.get("column", target) == "ft_loss":
-        return fits.get("base", {}).get("ft_loss", entry.get("start", 0.0)) - values
-    return values
-
-
 GROWTH_LABELS = {"kl": "KL", "forgetting_ce": "L_f - H_base", "ft_loss": "fine-tuning gain"}
 
 
@@ -135,8 +125,7 @@ def _forecasts_plot(fits: dict, path: Path) -> bool:
                 ax.text(0.5, 0.5, "not tested", ha="center", va="center", transform=ax.transAxes)
                 continue
             drawn = True
-            actual, value, low, high = (_growth(f[k], target, entry, fits) for k in ("actual", "value", "low", "high"))
-            low, high = np.minimum(low, high), np.maximum(low, high)
+            actual, value, low, high = (np.asarray(f[k], dtype=float) for k in ("actual", "value", "low", "high"))
             inside = (low <= actual) & (actual <= high)
             for mask, color, name in ((inside, "tab:blue", "interval covers"), (~inside, "tab:red", "interval misses")):
                 if mask.any():
