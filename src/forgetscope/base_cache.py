@@ -196,6 +196,9 @@ class BaseSource:
     predictions: BasePredictions | None = None
     model: torch.nn.Module | None = None
     reason: str | None = None
+    head: torch.nn.Module | None = None
+    """With `recorded`: the base's own output head, where the fine-tune's differs (a full
+    fine-tune); None uses the fine-tune's frozen head."""
 
     @classmethod
     def of(cls, base: torch.nn.Module | BaseSource | None) -> BaseSource:

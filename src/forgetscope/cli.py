@@ -109,6 +109,79 @@ def measure(
         render.print_measure_table(result.to_dict())
 
 
+def _scales(text: str, option: str) -> list[float]:
+    """`0,0.5,1` -> floats; `none` (or nothing) -> no settings."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserInputError(f"{option} takes comma-separated numbers in [0, 1], got {text!r}") from None
+
+
+@app.command()
+def mitigate(
+    base: Annotated[str | None, typer.Option(help="Base model: a directory, hub id, .gguf file or smollm2.")] = None,
+    adapter: Adapter = None,
+    finetuned: Annotated[str | None, typer.Option(help="Full fine-tune of --base: WiSE-FT interpolates the weights.")] = None,
+    eval_data: Annotated[list[Path] | None, typer.Option(help="Held-out pretraining-like text forgetting is measured on.")] = None,
+    ft_eval_data: Annotated[list[Path] | None, typer.Option(help="Held-out fine-tuning text, for ft_loss.")] = None,
+    sweep: Annotated[Path | None, typer.Option(help="Instead of --base/--adapter/--eval-data/--ft-eval-data: a sweep directory with save_adapters, whose config gives them.")] = None,
+    point: Annotated[str, typer.Option(help="With --sweep: a point id, or largest (the largest unmitigated point).")] = "largest",
+    scales: Annotated[str, typer.Option(help="Update scales lambda in [0, 1], comma-separated; none for no scaling rows.")] = "0,0.25,0.5,0.75,1",
+    intruder_scales: Annotated[str, typer.Option(help="Scales in [0, 1] of the intruder dimensions' singular values, comma-separated; none to skip.")] = "0,0.5",
+    intruder_threshold: Annotated[float, typer.Option(help="Cosine below which a top singular vector is an intruder dimension (Shuttleworth et al. 2024).")] = 0.5,
+    intruder_top_k: Annotated[int, typer.Option(help="Top singular vectors of each weight examined for intruders.")] = 10,
+    budget: Annotated[float | None, typer.Option(help="Forgetting budget (KL, nats/token): pick the setting with the lowest ft_loss within it.")] = None,
+    save: Annotated[Path | None, typer.Option(help="With --budget: write the chosen setting here as an ordinary PEFT adapter (or full model).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the JSON (and the plot beside it, .png); default mitigation.json, or SWEEP/mitigation/ID.json.")] = None,
+    eval_tokens: EvalTokens = TrainSettings.default("eval_tokens"),
+    seq_len: SeqLen = TrainSettings.default("seq_len"),
+    batch_size: Annotated[int, setting(TrainSettings, "eval_batch_size", "--batch-size")] = TrainSettings.default("eval_batch_size"),
+    dtype: InferenceDtype = Dtype.float32,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """Post-hoc mitigation of an existing fine-tune: scale its update (WiSE-FT for full weights) or its intruder dimensions, and see what each setting trades."""
+    from forgetscope.files import write_atomically
+    from forgetscope.mitigate import inputs as mitigation_inputs
+    from forgetscope.mitigate import posthoc
+    from forgetscope.mitigate.tradeoff import plot_posthoc
+
+    settings = posthoc.MitigationSettings(scales=_scales(scales, "--scales"), intruder_scales=_scales(intruder_scales, "--intruder-scales"),
+                                          intruder_threshold=intruder_threshold, intruder_top_k=intruder_top_k)
+    if save is not None and budget is None:
+        raise UserInputError("--save writes the setting chosen within --budget: give --budget too")
+    if save is not None and save.exists() and any(save.iterdir()):
+        raise UserInputError(f"--save {save} is not empty: give a new directory")
+    if sweep is not None:
+        if any(v is not None for v in (base, adapter, finetuned, eval_data, ft_eval_data)):
+            raise UserInputError("--sweep takes the model and the data from the sweep: leave out --base, --adapter, --finetuned and the data")
+        inputs = mitigation_inputs.from_sweep(sweep, point, device)
+        out = out or sweep / "mitigation" / f"{inputs.name}.json"
+    else:
+        if base is None or not eval_data or not ft_eval_data:
+            raise UserInputError("give --base, --adapter (or --finetuned), --eval-data and --ft-eval-data, or --sweep")
+        inputs = mitigation_inputs.from_files(base, adapter, finetuned, eval_data, ft_eval_data, seq_len, eval_tokens, dtype.value, device)
+        out = out or Path("mitigation.json")
+    grid = posthoc.mitigation_grid(inputs.finetuned, inputs.eval_blocks, inputs.ft_blocks, settings, base=inputs.base,
+                                   batch_size=batch_size, progress=not as_json)
+    result = posthoc.public(grid) | {"source": inputs.describe, "budget": budget}
+    if budget is not None:
+        result["chosen"] = posthoc.choose(grid["rows"], budget)
+        if save is not None:
+            if result["chosen"] is None:
+                raise UserInputError(f"no setting keeps KL within --budget {budget}: nothing to save (add smaller --scales)")
+            result["saved"] = str(posthoc.save_setting(grid, result["chosen"], save, inputs.tokenizer))
+    write_atomically(out, json.dumps(result, indent=1))
+    result["plot"] = str(plot_posthoc(result, out.with_suffix(".png")))
+    if as_json:
+        print(json.dumps(result))
+    else:
+        render.print_mitigation(result)
+        render.console.print(f"results: {out}\nplot: {result['plot']}")
+
+
 @app.command()
 def train(
     base: Base,
@@ -133,6 +206,10 @@ def train(
     kl_budget: Annotated[float | None, setting(TrainSettings, "kl_budget", "--kl-budget")] = None,
     stop_on_budget: Annotated[str, setting(TrainSettings, "stop_on_budget")] = TrainSettings.default("stop_on_budget"),
     eval_tokens: Annotated[int, setting(TrainSettings, "eval_tokens")] = TrainSettings.default("eval_tokens"),
+    replay_data: Annotated[list[Path] | None, typer.Option(help="Replay corpus for --replay-fraction and --kl-weight: pretraining-like text that is not the eval text (.txt, .jsonl, .parquet).")] = None,
+    replay_fraction: Annotated[float, setting(TrainSettings, "replay_fraction")] = TrainSettings.default("replay_fraction"),
+    kl_weight: Annotated[float, setting(TrainSettings, "kl_weight")] = TrainSettings.default("kl_weight"),
+    l2_weight: Annotated[float, setting(TrainSettings, "l2_weight")] = TrainSettings.default("l2_weight"),
     seed: Annotated[int, setting(TrainSettings, "seed")] = TrainSettings.default("seed"),
     dtype: Annotated[TrainDtype, setting(TrainSettings, "dtype")] = TrainDtype.float32,
     device: Device = "auto",
@@ -156,9 +233,12 @@ def train(
         steps=steps, learning_rate=learning_rate, batch_size=batch_size, seq_len=seq_len, warmup_steps=warmup_steps,
         scheduler=scheduler, eval_points=eval_points, eval_schedule=eval_schedule, eval_tokens=eval_tokens, seed=seed,
         dtype=dtype.value, kl_budget=kl_budget, stop_on_budget=stop_on_budget,
+        replay_fraction=replay_fraction, kl_weight=kl_weight, l2_weight=l2_weight,
         report_to=[] if report_to == "none" else report_to.split(","),
     )
-    check_files_exist([*train_data, *eval_data, *(ft_eval_data or [])], "data file")
+    if settings.needs_replay and not replay_data:
+        raise UserInputError("--replay-fraction and --kl-weight need a replay corpus: give --replay-data")
+    check_files_exist([*train_data, *eval_data, *(ft_eval_data or []), *(replay_data or [])], "data file")
     tokenizer = load_tokenizer(base)
     model = load_causal_lm(base, device=resolve_device(device))
     check_seq_len(model, seq_len)
@@ -169,7 +249,14 @@ def train(
     else:
         train_blocks, ft_eval = hold_out_finetune_text(train_blocks, eval_tokens, seed)
     eval_blocks = load_eval_blocks(eval_data, tokenizer, seq_len, eval_tokens)
-    records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=not as_json)
+    replay = None
+    if replay_data and settings.needs_replay:
+        replay_docs = [d for texts in read_domains(replay_data).values() for d in texts]
+        replay = group_into_blocks(replay_docs, tokenizer, seq_len, steps * batch_size * seq_len)
+        if len(replay) == 0:
+            raise UserInputError(f"--replay-data is shorter than one sequence of {seq_len} tokens")
+    records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=not as_json,
+                       replay_blocks=replay)
     if as_json:
         print(json.dumps(records))
     else:

@@ -45,12 +45,14 @@ def token_stats(
     targets: torch.Tensor,
     chunk_size: int | None = None,
     head: torch.nn.Module | None = None,
+    base_head: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-position metric values for aligned `[n, vocab]` logits and `[n]` next tokens.
 
     With `head` (the frozen output layer both models share), the first two arguments are
     `[n, hidden]` final hidden states instead, and logits are made chunk by chunk, so no
-    `[n, vocab]` tensor ever exists. Returns float64 tensors of shape `[n]`, one per key of
+    `[n, vocab]` tensor ever exists; `base_head` is the base's own head where the two differ
+    (a full fine-tune). Returns float64 tensors of shape `[n]`, one per key of
     `METRIC_KEYS`. Positions are processed `chunk_size` at a time (default: as many as keep
     a chunk at `CHUNK_ELEMENTS`, and at least `MIN_CHUNK_POSITIONS`).
     """
@@ -59,10 +61,11 @@ def token_stats(
     vocab = head.weight.shape[0] if head is not None else base_logits.shape[-1]
     chunk_size = chunk_size or max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocab)
     to_logits = (lambda h: head(h.to(head.weight.dtype))) if head is not None else (lambda x: x)
+    to_base_logits = (lambda h: base_head(h.to(base_head.weight.dtype))) if base_head is not None else to_logits
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in METRIC_KEYS}
     for start in range(0, base_logits.shape[0], chunk_size):
         stop = start + chunk_size
-        log_p = torch.log_softmax(to_logits(base_logits[start:stop]).float(), dim=-1)
+        log_p = torch.log_softmax(to_base_logits(base_logits[start:stop]).float(), dim=-1)
         log_q = torch.log_softmax(to_logits(finetuned_logits[start:stop]).float(), dim=-1)
         tgt = targets[start:stop].unsqueeze(-1)
         parts["hard_ce"].append(-log_q.gather(-1, log_p.argmax(-1, keepdim=True)).squeeze(-1).double())
@@ -89,6 +92,7 @@ def sequence_sums(
     input_ids: torch.Tensor,
     chunk_size: int | None = None,
     head: torch.nn.Module | None = None,
+    base_head: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sequence sums over the `seq_len - 1` scored positions of `[batch, seq_len]` blocks.
 
@@ -103,6 +107,7 @@ def sequence_sums(
         input_ids[:, 1:].reshape(-1).to(base_logits.device),
         chunk_size,
         head,
+        base_head,
     )
     return {key: value.view(batch, seq_len - 1).sum(dim=1).cpu() for key, value in stats.items()}
 
@@ -182,6 +187,7 @@ def measure_forgetting(
     source = BaseSource.of(base)
     if source.kind == "recorded":
         base_logits, head = None, finetuned.get_output_embeddings()
+        base_head = source.head
     else:
         base_logits = source.logits(finetuned)
     models = [m for m in (finetuned, source.model) if m is not None]
@@ -201,7 +207,7 @@ def measure_forgetting(
                     if base_logits is None:  # hidden states only: logits are made chunk by chunk
                         ft = final_hidden(finetuned, batch)
                         reference = source.predictions.hidden[name][start : start + len(batch)]
-                        sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head)
+                        sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head, base_head)
                     else:
                         ft = finetuned(input_ids=batch).logits
                         sums = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)

@@ -311,3 +311,26 @@ def print_run_forecast(forecast: dict, budget: float | None) -> None:
     console.print(f"forecast from step {forecast['from_step']}: KL at step {forecast['planned_steps']} "
                   f"{forecast['kl']:.4f} [{forecast['low']:.4f}, {forecast['high']:.4f}]"
                   + (f"; the budget {budget:g} is crossed near step {crossing:,.0f}" if crossing is not None and budget else ""))
+
+
+def print_mitigation(result: dict) -> None:
+    """One row per method and setting: what it keeps of fine-tuning and what it forgets."""
+    table = Table(title=f"Post-hoc mitigation (base ft_loss {result['base_ft_loss']:.4f}; gain: how far ft_loss fell from it)")
+    for column in ("method", "setting", "KL", "L_f", "ft loss", "gain kept", "note"):
+        table.add_column(column, justify="left" if column in ("method", "note") else "right")
+    full = max((r["ft_gain"] for r in result["rows"] if r["method"] == "scale" and r["setting"] == 1.0), default=None)
+    chosen = result.get("chosen")
+    for row in result["rows"]:
+        kept = f"{row['ft_gain'] / full:.0%}" if full else "-"
+        note = f"{row['intruders']} intruder dims" if "intruders" in row else ""
+        if chosen is not None and (row["method"], row["setting"]) == (chosen["method"], chosen["setting"]):
+            note = (note + "; " if note else "") + "[bold]chosen[/bold]"
+        table.add_row(row["method"], f"{row['setting']:g}", f"{row['kl']:.4f}", f"{row['forgetting_ce']:.4f}",
+                      f"{row['ft_loss']:.4f}", kept, note)
+    console.print(table)
+    for method, why in result.get("skipped", {}).items():
+        console.print(f"{method}: skipped ({why})")
+    if result.get("budget") is not None and chosen is None:
+        console.print(f"no setting keeps KL within {result['budget']}")
+    if result.get("saved"):
+        console.print(f"saved: {result['saved']}")

@@ -114,6 +114,15 @@ class TrainSettings(Settings):
     kl_budget: float | None = Field(None, gt=0, description="Forgetting budget (KL, nats/token): each measurement logs the forecast KL at the last step and the step the budget will be crossed.")
     stop_on_budget: Literal["never", "measured", "forecast"] = Field("measured", description="With kl_budget, stop training when the measured KL crosses it (measured), when the forecast's 95% lower bound at the last step does (forecast), or never.")
 
+    replay_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training sequences drawn from the replay corpus (pretraining-data injection, Bethune et al. 2025); needs replay text.")
+    kl_weight: float = Field(0.0, ge=0.0, description="Weight of a KL(base || model) penalty on a batch of replay text each step (self-distillation toward the base); needs replay text.")
+    l2_weight: float = Field(0.0, ge=0.0, description="Weight of an L2 pull of the LoRA update toward zero: sum over layers of ||s B A||_F^2.")
+
+    @property
+    def needs_replay(self) -> bool:
+        """Whether this run draws on a replay corpus."""
+        return self.replay_fraction > 0 or self.kl_weight > 0
+
     @property
     def bf16(self) -> bool:
         return self.dtype == "bfloat16"

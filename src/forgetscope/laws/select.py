@@ -18,13 +18,13 @@ Reads only `records.jsonl`, so any tool that writes that format can be fitted.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from forgetscope.errors import UserInputError
+from forgetscope.files import write_atomically
 from forgetscope.laws.analyses import claims, domain_analysis, linear_relation, matched_loss_analysis
 from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, extrapolation_errors, fit_law, log_metrics, size_split, time_split
 from forgetscope.laws.forms import FORMS, candidate_forms
@@ -299,9 +299,7 @@ def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fra
     fits["vocab_size"] = int(table.vocab_size.max()) if "vocab_size" in table and table.vocab_size.notna().any() else None
     fits["claims"] = claims(fits)
     path = Path(directory) / "fits.json"
-    scratch = path.with_name(f".fits.json.{os.getpid()}")
-    scratch.write_text(json.dumps(fits, indent=2))
-    os.replace(scratch, path)
+    write_atomically(path, json.dumps(fits, indent=2))
     return fits
 
 

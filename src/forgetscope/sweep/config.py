@@ -67,6 +67,9 @@ class Grid(Strict):
     lora_alpha: list[float] = _axis(LoraSettings, "lora_alpha")
     learning_rate: list[float] = _axis(TrainSettings, "learning_rate")
     seed: list[int] = _axis(TrainSettings, "seed")
+    replay_fraction: list[float] = _axis(TrainSettings, "replay_fraction")
+    kl_weight: list[float] = _axis(TrainSettings, "kl_weight")
+    l2_weight: list[float] = _axis(TrainSettings, "l2_weight")
 
     @field_validator("*")
     @classmethod
@@ -101,6 +104,8 @@ class SweepConfig(Strict):
     tokenizer: str | None = Field(None, description="Tokenizer directory or hub id, if not the base model's.")
     finetune_data: DataSource
     eval_data: list[DataSource] = Field(min_length=1)
+    replay_data: DataSource | None = Field(None, description="Replay corpus of the grid's replay_fraction and kl_weight: pretraining-like text, never the eval text (an embedded corpus gives its pretraining split).")
+    save_adapters: bool = Field(False, description="Keep every finished point's adapter in DIR/adapters/ID (for `forgetscope mitigate --sweep`).")
     grid: Annotated[Annotated[Grid, Tag("")] | Annotated[list[Grid], Tag("-")],
                     Discriminator(lambda v: "-" if isinstance(v, list) else "")] = Field(
         default_factory=Grid, description="Every combination of the axes is one point; a list of grids runs their union.")
@@ -140,6 +145,13 @@ class SweepConfig(Strict):
         return self.sections().get(name)
 
     @model_validator(mode="after")
+    def _replay_has_a_corpus(self) -> SweepConfig:
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        if self.replay_data is None and any(max(g.replay_fraction) > 0 or max(g.kl_weight) > 0 for g in grids):
+            raise ValueError("the grid's replay_fraction or kl_weight needs `replay_data`: the replay corpus")
+        return self
+
+    @model_validator(mode="after")
     def _budgets_hold_a_sequence(self) -> SweepConfig:
         for name in ("eval_tokens", "ft_eval_tokens"):
             if getattr(self, name) < self.seq_len:
@@ -159,7 +171,8 @@ class SweepConfig(Strict):
     def train_settings(self, point) -> TrainSettings:
         """The `TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`)."""
         shared = {name: getattr(self, name) for name in TrainSettings.model_fields if name in type(self).model_fields}
-        return TrainSettings(**shared, learning_rate=point.learning_rate, seed=point.seed)
+        return TrainSettings(**shared, learning_rate=point.learning_rate, seed=point.seed, replay_fraction=point.replay_fraction,
+                             kl_weight=point.kl_weight, l2_weight=point.l2_weight)
 
 
 class _SectionError(Exception):
@@ -189,7 +202,7 @@ def load_config(path: str | Path) -> SweepConfig:
     except yaml.YAMLError as exc:
         raise UserInputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     config = parse_config(data, str(path))
-    for source in [config.finetune_data, *config.eval_data]:
+    for source in [config.finetune_data, *config.eval_data, *([config.replay_data] if config.replay_data else [])]:
         if source.files is not None:
             source.files = [f if f.is_absolute() else (path.parent / f).resolve() for f in source.files]
     for section in config.sections().values():

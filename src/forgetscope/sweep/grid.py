@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from forgetscope.settings import LoraSettings
 from forgetscope.sweep.config import Grid
 
+MITIGATIONS = ("replay_fraction", "kl_weight", "l2_weight")
+
 
 @dataclass(frozen=True)
 class Point:
@@ -22,11 +24,21 @@ class Point:
     lora_alpha: float
     learning_rate: float
     seed: int
+    replay_fraction: float = 0.0
+    kl_weight: float = 0.0
+    l2_weight: float = 0.0
+
+    @property
+    def mitigations(self) -> dict[str, float]:
+        """The training mitigations this point uses (`forgetscope.mitigate.training`): none is `{}`."""
+        return {name: getattr(self, name) for name in MITIGATIONS if getattr(self, name)}
 
     @property
     def point_id(self) -> str:
-        """A readable, stable id: the same settings get the same id in every sweep."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        """A readable, stable id: the same settings get the same id in every sweep. Mitigations
+        enter it only when used, so the points of sweeps from before they existed keep their ids."""
+        settings = {k: v for k, v in asdict(self).items() if k not in MITIGATIONS} | self.mitigations
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         modules = "all" if self.target_modules == "all-linear" else "+".join(self.target_modules)
         return f"r{self.rank}-{modules}-{'rs' if self.rslora else 'lora'}-s{self.seed}-{digest}"
 
@@ -46,5 +58,6 @@ def expand(grid: Grid | list[Grid]) -> list[Point]:
     if isinstance(grid, list):
         points = [point for sub in grid for point in expand(sub)]
         return list({point.point_id: point for point in points}.values())
-    axes = [grid.rank, grid.target_modules, grid.layers, grid.rslora, grid.lora_alpha, grid.learning_rate, grid.seed]
+    axes = [grid.rank, grid.target_modules, grid.layers, grid.rslora, grid.lora_alpha, grid.learning_rate, grid.seed,
+            grid.replay_fraction, grid.kl_weight, grid.l2_weight]
     return [Point(*values) for values in itertools.product(*axes)]

@@ -8,9 +8,11 @@ loop (`executors.drive`) alone writes the sweep directory.
 from __future__ import annotations
 
 import math
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from forgetscope.errors import UserInputError
 from forgetscope.records import Record
@@ -32,6 +34,8 @@ class PointResult:
     point: Point
     records: list[Record] = field(default_factory=list)
     artifacts: dict[str, object] = field(default_factory=dict)
+    adapter_files: dict[str, bytes] = field(default_factory=dict)
+    """With `save_adapters`: the files of the point's saved PEFT adapter, by name."""
     error: str | None = None
     traceback: str | None = None
 
@@ -76,18 +80,20 @@ def run_point(
             on_record(record)
 
     try:
-        with point_threads(config):
+        with point_threads(config), tempfile.TemporaryDirectory(prefix="forgetscope-point-") as scratch:
             model = load_causal_lm(inputs.base_path, device=point_device(config))
             tokenizer = load_tokenizer(inputs.tokenizer_path)
             at_end = _evaluate_at_end(config, tokenizer, result.artifacts)
             result.records = finetune(
                 model, tokenizer, point.lora(), config.train_settings(point), inputs.train_blocks, inputs.eval_blocks,
-                inputs.ft_eval_blocks, on_record=labelled, progress=False, callbacks=[*callbacks, at_end],
-                base_predictions=inputs.base_predictions,
+                inputs.ft_eval_blocks, out_dir=scratch if config.save_adapters else None, on_record=labelled, progress=False,
+                callbacks=[*callbacks, at_end], base_predictions=inputs.base_predictions, replay_blocks=inputs.replay_blocks,
             )
+            if config.save_adapters:  # carried back as bytes: the driver alone writes the sweep directory
+                result.adapter_files = {f.name: f.read_bytes() for f in (Path(scratch) / "adapter").iterdir() if f.is_file()}
     except (KeyboardInterrupt, SystemExit, UserInputError):
         raise
     except Exception as exc:  # noqa: BLE001 - a failing point must not stop the sweep
-        result.records, result.artifacts = [], {}
+        result.records, result.artifacts, result.adapter_files = [], {}, {}
         result.error, result.traceback = f"{type(exc).__name__}: {exc}".strip(), traceback.format_exc()
     return result

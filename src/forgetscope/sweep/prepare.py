@@ -31,6 +31,8 @@ class SweepInputs:
     ft_eval_blocks: torch.Tensor
     eval_blocks: dict[str, torch.Tensor]
     base_predictions: BasePredictions | None = None
+    replay_blocks: torch.Tensor | None = None
+    """The replay corpus of the training mitigations (`replay_data`), if the sweep has one."""
 
 
 def point_device(config: SweepConfig) -> torch.device:
@@ -93,11 +95,20 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
         else:
             for name, docs in _documents(source, "heldout").items():
                 eval_blocks[name] = group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens)
+    replay_blocks = None
+    if config.replay_data is not None:
+        replay_docs = [d for docs in _documents(config.replay_data, "pretrain").values() for d in docs]
+        replay_blocks = group_into_blocks(replay_docs, tokenizer, config.seq_len, config.steps * config.batch_size * config.seq_len)
+        if len(replay_blocks) == 0:
+            raise UserInputError(f"replay_data is shorter than one sequence of {config.seq_len} tokens")
+        from forgetscope.mitigate.training import check_no_overlap
+
+        check_no_overlap(replay_blocks, eval_blocks)  # before any point runs
     # Every point rebuilds its base logits from these hidden states with its own frozen head.
     base = load_causal_lm(base_path, device=point_device(config)).requires_grad_(False)
     base_predictions = try_record_base_predictions(base, eval_blocks)
     del base
-    return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions)
+    return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions, replay_blocks)
 
 
 def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> None:

@@ -76,6 +76,8 @@ def _store(store: SweepStore, result: PointResult) -> None:
         return
     for kind, artifact in result.artifacts.items():
         store.save_artifact(kind, point_id, artifact)
+    if result.adapter_files:
+        store.save_adapter(point_id, result.adapter_files)
     streamed = store.streamed(point_id)
     for record in result.records[streamed:]:
         store.append(record)

@@ -3,6 +3,7 @@
     DIR/config.yaml      the config as resolved (every default filled in)
     DIR/records.jsonl    one JSON record a line, appended and flushed as each arrives
     DIR/points/ID.json   one file per point that ended: finished, or failed with its error
+    DIR/adapters/ID/     with save_adapters: each finished point's PEFT adapter
     DIR/KIND/            artifacts of an end-of-point evaluator (KIND is its name, e.g.
                          `downstream`, `sweep/evaluators/`): base.json (the base, evaluated once) and ID.json
                          per point, written before the point is marked finished
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from forgetscope.errors import UserInputError
+from forgetscope.files import write_atomically
 from forgetscope.records import Record, read_records
 
 
@@ -37,15 +40,6 @@ def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None =
     points = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))
               if path.stem != "base" and path.stem in finished}
     return base, points
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class SweepStore:
@@ -71,7 +65,7 @@ class SweepStore:
             raise UserInputError(f"{self.dir} is not empty and holds no sweep config.yaml: use another --out directory")
         self.points_dir.mkdir(parents=True, exist_ok=True)
         if not config_path.is_file():
-            _write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
+            write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
         self._drop_unfinished_records()
         self._records = open(self.records_path, "a")
         self._streamed: Counter[str] = Counter()
@@ -105,7 +99,7 @@ class SweepStore:
 
     def mark(self, point_id: str, status: str, labels: dict, **extra) -> None:
         """Record that a point ended; "finished" makes its records count."""
-        _write_atomically(self.points_dir / f"{point_id}.json", json.dumps({"status": status, **labels, **extra}, indent=2))
+        write_atomically(self.points_dir / f"{point_id}.json", json.dumps({"status": status, **labels, **extra}, indent=2))
 
     def forget_point(self, point_id: str) -> None:
         """Drop a point's status (to run it again) and any records it left."""
@@ -113,6 +107,7 @@ class SweepStore:
         for folder in self.dir.iterdir():
             if folder.is_dir() and folder.name != "points":
                 (folder / f"{point_id}.json").unlink(missing_ok=True)  # its artifacts, of any kind
+        shutil.rmtree(self.dir / "adapters" / point_id, ignore_errors=True)
         self._streamed.pop(point_id, None)
         self._rewrite(lambda r: r.get("point_id") != point_id)
 
@@ -122,7 +117,20 @@ class SweepStore:
         """Store an evaluator's result for `name` (a point id, or "base") as `DIR/KIND/NAME.json`,
         replacing any earlier one."""
         (self.dir / kind).mkdir(exist_ok=True)
-        _write_atomically(self.dir / kind / f"{name}.json", json.dumps(artifact))
+        write_atomically(self.dir / kind / f"{name}.json", json.dumps(artifact))
+
+    def save_adapter(self, point_id: str, files: dict[str, bytes]) -> Path:
+        """Store a point's adapter files as `DIR/adapters/ID/`, whole or not at all (written
+        beside it, then renamed into place)."""
+        target = self.dir / "adapters" / point_id
+        scratch = target.with_name(f".{point_id}.tmp")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        for name, data in files.items():
+            (scratch / name).write_bytes(data)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(scratch, target)
+        return target
 
     def artifact(self, kind: str, name: str) -> object:
         """A stored artifact, or None."""
@@ -162,6 +170,6 @@ class SweepStore:
             reopen = hasattr(self, "_records") and not self._records.closed
             if reopen:
                 self._records.close()
-            _write_atomically(self.records_path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_atomically(self.records_path, "".join(json.dumps(r) + "\n" for r in kept))
             if reopen:
                 self._records = open(self.records_path, "a")

@@ -1,0 +1,71 @@
+"""Post-hoc mitigations: edits of an existing fine-tune that trade fine-tuning progress for
+less forgetting, with no retraining. A method is one module in this package that registers
+a `Method`; `forgetscope.mitigate.posthoc` measures every setting of every method.
+
+    class MyMethod:
+        name = "mine"
+        def prepare(self, finetuned, base, options) -> Edit | str: ...   # str: why it does not apply
+
+    METHODS.register("mine", MyMethod())
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from forgetscope.registry import Registry
+
+
+class Edit(Protocol):
+    """One fine-tune, ready to be edited at each setting of one method."""
+
+    settings: list[float]
+
+    def applied(self, setting: float) -> contextlib.AbstractContextManager[None]:
+        """The fine-tune edited at `setting` inside the block, exactly restored after it."""
+
+    def describe(self, setting: float) -> dict[str, Any]:
+        """Extra keys for this setting's row (e.g. how many intruder dimensions were scaled)."""
+
+    def save(self, setting: float, directory: Path) -> None:
+        """Write the edited fine-tune as an ordinary PEFT adapter (or full model) directory."""
+
+
+class Method(Protocol):
+    name: str
+
+    def prepare(self, finetuned: torch.nn.Module, base: torch.nn.Module | None, options: Any) -> Edit | str:
+        """An `Edit` of `finetuned` (a PEFT model when `base` is None, else a full fine-tune of
+        `base`), or a sentence saying why this method does not apply to it."""
+
+
+METHODS: Registry[Method] = Registry("mitigations", __name__)
+
+
+def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module, str]]:
+    """`(module name in the base model, LoRA layer, adapter name)` of every adapted layer."""
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    yield name, module, adapter
+
+
+@contextlib.contextmanager
+def restored(tensors: list[torch.Tensor]) -> Iterator[None]:
+    """Whatever the block does to `tensors` in place is undone exactly (copies back)."""
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, copy in zip(tensors, saved):
+                tensor.copy_(copy)

@@ -1,0 +1,126 @@
+"""Scaling down intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An
+Illusion of Equivalence", arXiv:2410.21228), written here from the paper's description
+(its Algorithm 1 and the intervention of its section on forgetting); no library offers it.
+
+For every adapted weight, `W0` (base) and `Wt = W0 + dW` (fine-tuned) are decomposed by SVD.
+Among the top `top_k` left singular vectors `u_j` of `Wt`, an *intruder dimension* is one
+whose cosine similarity with every left singular vector of `W0` is below `threshold`: a new
+direction the fine-tune put among the matrix's largest. The paper shows forgetting sits in
+these directions and that shrinking their singular values, `Wt + (s - 1) sigma_j u_j v_j^T`,
+recovers the pre-training distribution at little cost on the fine-tuning task. The scale `s`
+is the setting (1 leaves the fine-tune as it is). Singular vectors are defined up to sign,
+so similarity is the absolute cosine.
+
+A saved setting is an ordinary PEFT LoRA adapter: each edited layer's new update has rank
+at most `r + intruders`, and is stored exactly at that rank (`rank_pattern`, with
+`alpha_pattern` making its scaling 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from forgetscope.mitigate.methods import METHODS, lora_layers, restored
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: torch.nn.Module
+    adapter: str
+    intruders: int
+    correction: torch.Tensor
+    """`sum_j sigma_j u_j v_j^T` over the intruder dimensions, in the base weight's layout."""
+
+
+def _oriented(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    """`[out, in]` whatever the layer stores (GPT-2's Conv1D keeps `[in, out]`)."""
+    return weight.T if fan_in_fan_out else weight
+
+
+def find_intruders(base_weight: torch.Tensor, tuned_weight: torch.Tensor, threshold: float, top_k: int) -> tuple[int, torch.Tensor]:
+    """`(count, sum_j sigma_j u_j v_j^T)` of the intruder dimensions of `tuned_weight` against
+    `base_weight` (both `[out, in]`), computed in float64."""
+    u0 = torch.linalg.svd(base_weight.double(), full_matrices=False).U
+    ut, st, vht = torch.linalg.svd(tuned_weight.double(), full_matrices=False)
+    k = min(top_k, len(st))
+    similarity = (u0.T @ ut[:, :k]).abs().max(dim=0).values
+    intruders = (similarity < threshold).nonzero().flatten()
+    correction = (ut[:, intruders] * st[intruders]) @ vht[intruders]
+    return len(intruders), correction
+
+
+class _IntruderEdit:
+    def __init__(self, finetuned: torch.nn.Module, options):
+        self.model, self.settings = finetuned, list(options.intruder_scales)
+        self.threshold, self.top_k = options.intruder_threshold, options.intruder_top_k
+        self.layers: list[_Layer] = []
+        with torch.no_grad():
+            for name, module, adapter in lora_layers(finetuned):
+                fan = bool(getattr(module, "fan_in_fan_out", False))
+                w0 = _oriented(module.get_base_layer().weight, fan)
+                delta = _oriented(module.get_delta_weight(adapter), fan)
+                count, correction = find_intruders(w0, w0.double() + delta.double(), self.threshold, self.top_k)
+                if count:
+                    self.layers.append(_Layer(name, module, adapter, count, _oriented(correction, fan)))
+
+    @contextlib.contextmanager
+    def applied(self, setting: float):
+        weights = [layer.module.get_base_layer().weight for layer in self.layers]
+        with restored(weights), torch.no_grad():
+            for layer, weight in zip(self.layers, weights):
+                weight.add_(layer.correction.to(weight.device, weight.dtype), alpha=setting - 1.0)
+            yield
+
+    def describe(self, setting: float) -> dict:
+        return {"threshold": self.threshold, "top_k": self.top_k,
+                "intruders": sum(layer.intruders for layer in self.layers), "layers_with_intruders": len(self.layers)}
+
+    def save(self, setting: float, directory: Path) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        self.model.save_pretrained(directory)  # the config, README and weights of the unedited layers
+        adapter = next(iter(self.model.peft_config))
+        config = copy.deepcopy(self.model.peft_config[adapter])
+        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        rank_pattern, alpha_pattern = dict(config.rank_pattern or {}), dict(config.alpha_pattern or {})
+        with torch.no_grad():
+            for layer in self.layers:
+                fan = bool(getattr(layer.module, "fan_in_fan_out", False))
+                delta = _oriented(layer.module.get_delta_weight(layer.adapter), fan).double()
+                new_delta = delta + (setting - 1.0) * _oriented(layer.correction, fan).double()
+                rank = layer.module.r[layer.adapter] + layer.intruders
+                u, s, vh = torch.linalg.svd(new_delta, full_matrices=False)
+                prefix = next(k for k in state if k.endswith(f"{layer.name}.lora_A.weight")).removesuffix("lora_A.weight")
+                state[prefix + "lora_B.weight"] = (u[:, :rank] * s[:rank]).float().contiguous()
+                state[prefix + "lora_A.weight"] = vh[:rank].float().contiguous()
+                key = re.escape(layer.name)
+                rank_pattern[key] = rank
+                alpha_pattern[key] = math.sqrt(rank) if config.use_rslora else float(rank)  # scaling 1
+        save_file(state, str(Path(directory) / "adapter_model.safetensors"), metadata={"format": "pt"})
+        saved = json.loads((Path(directory) / "adapter_config.json").read_text())
+        saved.update(rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+        (Path(directory) / "adapter_config.json").write_text(json.dumps(saved, indent=2))
+
+
+class IntruderMethod:
+    name = "intruder"
+
+    def prepare(self, finetuned, base, options):
+        if not options.intruder_scales:
+            return "no --intruder-scales given"
+        if base is not None:
+            return "intruder dimensions are found in LoRA updates: give --adapter"
+        return _IntruderEdit(finetuned, options)
+
+
+METHODS.register("intruder", IntruderMethod())

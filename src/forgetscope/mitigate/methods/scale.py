@@ -1,0 +1,75 @@
+"""Scaling the update: `W0 + lambda * dW` for lambda in [0, 1].
+
+For a LoRA adapter the update `s B A` is scaled through `B` (so a saved setting is an
+ordinary adapter with the same config); for a full fine-tune the weights are interpolated,
+`(1 - lambda) W0 + lambda W1`, which is WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning
+of zero-shot models"). lambda = 0 is the base exactly and lambda = 1 the fine-tune exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from forgetscope.mitigate.methods import METHODS, lora_layers, restored
+
+
+class _ScaledAdapter:
+    def __init__(self, finetuned: torch.nn.Module, settings: list[float]):
+        self.model, self.settings = finetuned, settings
+        self.b_weights = [layer.lora_B[adapter].weight for _, layer, adapter in lora_layers(finetuned)]
+
+    @contextlib.contextmanager
+    def applied(self, setting: float):
+        with restored(self.b_weights), torch.no_grad():
+            for weight in self.b_weights:
+                weight.mul_(setting)
+            yield
+
+    def describe(self, setting: float) -> dict:
+        return {}
+
+    def save(self, setting: float, directory: Path) -> None:
+        with self.applied(setting):
+            self.model.save_pretrained(directory)
+
+
+class _Interpolated:
+    """WiSE-FT: every floating-point parameter moved from the base toward the fine-tune."""
+
+    def __init__(self, finetuned: torch.nn.Module, base: torch.nn.Module, settings: list[float]):
+        self.model, self.settings = finetuned, settings
+        base_params = dict(base.named_parameters())
+        self.pairs = [(p, base_params[name].detach()) for name, p in finetuned.named_parameters()
+                      if name in base_params and p.is_floating_point() and p.shape == base_params[name].shape]
+
+    @contextlib.contextmanager
+    def applied(self, setting: float):
+        with restored([p for p, _ in self.pairs]), torch.no_grad():
+            for param, base_param in self.pairs:
+                # (1 - l) W0 + l W1, in this order so l = 0 and l = 1 give W0 and W1 exactly.
+                param.mul_(setting).add_(base_param.to(param.device, param.dtype), alpha=1.0 - setting)
+            yield
+
+    def describe(self, setting: float) -> dict:
+        return {}
+
+    def save(self, setting: float, directory: Path) -> None:
+        with self.applied(setting):
+            self.model.save_pretrained(directory)
+
+
+class ScaleMethod:
+    name = "scale"
+
+    def prepare(self, finetuned, base, options):
+        if not options.scales:
+            return "no --scales given"
+        if base is None:
+            return _ScaledAdapter(finetuned, list(options.scales))
+        return _Interpolated(finetuned, base, list(options.scales))
+
+
+METHODS.register("scale", ScaleMethod())

@@ -1,0 +1,127 @@
+"""Post-hoc mitigation grid: every setting of every method (`methods/`) on one fine-tune,
+measured as KL, `L_f` and `ft_loss`, so a user can pick the cheapest way to stay inside a
+forgetting budget, and save it.
+
+The base predictions on the eval text are recorded once (`base_cache`), so each setting
+costs one forward pass per eval set: the forgetting text (hidden states only, the logits
+made by the metric) and the held-out fine-tuning text (`ft_loss`).
+
+    rows = mitigation_grid(peft_model, eval_blocks, ft_blocks, MitigationSettings())["rows"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from pydantic import Field, field_validator
+
+from forgetscope.base_cache import BaseSource, record_base_predictions
+from forgetscope.errors import UserInputError
+from forgetscope.metric import mean_loss, measure_forgetting
+from forgetscope.mitigate.methods import METHODS
+from forgetscope.settings import Settings
+
+
+class MitigationSettings(Settings):
+    """Which post-hoc edits are measured."""
+
+    scales: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], description="Update scales lambda in [0, 1] (LoRA: lambda s B A; full fine-tune: WiSE-FT interpolation); 1 is the fine-tune as it is.")
+    intruder_scales: list[float] = Field([0.0, 0.5], description="Scales in [0, 1] of the intruder dimensions' singular values (Shuttleworth et al. 2024); empty: none.")
+    intruder_threshold: float = Field(0.5, gt=0, lt=1, description="Intruder dimension: a top singular vector of the fine-tuned weight whose |cosine| with every base singular vector is below this.")
+    intruder_top_k: int = Field(10, ge=1, description="Top singular vectors of each fine-tuned weight examined for intruders.")
+
+    @field_validator("scales", "intruder_scales")
+    @classmethod
+    def _in_unit_interval(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"scales must lie in [0, 1], got {bad[0]}")
+        return values
+
+
+def _progress(total: int, enabled: bool):
+    from rich.progress import Progress
+
+    progress = Progress(transient=True, disable=not enabled)
+    return progress, progress.add_task("mitigation settings", total=total)
+
+
+@torch.no_grad()
+def mitigation_grid(
+    finetuned: torch.nn.Module,
+    eval_blocks: Mapping[str, torch.Tensor],
+    ft_blocks: torch.Tensor,
+    settings: MitigationSettings,
+    base: torch.nn.Module | None = None,
+    batch_size: int = 16,
+    n_bootstrap: int = 1000,
+    progress: bool = False,
+) -> dict:
+    """Measure every method's settings on `finetuned` (a PEFT model, or with `base` a full
+    fine-tune of it). Returns `{"rows": [{"method", "setting", "kl", "forgetting_ce",
+    "ft_loss", "ft_gain", "ci", "domains", ...}], "base_ft_loss", "skipped": {method: why}}`;
+    `ft_gain` is how far `ft_loss` fell from the base's.
+    """
+    finetuned.eval()
+    if base is None:
+        if not hasattr(finetuned, "disable_adapter"):
+            raise UserInputError("mitigate needs a PEFT adapter (--adapter) or a base model to interpolate toward (--finetuned)")
+        source = BaseSource("recorded", predictions=record_base_predictions(finetuned, eval_blocks, batch_size=batch_size))
+        with finetuned.disable_adapter():
+            base_ft_loss = mean_loss(finetuned, ft_blocks, batch_size)
+    else:
+        base.eval().requires_grad_(False)
+        source = BaseSource("recorded", predictions=record_base_predictions(base, eval_blocks, batch_size=batch_size),
+                            head=base.get_output_embeddings())
+        base_ft_loss = mean_loss(base, ft_blocks, batch_size)
+    edits, skipped = {}, {}
+    for name, method in METHODS.items():
+        edit = method.prepare(finetuned, base, settings)
+        if isinstance(edit, str):
+            skipped[name] = edit
+        else:
+            edits[name] = edit
+    rows = []
+    bar, task = _progress(sum(len(e.settings) for e in edits.values()), progress)
+    with bar:
+        for name, edit in edits.items():
+            for setting in edit.settings:
+                with edit.applied(setting):
+                    result = measure_forgetting(finetuned, eval_blocks, source, batch_size, n_bootstrap=n_bootstrap)
+                    ft_loss = mean_loss(finetuned, ft_blocks, batch_size)
+                overall = result.overall
+                rows.append({
+                    "method": name, "setting": setting, "kl": overall["kl"], "forgetting_ce": overall["forgetting_ce"],
+                    "ft_loss": ft_loss, "ft_gain": base_ft_loss - ft_loss, "base_entropy": overall["base_entropy"],
+                    "hard_ce": overall["hard_ce"], "tokens": overall["tokens"], "ci": overall.get("ci", {}),
+                    "domains": {d: {"kl": v["kl"], "forgetting_ce": v["forgetting_ce"]} for d, v in result.domains.items()},
+                    **edit.describe(setting),
+                })
+                bar.advance(task)
+    return {"rows": rows, "base_ft_loss": base_ft_loss, "skipped": skipped, "_edits": edits}
+
+
+def choose(rows: list[dict], budget: float) -> dict | None:
+    """The row with the lowest `ft_loss` among those with KL within `budget`, or None."""
+    within = [row for row in rows if row["kl"] <= budget]
+    return min(within, key=lambda row: row["ft_loss"]) if within else None
+
+
+def save_setting(grid: dict, row: dict, directory: Path, tokenizer=None) -> Path:
+    """Write the fine-tune edited at `row`'s setting to `directory` (an ordinary PEFT adapter,
+    or a full model for WiSE-FT), with the tokenizer when given."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise UserInputError(f"--save {directory} is not empty: give a new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    grid["_edits"][row["method"]].save(row["setting"], directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def public(grid: dict) -> dict:
+    """The grid's result without its live edits: what `--json` prints and files keep."""
+    return {k: v for k, v in grid.items() if not k.startswith("_")}
