@@ -104,7 +104,7 @@ class SweepConfig(Strict):
     tokenizer: str | None = Field(None, description="Tokenizer directory or hub id, if not the base model's.")
     finetune_data: DataSource
     eval_data: list[DataSource] = Field(min_length=1)
-    replay_data: DataSource | None = Field(None, description="Replay corpus of the grid's replay_fraction and kl_weight: pretraining-like text, never the eval text (an embedded corpus gives its pretraining split).")
+    replay_data: list[DataSource] | None = Field(None, min_length=1, description="Replay corpus of the grid's replay_fraction and kl_weight: pretraining-like text, never the eval text (an embedded corpus gives its pretraining split).")
     save_adapters: bool = Field(False, description="Keep every finished point's adapter in DIR/adapters/ID (for `forgetscope mitigate --sweep`).")
     grid: Annotated[Annotated[Grid, Tag("")] | Annotated[list[Grid], Tag("-")],
                     Discriminator(lambda v: "-" if isinstance(v, list) else "")] = Field(
@@ -202,7 +202,7 @@ def load_config(path: str | Path) -> SweepConfig:
     except yaml.YAMLError as exc:
         raise UserInputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     config = parse_config(data, str(path))
-    for source in [config.finetune_data, *config.eval_data, *([config.replay_data] if config.replay_data else [])]:
+    for source in [config.finetune_data, *config.eval_data, *(config.replay_data or [])]:
         if source.files is not None:
             source.files = [f if f.is_absolute() else (path.parent / f).resolve() for f in source.files]
     for section in config.sections().values():

@@ -97,7 +97,7 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
                 eval_blocks[name] = group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens)
     replay_blocks = None
     if config.replay_data is not None:
-        replay_docs = [d for docs in _documents(config.replay_data, "pretrain").values() for d in docs]
+        replay_docs = [d for source in config.replay_data for docs in _documents(source, "pretrain").values() for d in docs]
         replay_blocks = group_into_blocks(replay_docs, tokenizer, config.seq_len, config.steps * config.batch_size * config.seq_len)
         if len(replay_blocks) == 0:
             raise UserInputError(f"replay_data is shorter than one sequence of {config.seq_len} tokens")
