@@ -330,6 +330,7 @@ def predict(
     steps: Annotated[float | None, typer.Option(help="Planned update steps N.")] = None,
     budget: Annotated[float | None, typer.Option(help="Forgetting budget (KL, nats/token): the largest N within it.")] = None,
     extrapolate: Annotated[bool, typer.Option(help="Forecast beyond the range the validation tested, with a wider interval.")] = False,
+    replay_fraction: Annotated[float, typer.Option(help="Replay fraction of the planned fine-tune (laws fitted with the replay knob only).")] = 0.0,
     as_json: Json = False,
 ) -> None:
     """Forecast forgetting for a configuration not yet run, or the steps a forgetting budget allows."""
@@ -339,7 +340,8 @@ def predict(
     if (steps is None) == (budget is None):
         raise UserInputError("give exactly one of --steps (forecast forgetting) or --budget (forecast steps)")
     fits = load_fits(directory)
-    query = Query(P=params, rank=rank, arm=target_modules, learning_rate=learning_rate, extrapolate=extrapolate)
+    query = Query(P=params, rank=rank, arm=target_modules, learning_rate=learning_rate, extrapolate=extrapolate,
+                  replay_fraction=replay_fraction)
     out = forecasts(fits, query, steps) if steps is not None else budget_steps(fits, query, budget)
     if as_json:
         print(json.dumps(out))

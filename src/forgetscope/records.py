@@ -50,6 +50,19 @@ class Record(DomainMetrics, total=False):
     lora_alpha: float
     learning_rate: float
     seed: int
+    replay_fraction: float
+    kl_weight: float
+    l2_weight: float
+    """The training mitigations of the point (`forgetscope.mitigate.training`); 0 or absent: none."""
+
+
+MITIGATION_KEYS = ("replay_fraction", "kl_weight", "l2_weight")
+"""The record labels that say a run was mitigated while it trained."""
+
+
+def is_mitigated(record: dict) -> bool:
+    """Whether a run used any training mitigation (records from before they existed did not)."""
+    return any(record.get(key) for key in MITIGATION_KEYS)
 
 
 FIT_KEYS = ("point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_loss")

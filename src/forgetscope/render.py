@@ -322,7 +322,7 @@ def print_mitigation(result: dict) -> None:
     chosen = result.get("chosen")
     for row in result["rows"]:
         kept = f"{row['ft_gain'] / full:.0%}" if full else "-"
-        note = f"{row['intruders']} intruder dims" if "intruders" in row else ""
+        note = f"{row['intruders']} intruders" if "intruders" in row else ""
         if chosen is not None and (row["method"], row["setting"]) == (chosen["method"], chosen["setting"]):
             note = (note + "; " if note else "") + "[bold]chosen[/bold]"
         table.add_row(row["method"], f"{row['setting']:g}", f"{row['kl']:.4f}", f"{row['forgetting_ce']:.4f}",

@@ -4,8 +4,12 @@ What a reader of the paper expects, labelled by rank and module set: KL and forg
 against steps with the fitted laws and their bands, forgetting against fine-tuning loss
 with one line per module set, the forecasts of both validation tests against what
 happened with their intervals and coverage, residuals, forgetting at matched fine-tuning
-gain, the domains over steps, every form's errors, and the paper's claims with the verdict
+gain, the domains over steps, every form's errors, the paper's claims with the verdict
 this sweep's numbers give (`laws.analyses.claims`); nothing is concluded that they do not.
+A sweep with mitigated runs, or with `mitigate --sweep` results in `DIR/mitigation/`, also
+gets the trade-off of each mitigation: fine-tuning gain against KL, KL at matched gain, and
+the cheapest option under each KL budget (`mitigate.tradeoff`). The laws are fitted on the
+unmitigated runs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import yaml
 from matplotlib.ticker import LogLocator, NullFormatter
 
+from forgetscope.errors import UserInputError
 from forgetscope.laws.forecast import fit_from
 from forgetscope.laws.select import fit_sweep, load_fits, read_table
 from forgetscope.plots import colors as _colors
@@ -32,7 +37,8 @@ STYLES = ("-", "--", ":", "-.")
 def _run_label(rows) -> str:
     first = rows.iloc[0]
     rank = f"r={int(first['rank'])} " if "rank" in rows else ""
-    return f"{rank}{first.arm_name} (P={int(first.P):,})"
+    replay = f", replay {first.replay_fraction:.0%}" if first.replay_fraction else ""
+    return f"{rank}{first.arm_name} (P={int(first.P):,}{replay})"
 
 
 def _log_axes(ax) -> None:
@@ -49,7 +55,7 @@ def _runs(table):
     trained = table[table.N > 0]
     colors = _colors(trained["rank"] if "rank" in trained else trained.P)
     arms = sorted(trained.arm_name.unique())
-    for (arm, P), rows in sorted(trained.groupby(["arm_name", "P"]), key=lambda kv: (arms.index(kv[0][0]), kv[0][1])):
+    for (arm, P, _), rows in sorted(trained.groupby(["arm_name", "P", "replay_fraction"]), key=lambda kv: (arms.index(kv[0][0]), *kv[0][1:])):
         key = rows["rank"].iloc[0] if "rank" in rows else P
         yield rows.sort_values("N"), colors[key], STYLES[arms.index(arm) % len(STYLES)]
 
@@ -63,11 +69,11 @@ def _law_vs_steps(table, entry, target: str, title: str, path: Path) -> None:
         T_per_step = float(rows["T"].iloc[-1] / rows.N.iloc[-1])
         grid = grid_steps * T_per_step
         arm = fit.arms.index(rows.arm_name.iloc[0]) if fit.arms else 0
-        P = float(rows.P.iloc[0])
+        P, replay = float(rows.P.iloc[0]), float(rows.replay_fraction.iloc[0])
         ax.scatter(rows.N, rows[target], color=color, s=14, zorder=3)
-        ax.plot(grid_steps, fit.predict(P, grid, arm=arm), color=color, ls=style, lw=1.4, label=_run_label(rows))
+        ax.plot(grid_steps, fit.predict(P, grid, arm=arm, replay=replay), color=color, ls=style, lw=1.4, label=_run_label(rows))
         if len(samples):
-            band = fit.predict(P, grid, samples[:200], arm=arm)
+            band = fit.predict(P, grid, samples[:200], arm=arm, replay=replay)
             ax.fill_between(grid_steps, *np.percentile(band, [2.5, 97.5], axis=0), color=color, alpha=0.12, lw=0)
     if target == "forgetting_ce" and entry.get("shift_value") is not None:
         ax.axhline(entry["shift_value"], color="grey", ls=":", lw=1, label="base entropy H_base")
@@ -153,7 +159,8 @@ def _residuals(table, fits: dict, path: Path) -> None:
         fit = fit_from(entry)
         rows = table[(table.N > 0) & (table[column] > 0)]
         arm = np.array([fit.arms.index(a) if a in fit.arms else 0 for a in rows.arm_name]) if fit.arms else None
-        residual = np.log(fit.predict(rows.P.to_numpy(float), rows["T"].to_numpy(float), arm=arm)) - np.log(rows[column].to_numpy(float))
+        residual = (np.log(fit.predict(rows.P.to_numpy(float), rows["T"].to_numpy(float), arm=arm, replay=rows.replay_fraction.to_numpy(float)))
+                    - np.log(rows[column].to_numpy(float)))
         dots = ax.scatter(rows.N, residual, s=12, c=np.log10(rows.P.to_numpy(float)), cmap="viridis")
         fig.colorbar(dots, ax=ax, label="log10 P")
         ax.axhline(0, color="k", lw=0.8)
@@ -375,13 +382,8 @@ def _sweep_title(directory: Path) -> str:
     return f"{name}" + (f" on {base}" if base else "")
 
 
-def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) -> Path:
-    """Write `report.html` and the PNGs next to the sweep's records, from its `fits.json` as
-    `forgetscope fit` wrote it (never rewritten here). Without one, the laws are fitted first
-    with `fit`'s defaults (and `n_bootstrap`, `seed`), and `fits.json` is written as `fit` would."""
-    directory = Path(directory)
-    table = read_table(directory)
-    fits = load_fits(directory) if (directory / "fits.json").is_file() else fit_sweep(directory, n_bootstrap, seed)
+def _laws_part(directory: Path, table, fits: dict) -> tuple[dict[str, str], str, str]:
+    """`(images, introduction, tables)` of the fitted laws: everything the report says of plain fine-tuning."""
     images = {
         "kl_vs_steps.png": "KL to the base against steps: a colour per rank, a line style per module set, the fitted law and its 95% band",
         "forgetting_vs_steps.png": "Forgetting L_f against steps, with the fitted law and its 95% band",
@@ -402,11 +404,6 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     if downstream is not None:
         _downstream_plot(downstream, directory / "downstream.png")
         images["downstream.png"] = "Downstream drop of each task against forgetting L_f, one dot per point (± paired SE)"
-    figures = "".join(
-        f"<figure><img src='data:image/png;base64,{base64.b64encode((directory / name).read_bytes()).decode()}' "
-        f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
-        for name, caption in images.items()
-    )
     kl = fits["kl"]
     validation, coverage = kl["validation"], kl.get("interval", {}).get("coverage", {})
     headline = "; ".join(
@@ -414,6 +411,86 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
         + (f", {coverage[split]['with_model_error']:.0%} of {coverage[split]['n']} held-out points inside the 95% interval" if split in coverage else "")
         for split in ("in_time", "in_size"))
     arms = ", ".join(html.escape(a) for a in sorted(table.arm_name.unique()))
+    intro = f"""<p>{fits['n_points']} runs ({arms}), {fits['n_records']} measurements. Forgetting L_f is the cross-entropy of the fine-tuned model's
+next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>
+<p><b>How far the KL law can be trusted</b> ({html.escape(kl.get('label', kl['form']))}, chosen on a selection split):
+forecasting in time (each run fitted up to {1 - fits.get('holdout', 0.5):.0%} of its steps) and in size (the largest P of each
+module set held out): {headline}.</p>
+{_claims_html(fits)}"""
+    tables = f"""<h2>Fitted laws</h2>{''.join(_fit_table(t, fits[t]) for t in ('kl', 'forgetting_ce', 'ft_loss'))}
+<h2>Forgetting at matched fine-tuning gain</h2>{_matched_html(fits)}
+{_domains_html(fits)}
+{_downstream_html(downstream) if downstream is not None else ""}"""
+    return images, intro, tables
+
+
+def _mitigation_part(directory: Path) -> tuple[dict[str, str], str]:
+    """The trade-off plot and tables of a sweep's mitigated runs and of every post-hoc
+    `mitigate --sweep` result kept in `DIR/mitigation/` (nothing when there is neither)."""
+    from forgetscope.mitigate import tradeoff
+    from forgetscope.records import is_mitigated, read_records
+    from forgetscope.sweep.store import finished_points, read_artifacts
+
+    finished = finished_points(directory)
+    records = [r for r in read_records(directory / "records.jsonl") if r.get("point_id") in finished]
+    _, posthoc = read_artifacts(directory, "mitigation")
+    if not posthoc and not any(is_mitigated(r) for r in records):
+        return {}, ""
+    # Compare like with like: the runs of the size the mitigated runs (or the post-hoc fine-tune) have.
+    sizes = {r["trainable_params"] for r in records if is_mitigated(r) or r["point_id"] in posthoc}
+    curves = tradeoff.training_curves([r for r in records if r["trainable_params"] in sizes])
+    for point_id, result in sorted(posthoc.items()):
+        suffix = f" ({point_id})" if len(posthoc) > 1 else ""
+        curves.update({label + suffix: c for label, c in tradeoff.posthoc_curves(result).items()})
+    tradeoff.plot_tradeoff(curves, directory / "tradeoff.png", "Fine-tuning gain against forgetting, per mitigation")
+    reference = curves.get("no mitigation", [])
+    full_gain = min((c[-1]["gain"] for c in reference), default=None)
+    matched = []
+    for share in (0.5, 0.8) if full_gain else ():
+        rows = "".join(f"<tr><td>{html.escape(r['option'])}</td><td>{_num(r['kl'], '.4f')}</td><td>{_num(r['vs_none'], '.2f', 'x')}</td></tr>"
+                       for r in tradeoff.matched_table(curves, share * full_gain))
+        matched.append(f"<table><tr><th colspan=3>at gain {share * full_gain:.4f} ({share:.0%} of the unmitigated run's)</th></tr>"
+                       f"<tr><th>option</th><th>KL</th><th>vs none</th></tr>{rows}</table>")
+    kls = [p["kl"] for runs in curves.values() for c in runs for p in c]
+    cheapest = "".join(
+        f"<tr><td>{row['budget']:g}</td><td>{html.escape(row['option'] or 'none reaches it')}</td><td>{_num(row['gain'], '.4f')}</td>"
+        f"<td>{html.escape(row['runner_up'] or '-')}</td><td>{_num(row['runner_up_gain'], '.4f')}</td></tr>"
+        for row in tradeoff.cheapest_table(curves, tradeoff.levels(kls)))
+    page = ("<h2>Mitigation: what each option trades</h2><p>Each curve is one run's steps (training mitigations) or one "
+            "post-hoc method's settings from 0 to 1; any point on a curve can be had, by stopping the run there or by applying "
+            "that setting. KL at a matched gain is read off each curve (linear between its points, never extrapolated).</p>"
+            + "".join(matched)
+            + "<table><tr><th>to stay under KL</th><th>the cheapest option</th><th>gain kept</th><th>next best</th><th>its gain</th></tr>"
+            + cheapest + "</table>")
+    return {"tradeoff.png": "Fine-tuning gain against KL to the base: one colour per mitigation, dashed lines post-hoc"}, page
+
+
+def _num(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) -> Path:
+    """Write `report.html` and the PNGs next to the sweep's records, from its `fits.json` as
+    `forgetscope fit` wrote it (never rewritten here). Without one, the laws are fitted first
+    with `fit`'s defaults (and `n_bootstrap`, `seed`), and `fits.json` is written as `fit` would."""
+    directory = Path(directory)
+    mitigation_images, mitigation_html = _mitigation_part(directory)
+    try:
+        table = read_table(directory)
+        fits = load_fits(directory) if (directory / "fits.json").is_file() else fit_sweep(directory, n_bootstrap, seed)
+    except UserInputError as exc:
+        if not mitigation_html:
+            raise
+        images, laws_html = {}, f"<h2>Laws</h2><p>Not fitted on this sweep: {html.escape(str(exc))}.</p>"
+        intro = "<p>Forgetting L_f is the cross-entropy of the fine-tuned model's next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>"
+    else:
+        images, intro, laws_html = _laws_part(directory, table, fits)
+    images.update(mitigation_images)
+    figures = "".join(
+        f"<figure><img src='data:image/png;base64,{base64.b64encode((directory / name).read_bytes()).decode()}' "
+        f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, caption in images.items()
+    )
     title = html.escape(_sweep_title(directory))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>forgetscope: {title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 1em .5em 0;display:inline-table;vertical-align:top}}
@@ -421,17 +498,10 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}}th
 table.claims td{{text-align:left}}td.holds{{background:#e3f4e3}}td.fails{{background:#f8e0e0}}td.mixed{{background:#fbf1d9}}
 figure{{display:inline-block;margin:.5em}}img{{max-width:100%}}figcaption{{font-size:12px;color:#555}}</style></head><body>
 <h1>Forgetting in {title}</h1>
-<p>{fits['n_points']} runs ({arms}), {fits['n_records']} measurements. Forgetting L_f is the cross-entropy of the fine-tuned model's
-next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>
-<p><b>How far the KL law can be trusted</b> ({html.escape(kl.get('label', kl['form']))}, chosen on a selection split):
-forecasting in time (each run fitted up to {1 - fits.get('holdout', 0.5):.0%} of its steps) and in size (the largest P of each
-module set held out): {headline}.</p>
-{_claims_html(fits)}
+{intro}
 {figures}
-<h2>Fitted laws</h2>{''.join(_fit_table(t, fits[t]) for t in ('kl', 'forgetting_ce', 'ft_loss'))}
-<h2>Forgetting at matched fine-tuning gain</h2>{_matched_html(fits)}
-{_domains_html(fits)}
-{_downstream_html(downstream) if downstream is not None else ""}
+{mitigation_html}
+{laws_html}
 </body></html>"""
     out = directory / "report.html"
     out.write_text(page)

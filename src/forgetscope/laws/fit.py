@@ -28,25 +28,30 @@ class Fit:
     loss: float
     converged: bool
     arms: tuple[str, ...] = ()
+    replay: bool = False
+    """Whether the law has the replay knob (its last parameter is `log B`)."""
 
-    def predict(self, P, N, theta: np.ndarray | None = None, arm=None) -> np.ndarray:
-        """The law at `(P, N)` (broadcast), in arm `arm` (an index into `arms`; 0 if omitted)."""
-        P, N, arm = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float),
-                                        np.asarray(0 if arm is None else arm, dtype=int))
-        y, _ = self.form.value_and_grad(self.theta if theta is None else theta, P.ravel(), N.ravel(), self.shift, arm.ravel())
+    def predict(self, P, N, theta: np.ndarray | None = None, arm=None, replay=None) -> np.ndarray:
+        """The law at `(P, N)` (broadcast), in arm `arm` (an index into `arms`; 0 if omitted),
+        at replay fraction `replay` (0 if omitted; ignored by a law without the knob)."""
+        P, N, arm, fraction = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float),
+                                                  np.asarray(0 if arm is None else arm, dtype=int),
+                                                  np.asarray(0.0 if replay is None else replay, dtype=float))
+        y, _ = self.form.value_and_grad(self.theta if theta is None else theta, P.ravel(), N.ravel(), self.shift, arm.ravel(),
+                                        fraction.ravel() if self.replay else None)
         return y.reshape(y.shape[:-1] + P.shape)
 
     @property
     def params(self) -> dict[str, float]:
-        return self.form.report(self.theta, self.shift, self.arms)
+        return self.form.report(self.theta, self.shift, self.arms, self.replay)
 
 
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
 
 
-def _objective(theta, form: Form, P, N, log_y, shift, delta, arm=None):
-    pred, grad = form.value_and_grad(theta, P, N, shift, arm)
+def _objective(theta, form: Form, P, N, log_y, shift, delta, arm=None, replay=None):
+    pred, grad = form.value_and_grad(theta, P, N, shift, arm, replay)
     pred = np.maximum(pred, 1e-300)
     r = np.log(pred) - log_y
     huber = _huber(r, delta)
@@ -59,47 +64,49 @@ def _n_factors(arm) -> int:
     return 0 if arm is None or len(arm) == 0 else int(np.max(arm))
 
 
-def _bounds(form: Form, shift: float | None, y: np.ndarray, arm=None) -> list[tuple[float, float]]:
-    inner = form.bounds() + [(-8.0, 8.0)] * _n_factors(arm)
+def _bounds(form: Form, shift: float | None, y: np.ndarray, arm=None, replay=None) -> list[tuple[float, float]]:
+    inner = form.bounds() + [(-8.0, 8.0)] * _n_factors(arm) + ([(-12.0, 12.0)] if replay is not None else [])
     return inner if shift is not None else [(0.0, float(np.min(y)) * (1 - 1e-9)), *inner]
 
 
-def _starts(form: Form, shift: float | None, y: np.ndarray, arm=None) -> list[np.ndarray]:
-    """The form's starting grid around the data's level (arm factors at 1), times a few
-    shifts when E is free."""
+def _starts(form: Form, shift: float | None, y: np.ndarray, arm=None, replay=None) -> list[np.ndarray]:
+    """The form's starting grid around the data's level (arm factors at 1, the replay knob's
+    B at 1), times a few shifts when E is free."""
     level = np.log(max(float(np.median(y) - (shift or 0.0)), 1e-12))
     shifts = [None] if shift is not None else [0.0, 0.5 * float(np.min(y)), 0.95 * float(np.min(y))]
-    factors = [0.0] * _n_factors(arm)
+    factors = [0.0] * _n_factors(arm) + ([0.0] if replay is not None else [])
     return [np.array(([] if e is None else [e]) + list(inner) + factors, dtype=float)
             for e, inner in itertools.product(shifts, form.starts(level))]
 
 
 def fit_law(
     form: Form, P, N, y, shift: float | None = None, starts: list[np.ndarray] | None = None,
-    delta: float = HUBER_DELTA, n_optimized: int = 4, arm=None, arms: tuple[str, ...] = (),
+    delta: float = HUBER_DELTA, n_optimized: int = 4, arm=None, arms: tuple[str, ...] = (), replay=None,
 ) -> Fit:
     """Fit `form` to `(P, N, y)`: score a grid of starting points, run L-BFGS-B from the
     `n_optimized` best, keep the best converged result. With `arm` (each row's index into
-    `arms`), every arm but the first gets a fitted factor."""
+    `arms`), every arm but the first gets a fitted factor; with `replay` (each row's replay
+    fraction), the law gets the replay knob."""
     P, N, y = (np.asarray(v, dtype=float) for v in (P, N, y))
     arm = None if arm is None else np.asarray(arm, dtype=int)
     log_y = np.log(y)
-    bounds = _bounds(form, shift, y, arm)
+    replay = None if replay is None else np.asarray(replay, dtype=float)
+    bounds = _bounds(form, shift, y, arm, replay)
     low, high = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
-    starts = [np.clip(s, low, high) for s in (starts if starts is not None else _starts(form, shift, y, arm))]
+    starts = [np.clip(s, low, high) for s in (starts if starts is not None else _starts(form, shift, y, arm, replay))]
     if len(starts) > n_optimized:
-        scores = [_objective(s, form, P, N, log_y, shift, delta, arm)[0] for s in starts]
+        scores = [_objective(s, form, P, N, log_y, shift, delta, arm, replay)[0] for s in starts]
         starts = [starts[i] for i in np.argsort(scores)[:n_optimized]]
     results = [
-        minimize(_objective, start, args=(form, P, N, log_y, shift, delta, arm), jac=True, method="L-BFGS-B", bounds=bounds)
+        minimize(_objective, start, args=(form, P, N, log_y, shift, delta, arm, replay), jac=True, method="L-BFGS-B", bounds=bounds)
         for start in starts
     ]
     # L-BFGS-B stalls where the Huber loss is linear (residuals beyond delta): polish each
     # result with IRLS steps, which only ever lower the objective.
     theta, value = refine(form, shift, P, N, y, np.array([res.x for res in results]), np.ones((len(results), len(y))),
-                          delta=delta, arm=arm)
+                          delta=delta, arm=arm, replay=replay)
     best = int(np.argmin(value))
-    return Fit(form, shift, theta[best], float(value[best]), any(res.success for res in results), tuple(arms))
+    return Fit(form, shift, theta[best], float(value[best]), any(res.success for res in results), tuple(arms), replay is not None)
 
 
 def log_metrics(y, pred) -> dict[str, float]:
@@ -126,7 +133,7 @@ def check_enough_data(P, N, n_params: int, what: str) -> None:
 
 
 def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights: np.ndarray,
-           iterations: int = 60, delta: float = HUBER_DELTA, arm=None) -> tuple[np.ndarray, np.ndarray]:
+           iterations: int = 60, delta: float = HUBER_DELTA, arm=None, replay=None) -> tuple[np.ndarray, np.ndarray]:
     """Minimise a batch of weighted Huber objectives at once from `theta` `(B, k)`.
 
     Batched, damped Gauss-Newton: IRLS weights for the Huber loss, Levenberg-Marquardt
@@ -137,11 +144,11 @@ def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights:
     """
     P, N, y = (np.asarray(v, dtype=float) for v in (P, N, y))
     log_y = np.log(y)
-    bounds = np.array(_bounds(form, shift, y, arm))
+    bounds = np.array(_bounds(form, shift, y, arm, replay))
     theta = np.clip(np.array(theta, dtype=float), bounds[:, 0], bounds[:, 1])
 
     def objective(th):
-        pred, grad = form.value_and_grad(th, P, N, shift, arm)
+        pred, grad = form.value_and_grad(th, P, N, shift, arm, replay)
         pred = np.maximum(pred, 1e-300)
         r = np.log(pred) - log_y
         return (weights * _huber(r, delta)).sum(axis=1), r, grad / pred[..., None]
@@ -165,7 +172,7 @@ def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights:
     return theta, value
 
 
-def bootstrap(fit: Fit, groups: np.ndarray, P, N, y, n_resamples: int = 1000, seed: int = 0, arm=None) -> np.ndarray:
+def bootstrap(fit: Fit, groups: np.ndarray, P, N, y, n_resamples: int = 1000, seed: int = 0, arm=None, replay=None) -> np.ndarray:
     """Parameter vectors refitted on `n_resamples` resamples of whole runs (`groups`).
 
     Steps of one run are correlated, so runs, not single measurements, are resampled. A
@@ -176,7 +183,7 @@ def bootstrap(fit: Fit, groups: np.ndarray, P, N, y, n_resamples: int = 1000, se
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_resamples).astype(float)
     start = np.repeat(fit.theta[None], n_resamples, axis=0)
-    return refine(fit.form, fit.shift, P, N, y, start, counts[:, row_group], arm=arm)[0]
+    return refine(fit.form, fit.shift, P, N, y, start, counts[:, row_group], arm=arm, replay=replay if fit.replay else None)[0]
 
 
 def time_split(N, groups, fraction: float = 0.5) -> np.ndarray:

@@ -26,7 +26,8 @@ def fit_from(entry: dict, theta_key: str = "theta") -> Fit | None:
     without the held-out runs; None where the entry has none)."""
     if entry.get(theta_key) is None:
         return None
-    return Fit(FORMS.get(entry["form"]), entry["shift_value"], np.array(entry[theta_key]), 0.0, True, tuple(entry.get("arms", ())))
+    return Fit(FORMS.get(entry["form"]), entry["shift_value"], np.array(entry[theta_key]), 0.0, True, tuple(entry.get("arms", ())),
+               bool(entry.get("replay", False)))
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,18 @@ class Query:
     """The module set (and scaling, when the sweep has both), as `fits.json`'s `range.arms` names it."""
     learning_rate: float | None = None
     extrapolate: bool = False
+    replay_fraction: float = 0.0
+    """Share of the training sequences from a replay corpus (laws with the replay knob only)."""
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A query in the laws' terms: `P`, the arm's name, and `T` per step."""
+    """A query in the laws' terms: `P`, the arm's name, `T` per step and the replay fraction."""
 
     P: float
     arm: str | None
     T_per_step: float
+    replay: float = 0.0
 
 
 def resolve(fits: dict, query: Query) -> Resolved:
@@ -78,7 +82,13 @@ def resolve(fits: dict, query: Query) -> Resolved:
     lr = reference if query.learning_rate is None else query.learning_rate
     if lr <= 0:
         raise UserInputError(f"--learning-rate must be positive, got {lr}")
-    return Resolved(P, arm, lr / reference)
+    replay = float(query.replay_fraction)
+    if not 0.0 <= replay < 1.0:
+        raise UserInputError(f"--replay-fraction must lie in [0, 1), got {replay}")
+    if replay > 0 and not all(fits[t].get("replay") for t in ("kl", "forgetting_ce")):
+        raise UserInputError("this sweep's laws have no replay knob (no runs with replay_fraction > 0 were fitted): "
+                             "sweep replay_fraction to forecast with it")
+    return Resolved(P, arm, lr / reference, replay)
 
 
 def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> float:
@@ -99,6 +109,9 @@ def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> float:
             reasons.append(f"P = {where.P:,.0f} is outside the {low:,.0f} to {high:,.0f} the in-size test validated for {where.arm}")
             reach = np.log(where.P / arm["P"][-1]) if where.P > high else np.log(arm["P"][0] / where.P)
             factor = max(factor, reach / max(np.log(ranges["size_factor"]), 1e-9))
+    measured = ranges.get("replay_fractions")
+    if measured and where.replay > max(measured):
+        reasons.append(f"replay fraction {where.replay:g} is beyond the {max(measured):g} the sweep measured")
     if reasons and not extrapolate:
         raise UserInputError("; ".join(reasons) + " (pass --extrapolate for a forecast with a wider interval)")
     return float(factor)
@@ -109,10 +122,10 @@ def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen: float)
     entry = fits[target]
     fit = fit_from(entry)
     arm = fit.arms.index(where.arm) if fit.arms and where.arm in fit.arms else 0
-    value = fit.predict(where.P, T, arm=arm)
+    value = fit.predict(where.P, T, arm=arm, replay=where.replay)
     samples = np.array(entry["bootstrap"])
     if len(samples):
-        boot_low, boot_high = np.percentile(fit.predict(where.P, T, samples, arm=arm), [2.5, 97.5], axis=0)
+        boot_low, boot_high = np.percentile(fit.predict(where.P, T, samples, arm=arm, replay=where.replay), [2.5, 97.5], axis=0)
     else:
         boot_low, boot_high = value, value
     q = entry.get("interval", {}).get("residual_q", 0.0) * widen  # the form's own error

@@ -28,23 +28,30 @@ from forgetscope.files import write_atomically
 from forgetscope.laws.analyses import claims, domain_analysis, linear_relation, matched_loss_analysis
 from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, extrapolation_errors, fit_law, log_metrics, size_split, time_split
 from forgetscope.laws.forms import FORMS, candidate_forms
-from forgetscope.records import FIT_KEYS, read_records
+from forgetscope.records import FIT_KEYS, is_mitigated, read_records
 
 TARGETS = ("forgetting_ce", "kl", "ft_loss")
 
 
 def read_table(directory: str | Path) -> pd.DataFrame:
-    """One row per (point, step) from `DIR/records.jsonl` (a torn last line is skipped)."""
+    """One row per (point, step) in `DIR/records.jsonl` (a torn last line is skipped), but for
+    runs with a KL or L2 penalty: the laws describe fine-tuning with replay as their only
+    knob; the penalised runs are compared on their trade-off curves (`mitigate.tradeoff`)."""
     path = Path(directory) / "records.jsonl"
     if not path.is_file():
         raise UserInputError(f"no records to fit: {path} not found (run `forgetscope sweep` first)")
     records = read_records(path)
     if not records:
         raise UserInputError(f"cannot fit: {path} holds no records")
+    # Replay is a knob of the laws (`+replay` candidates); other training mitigations are not.
+    records = [r for r in records if not is_mitigated({**r, "replay_fraction": 0})]
+    if not records:
+        raise UserInputError(f"cannot fit: every run in {path} has a KL or L2 penalty, and the laws describe runs without one")
     missing = set(FIT_KEYS) - set(records[0])
     if missing:
         raise UserInputError(f"{path}: records lack {', '.join(sorted(missing))}")
     table = pd.DataFrame(records).rename(columns={"trainable_params": "P", "step": "N"})
+    table["replay_fraction"] = table.get("replay_fraction", pd.Series(0.0, index=table.index)).fillna(0.0).astype(float)
     table["arm_name"] = arm_names(table)
     arms = sorted(table.arm_name.unique())
     table["arm"] = table.arm_name.map(arms.index)
@@ -66,9 +73,10 @@ def arm_names(rows: pd.DataFrame) -> pd.Series:
     return names
 
 
-def _candidates(target: str, table: pd.DataFrame) -> dict[str, tuple[str, float | None, pd.DataFrame, str, bool]]:
-    """`{label: (form name, fixed shift or None, rows, column fitted, with arm factors)}` to
-    try for one target; `+arms` labels have a factor per arm, tried when the sweep has several."""
+def _candidates(target: str, table: pd.DataFrame) -> dict[str, tuple[str, float | None, pd.DataFrame, str, bool, bool]]:
+    """`{label: (form name, fixed shift or None, rows, column fitted, with arm factors, with
+    the replay knob)}` to try for one target; `+arms` labels have a factor per arm, tried when
+    the sweep has several; `+replay` labels the replay knob, tried when runs differ in it."""
     trained = table[table.N > 0]
     if target == "kl":
         base = {name: (name, 0.0, trained[trained.kl > 0], "kl") for name in candidate_forms(increasing=True)}
@@ -84,7 +92,9 @@ def _candidates(target: str, table: pd.DataFrame) -> dict[str, tuple[str, float 
     out = {label: (*c, False) for label, c in base.items()}
     if table.arm.nunique() > 1:
         out |= {f"{label}+arms": (*c, True) for label, c in base.items()}
-    return out
+    if table.replay_fraction.nunique() > 1:
+        return {f"{label}+replay": (*c, True) for label, c in out.items()}  # a law without the knob would pool them
+    return {label: (*c, False) for label, c in out.items()}
 
 
 def base_values(table: pd.DataFrame) -> dict[str, float]:
@@ -95,32 +105,37 @@ def base_values(table: pd.DataFrame) -> dict[str, float]:
     return {"forgetting_ce": entropy, "kl": 0.0, "ft_loss": float(start.ft_loss.median()) if len(start) else float("nan")}
 
 
-def _columns(rows: pd.DataFrame, target: str, with_arms: bool):
-    """`P`, `T`, `y`, each row's arm (None for a pooled law) and the arms' names."""
+def _columns(rows: pd.DataFrame, target: str, with_arms: bool, with_replay: bool = False):
+    """`P`, `T`, `y`, each row's arm (None for a pooled law), the arms' names and each row's
+    replay fraction (None for a law without the knob)."""
     arms = tuple(sorted(rows.arm_name.unique())) if with_arms else ()
     arm = rows.arm_name.map(arms.index).to_numpy() if with_arms else None
-    return rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float), arm, arms
+    replay = rows.replay_fraction.to_numpy(float) if with_replay else None
+    return rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float), arm, arms, replay
 
 
-def _n_fitted(form, shift, arms) -> int:
-    return len(form.fit_names(shift)) + max(len(arms) - 1, 0)
+def _n_fitted(form, shift, arms, replay=None) -> int:
+    return len(form.fit_names(shift)) + max(len(arms) - 1, 0) + (replay is not None)
+
+
+def _at(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[mask]
 
 
 def _score(form, shift, rows: pd.DataFrame, target: str, train: np.ndarray, held: np.ndarray,
-           with_arms: bool) -> tuple[dict, Fit | None]:
+           with_arms: bool, with_replay: bool = False) -> tuple[dict, Fit | None]:
     """Fit on `train`, score on `held` (trained steps only); NaNs where the split leaves too little."""
-    P, T, y, arm, arms = _columns(rows, target, with_arms)
+    P, T, y, arm, arms, replay = _columns(rows, target, with_arms, with_replay)
     held = held & (T > 0)
     fitted = train & (T > 0)
     empty = {"median_ape": float("nan"), "max_ape": float("nan"), "mape": float("nan"), "log_rmse": float("nan"), "n": 0}
     enough = (held.any() and len(np.unique(P[fitted])) >= 2 and len(np.unique(T[fitted])) >= 2
-              and fitted.sum() >= _n_fitted(form, shift, arms) + 2
+              and fitted.sum() >= _n_fitted(form, shift, arms, replay) + 2
               and (arm is None or set(arm[held]) <= set(arm[fitted])))  # an arm's factor needs its own runs
     if not enough:
         return empty, None
-    sub = None if arm is None else arm[train]
-    partial = fit_law(form, P[train], T[train], y[train], shift, arm=sub, arms=arms)
-    pred = partial.predict(P[held], T[held], arm=None if arm is None else arm[held])
+    partial = fit_law(form, P[train], T[train], y[train], shift, arm=_at(arm, train), arms=arms, replay=_at(replay, train))
+    pred = partial.predict(P[held], T[held], arm=_at(arm, held), replay=_at(replay, held))
     return extrapolation_errors(*_growth(rows, target, held, y[held], pred)), partial
 
 
@@ -136,7 +151,8 @@ def _growth(rows: pd.DataFrame, column: str, held: np.ndarray, y: np.ndarray, pr
     return y, pred
 
 
-def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: str, fraction: float, with_arms: bool) -> dict:
+def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: str, fraction: float, with_arms: bool,
+                   with_replay: bool = False) -> dict:
     """One candidate fitted on everything, and on each validation split:
 
     - `in_time`: every run up to `1 - fraction` of its steps, forecasting the rest;
@@ -145,10 +161,10 @@ def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: s
       chosen on this error, never on the two it reports.
     """
     form = FORMS.get(name)
-    P, N, y, arm, arms = _columns(rows, target, with_arms)
-    check_enough_data(P[N > 0], N[N > 0], _n_fitted(form, shift, arms), target)
+    P, N, y, arm, arms, replay = _columns(rows, target, with_arms, with_replay)
+    check_enough_data(P[N > 0], N[N > 0], _n_fitted(form, shift, arms, replay), target)
     groups = rows.point_id.to_numpy()
-    full = fit_law(form, P, N, y, shift, arm=arm, arms=arms)
+    full = fit_law(form, P, N, y, shift, arm=arm, arms=arms, replay=replay)
     in_time = time_split(N, groups, fraction)
     in_size = size_split(P, rows.arm_name.to_numpy())
     inner = np.zeros(len(N), dtype=bool)
@@ -156,10 +172,10 @@ def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: s
     validation, fits, masks = {}, {}, {}
     for split, held, train in (("in_time", in_time, ~in_time), ("in_size", in_size, ~in_size),
                                ("selection", inner, ~in_time & ~inner)):
-        validation[split], fits[split] = _score(form, shift, rows, target, train, held, with_arms)
+        validation[split], fits[split] = _score(form, shift, rows, target, train, held, with_arms, with_replay)
         masks[split] = (train, held & (N > 0))
-    metrics = log_metrics(y, full.predict(P, N, arm=arm))
-    return {"fit": full, "rows": rows, "arm": arm, "r2": metrics["r2"], "log_rmse": metrics["log_rmse"], "validation": validation,
+    metrics = log_metrics(y, full.predict(P, N, arm=arm, replay=replay))
+    return {"fit": full, "rows": rows, "arm": arm, "replay": replay, "r2": metrics["r2"], "log_rmse": metrics["log_rmse"], "validation": validation,
             "split_fits": fits, "masks": masks,
             "heldout_fit": fits["in_time"], "heldout_mape": validation["in_time"]["mape"],
             "heldout_log_rmse": validation["in_time"]["log_rmse"]}
@@ -174,14 +190,15 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
     the form. Coverage is the share of each test split's held-out points inside the 95%
     interval of the fit that never saw them, with and without the term.
     """
-    rows, arm = best["rows"], best["arm"]
+    rows, arm, replay = best["rows"], best["arm"], best["replay"]
     P, N, y, groups = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float), rows.point_id.to_numpy()
     arm = np.zeros(len(rows), dtype=int) if arm is None else arm
     residual_q = 0.0
     selection = best["split_fits"]["selection"]
     if selection is not None:
         held = best["masks"]["selection"][1]
-        residuals = np.abs(np.log(np.maximum(selection.predict(P[held], N[held], arm=arm[held]), 1e-300)) - np.log(y[held]))
+        residuals = np.abs(np.log(np.maximum(selection.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held)), 1e-300))
+                           - np.log(y[held]))
         level = min(1.0, 0.95 * (len(residuals) + 1) / len(residuals))
         residual_q = float(np.quantile(residuals, level))
     out: dict = {"residual_q": residual_q, "coverage": {}}
@@ -190,13 +207,14 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
         if fit is None or n_bootstrap == 0:
             continue
         train, held = best["masks"][split]
-        samples = bootstrap(fit, groups[train], P[train], N[train], y[train], min(n_bootstrap, 200), seed, arm=arm[train] if fit.arms else None)
-        band = np.percentile(fit.predict(P[held], N[held], samples, arm=arm[held]), [2.5, 97.5], axis=0)
+        samples = bootstrap(fit, groups[train], P[train], N[train], y[train], min(n_bootstrap, 200), seed,
+                            arm=arm[train] if fit.arms else None, replay=_at(replay, train))
+        band = np.percentile(fit.predict(P[held], N[held], samples, arm=arm[held], replay=_at(replay, held)), [2.5, 97.5], axis=0)
         inside = (band[0] <= y[held]) & (y[held] <= band[1])
         widened = (band[0] * np.exp(-residual_q) <= y[held]) & (y[held] <= band[1] * np.exp(residual_q))
         out["coverage"][split] = {"bootstrap": float(inside.mean()), "with_model_error": float(widened.mean()), "n": int(held.sum())}
         # Recorded as what grows from the base (KL, L_f - H_base, the fine-tuning gain), as validation scores it.
-        actual, value = _growth(rows, target, held, y[held], fit.predict(P[held], N[held], arm=arm[held]))
+        actual, value = _growth(rows, target, held, y[held], fit.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held)))
         ends = np.sort([_growth(rows, target, held, y[held], edge)[1] for edge in (band[0] * np.exp(-residual_q),
                                                                                  band[1] * np.exp(residual_q))], axis=0)
         out.setdefault("forecasts", {})[split] = {
@@ -209,9 +227,9 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     """Every candidate form of one target, the one with the lowest median error on the
     selection split chosen, with bootstrap intervals for its parameters."""
     tried, refused = {}, []
-    for label, (name, shift, rows, column, with_arms) in _candidates(target, table).items():
+    for label, (name, shift, rows, column, with_arms, with_replay) in _candidates(target, table).items():
         try:
-            tried[label] = _fit_candidate(name, shift, rows, column, fraction, with_arms) | {"column": column}
+            tried[label] = _fit_candidate(name, shift, rows, column, fraction, with_arms, with_replay) | {"column": column}
         except UserInputError as exc:  # too little data for this candidate: the others may still fit
             refused.append(exc)
     if not tried:
@@ -233,8 +251,8 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     rows = best["rows"]
     column = best["column"]
     samples = bootstrap(fit, rows.point_id.to_numpy(), rows.P.to_numpy(float), rows["T"].to_numpy(float),
-                        rows[column].to_numpy(float), n_bootstrap, seed, arm=best["arm"]) if n_bootstrap > 0 else np.empty((0, len(fit.theta)))
-    reported = np.array([list(fit.form.report(t, fit.shift, fit.arms).values()) for t in samples]) if len(samples) else None
+                        rows[column].to_numpy(float), n_bootstrap, seed, arm=best["arm"], replay=best["replay"]) if n_bootstrap > 0 else np.empty((0, len(fit.theta)))
+    reported = np.array([list(fit.form.report(t, fit.shift, fit.arms, fit.replay).values()) for t in samples]) if len(samples) else None
     ci = {name: [float(v) for v in np.percentile(reported[:, i], [2.5, 97.5])] for i, name in enumerate(fit.params)} if reported is not None else {}
     return {
         "label": label,
@@ -242,6 +260,7 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
         "shift": "zero" if target == "kl" else ("fixed" if fit.shift is not None else "free"),
         "shift_value": fit.shift,
         "arms": list(fit.arms),
+        "replay": fit.replay,
         "params": fit.params,
         "ci": ci,
         "selected_by": "median absolute percentage error on the selection split (inside the in-time training part)",
@@ -279,7 +298,8 @@ def sweep_ranges(table: pd.DataFrame, fraction: float) -> dict:
         arm["validated_P"] = [arm["P"][0] / size_factor, arm["P"][-1] * size_factor]
     return {"arms": arms, "reference_learning_rate": table.attrs["reference_learning_rate"],
             "time_factor": time_factor, "size_factor": size_factor,
-            "max_T": float(table["T"].max()), "validated_T": float(table["T"].max()) * time_factor}
+            "max_T": float(table["T"].max()), "validated_T": float(table["T"].max()) * time_factor,
+            "replay_fractions": sorted(float(f) for f in table.replay_fraction.unique())}
 
 
 def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5) -> dict:

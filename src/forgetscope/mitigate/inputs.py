@@ -4,7 +4,6 @@ whose points kept their adapters (`mitigate --sweep DIR --point ID`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +43,9 @@ def from_files(base: str, adapter: str | None, finetuned: str | None, eval_data:
 def _last_records(directory: Path) -> dict[str, dict]:
     """Each finished point's last record."""
     from forgetscope.records import read_records
+    from forgetscope.sweep.store import finished_points
 
-    finished = {p.stem for p in (directory / "points").glob("*.json") if json.loads(p.read_text()).get("status") == "finished"}
+    finished = finished_points(directory)
     last: dict[str, dict] = {}
     for record in read_records(directory / "records.jsonl"):
         pid = record.get("point_id")

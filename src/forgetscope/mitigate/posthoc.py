@@ -77,7 +77,7 @@ def mitigation_grid(
                             head=base.get_output_embeddings())
         base_ft_loss = mean_loss(base, ft_blocks, batch_size)
     edits, skipped = {}, {}
-    for name, method in METHODS.items():
+    for name, method in sorted(METHODS.items(), key=lambda item: getattr(item[1], "order", 50)):
         edit = method.prepare(finetuned, base, settings)
         if isinstance(edit, str):
             skipped[name] = edit

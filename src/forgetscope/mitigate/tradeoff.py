@@ -50,6 +50,11 @@ def posthoc_curves(result: dict) -> dict[str, list[list[dict]]]:
     by_method: dict[str, list[dict]] = defaultdict(list)
     for row in result["rows"]:
         by_method[row["method"]].append({"gain": row["ft_gain"], "kl": row["kl"], "setting": row["setting"]})
+    # Every method's setting 1 is the fine-tune as it is: end each curve there.
+    unedited = [p for p in by_method.get("scale", []) if p["setting"] == 1.0]
+    for points in by_method.values():
+        if unedited and not any(p["setting"] == 1.0 for p in points):
+            points.append(unedited[0])
     return {METHOD_LABELS.get(m, m): [sorted(points, key=lambda p: p["setting"])] for m, points in by_method.items()}
 
 
@@ -108,16 +113,15 @@ def plot_tradeoff(curves: dict[str, list[list[dict]]], path: Path, title: str) -
     palette = dict(zip(curves, [f"C{i}" for i in range(10)] * 3))
     for label, runs in curves.items():
         for i, curve in enumerate(runs):
-            gains, kls = [p["gain"] for p in curve], [max(p["kl"], 1e-6) for p in curve]
+            gains, kls = [p["gain"] for p in curve], [p["kl"] for p in curve]
             style = "--" if label.startswith("post-hoc") else "-"
             ax.plot(gains, kls, style, marker="o", ms=3, color=palette[label], lw=2.2 if label == "no mitigation" else 1.4,
                     label=label if i == 0 else None)
-    ax.set_yscale("log")
     ax.set_xlabel("fine-tuning gain (base ft_loss - ft_loss, nats/token)")
     ax.set_ylabel("KL to the base (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     plots.save(fig, path)
     return path
 

@@ -7,10 +7,11 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 
+from forgetscope.records import MITIGATION_KEYS
 from forgetscope.settings import LoraSettings
 from forgetscope.sweep.config import Grid
 
-MITIGATIONS = ("replay_fraction", "kl_weight", "l2_weight")
+MITIGATION_TAGS = {"replay_fraction": "replay", "kl_weight": "kl", "l2_weight": "l2"}
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,17 @@ class Point:
     @property
     def mitigations(self) -> dict[str, float]:
         """The training mitigations this point uses (`forgetscope.mitigate.training`): none is `{}`."""
-        return {name: getattr(self, name) for name in MITIGATIONS if getattr(self, name)}
+        return {name: getattr(self, name) for name in MITIGATION_KEYS if getattr(self, name)}
 
     @property
     def point_id(self) -> str:
         """A readable, stable id: the same settings get the same id in every sweep. Mitigations
         enter it only when used, so the points of sweeps from before they existed keep their ids."""
-        settings = {k: v for k, v in asdict(self).items() if k not in MITIGATIONS} | self.mitigations
+        settings = {k: v for k, v in asdict(self).items() if k not in MITIGATION_KEYS} | self.mitigations
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         modules = "all" if self.target_modules == "all-linear" else "+".join(self.target_modules)
-        return f"r{self.rank}-{modules}-{'rs' if self.rslora else 'lora'}-s{self.seed}-{digest}"
+        mitigated = "".join(f"-{MITIGATION_TAGS[name]}{value:g}" for name, value in self.mitigations.items())
+        return f"r{self.rank}-{modules}-{'rs' if self.rslora else 'lora'}-s{self.seed}{mitigated}-{digest}"
 
     def lora(self) -> LoraSettings:
         return LoraSettings(

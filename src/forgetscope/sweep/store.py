@@ -29,11 +29,16 @@ from forgetscope.files import write_atomically
 from forgetscope.records import Record, read_records
 
 
+def finished_points(directory: str | Path) -> set[str]:
+    """The ids of the points `DIR/points/` marks finished: the only ones whose results count."""
+    return {p.stem for p in (Path(directory) / "points").glob("*.json") if json.loads(p.read_text()).get("status") == "finished"}
+
+
 def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None = None) -> tuple[object, dict[str, object]]:
     """`(base, {point_id: artifact})` of one kind from `DIR/KIND/`, for the finished points only
     (`finished` defaults to what `DIR/points/` says)."""
     if finished is None:
-        finished = {p.stem for p in (Path(directory) / "points").glob("*.json") if json.loads(p.read_text()).get("status") == "finished"}
+        finished = finished_points(directory)
     folder = Path(directory) / kind
     base_path = folder / "base.json"
     base = json.loads(base_path.read_text()) if base_path.is_file() else None

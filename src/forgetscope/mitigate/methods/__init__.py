@@ -4,6 +4,7 @@ a `Method`; `forgetscope.mitigate.posthoc` measures every setting of every metho
 
     class MyMethod:
         name = "mine"
+        order = 50                                   # where its rows come in the table
         def prepare(self, finetuned, base, options) -> Edit | str: ...   # str: why it does not apply
 
     METHODS.register("mine", MyMethod())

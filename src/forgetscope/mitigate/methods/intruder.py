@@ -114,6 +114,7 @@ class _IntruderEdit:
 
 class IntruderMethod:
     name = "intruder"
+    order = 10  # rows of lower orders come first
 
     def prepare(self, finetuned, base, options):
         if not options.intruder_scales:

@@ -63,6 +63,7 @@ class _Interpolated:
 
 class ScaleMethod:
     name = "scale"
+    order = 0  # rows of lower orders come first
 
     def prepare(self, finetuned, base, options):
         if not options.scales:
