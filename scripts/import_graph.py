@@ -19,12 +19,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
-    ["errors"],
+    ["errors", "files"],
     ["sources"],
     ["registry", "settings", "records", "data", "models", "plots", "judges", "testing"],
     ["base_cache", "laws"],
     ["metric"],
-    ["callback", "tiny"],
+    ["callback", "tiny", "mitigate"],
     ["train"],
     ["downstream", "conjugate", "synthetic"],
     ["sweep"],

@@ -131,3 +131,26 @@ def test_a_sweep_with_one_rank_and_one_module_set_is_refused_and_fits_json_stays
     code, _, err = run_cli(["fit", directory], capsys)
     assert_user_error(code, err, "same number of trainable parameters")
     assert json.loads((directory / "fits.json").read_text()) == {"kept": True}
+
+
+def test_runs_with_replay_get_the_replay_knob_and_predict_forecasts_with_it(tmp_path, capsys):
+    from law_helpers import REPLAY_B
+
+    directory = write_sweep(tmp_path / "replay", arms=("all-linear",), replay_fractions=(0.0, 0.01, 0.05))
+    fits = fit_sweep(directory, n_bootstrap=50)
+    assert fits["kl"]["label"].endswith("+replay") and fits["kl"]["replay"]
+    assert fits["kl"]["params"]["B_replay"] == pytest.approx(REPLAY_B, rel=0.2)
+    assert fits["kl"]["validation"]["in_size"]["median_ape"] < 0.1
+    forecast = {}
+    for fraction in ("0", "0.05"):
+        code, out, err = run_cli(["predict", directory, "--rank", 8, "--steps", 150, "--replay-fraction", fraction, "--json"], capsys)
+        assert code == 0, err
+        forecast[fraction] = json.loads(out)["kl"]["value"]
+    assert forecast["0.05"] / forecast["0"] == pytest.approx(1 / (1 + REPLAY_B * 0.05), rel=0.1)
+    code, _, err = run_cli(["predict", directory, "--rank", 8, "--steps", 150, "--replay-fraction", 0.2], capsys)
+    assert_user_error(code, err, "beyond the 0.05")
+
+
+def test_a_law_without_the_knob_refuses_a_replay_forecast(known, capsys):
+    code, _, err = run_cli(["predict", known, "--rank", 8, "--target-modules", "all-linear", "--steps", 100, "--replay-fraction", 0.01], capsys)
+    assert_user_error(code, err, "no replay knob")

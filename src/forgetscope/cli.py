@@ -147,6 +147,7 @@ def mitigate(
     from forgetscope.mitigate import inputs as mitigation_inputs
     from forgetscope.mitigate import posthoc
     from forgetscope.mitigate.tradeoff import plot_posthoc
+    from forgetscope.sweep import adapters as sweep_adapters
 
     settings = posthoc.MitigationSettings(scales=_scales(scales, "--scales"), intruder_scales=_scales(intruder_scales, "--intruder-scales"),
                                           intruder_threshold=intruder_threshold, intruder_top_k=intruder_top_k)
@@ -157,7 +158,7 @@ def mitigate(
     if sweep is not None:
         if any(v is not None for v in (base, adapter, finetuned, eval_data, ft_eval_data)):
             raise UserInputError("--sweep takes the model and the data from the sweep: leave out --base, --adapter, --finetuned and the data")
-        inputs = mitigation_inputs.from_sweep(sweep, point, device)
+        inputs = sweep_adapters.from_sweep(sweep, point, device)
         out = out or sweep / "mitigation" / f"{inputs.name}.json"
     else:
         if base is None or not eval_data or not ft_eval_data:

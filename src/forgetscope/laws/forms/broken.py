@@ -48,9 +48,9 @@ class BrokenPowerLaw(Form):
         grid = itertools.product((0.05, 0.5), (0.5, 1.0, 1.5), (0.2, 0.6), (np.log(10.0), np.log(100.0)), (0.0, 0.3), (-3.0, 0.0))
         return [[level + scale, a, b1, bend, ln0, g] for a, b1, bend, ln0, g, scale in grid]
 
-    def report(self, theta, shift, arms=()):
+    def report(self, theta, shift, arms=(), replay=False):
         """The fitted parameters, and `beta2 = beta1 - bend`, the slope past the knee."""
-        out = super().report(theta, shift, arms)
+        out = super().report(theta, shift, arms, replay)
         out["beta2"] = out["beta1"] - out["bend"]
         return out
 

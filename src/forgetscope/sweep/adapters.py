@@ -1,0 +1,64 @@
+"""The adapters a sweep kept (`save_adapters: true`): which point to take, and that point's
+adapter on the sweep's base with the sweep's own eval and held-out fine-tuning text, for
+post-hoc mitigation (`forgetscope mitigate --sweep DIR --point ID`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from forgetscope.errors import UserInputError
+from forgetscope.mitigate.inputs import MitigationInputs
+
+
+def _last_records(directory: Path) -> dict[str, dict]:
+    """Each finished point's last record."""
+    from forgetscope.records import read_records
+    from forgetscope.sweep.store import finished_points
+
+    finished = finished_points(directory)
+    last: dict[str, dict] = {}
+    for record in read_records(directory / "records.jsonl"):
+        pid = record.get("point_id")
+        if pid in finished and record["step"] >= last.get(pid, {}).get("step", -1):
+            last[pid] = record
+    return last
+
+
+def pick_point(directory: Path, point: str) -> str:
+    """`point` itself, or for `largest` the unmitigated finished point with a saved adapter
+    and the most trainable parameters (the longest run, then the first id, on ties)."""
+    from forgetscope.records import is_mitigated
+
+    adapters = directory / "adapters"
+    if point != "largest":
+        if not (adapters / point / "adapter_config.json").is_file():
+            raise UserInputError(f"{directory} kept no adapter for point {point!r} (is it finished, with save_adapters: true?)")
+        return point
+    last = _last_records(directory)
+    plain = [r for pid, r in last.items() if (adapters / pid / "adapter_config.json").is_file()
+             and not is_mitigated(r)]
+    if not plain:
+        raise UserInputError(f"{directory} has no finished unmitigated point with a saved adapter (set save_adapters: true)")
+    return min(plain, key=lambda r: (-r["trainable_params"], -r["step"], r["point_id"]))["point_id"]
+
+
+def from_sweep(directory: Path, point: str = "largest", device: str = "auto") -> MitigationInputs:
+    """A sweep point's adapter on the sweep's base, with the sweep's own eval and held-out
+    fine-tuning blocks (`sweep.prepare`), so the rows compare with its records."""
+    from forgetscope.models import load_adapter, load_causal_lm, load_tokenizer, resolve_device
+    from forgetscope.sweep.config import parse_config
+    from forgetscope.sweep.prepare import prepare, resolve_base
+
+    config_path = Path(directory) / "config.yaml"
+    if not config_path.is_file():
+        raise UserInputError(f"{directory} is not a sweep directory (no config.yaml)")
+    config = parse_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    point_id = pick_point(Path(directory), point)
+    base_path = resolve_base(config)
+    inputs = prepare(config, base_path)
+    model = load_causal_lm(base_path, device=resolve_device(device))
+    finetuned = load_adapter(model, str(Path(directory) / "adapters" / point_id))
+    return MitigationInputs(finetuned, None, load_tokenizer(inputs.tokenizer_path), inputs.eval_blocks, inputs.ft_eval_blocks,
+                            name=point_id, describe={"sweep": str(directory), "point_id": point_id})
