@@ -49,12 +49,13 @@ def forward_passes(model, blocks, ft_blocks, n: int) -> float:
     for _ in range(n):
         for ids in [*blocks.values(), ft_blocks]:
             for s in range(0, len(ids), BATCH_SIZE):
-                model(input_ids=ids[s : s + BATCH_SIZE]).logits
+                _ = model(input_ids=ids[s : s + BATCH_SIZE]).logits
     return time.perf_counter() - started
 
 
 def grid(model, blocks, ft_blocks) -> float:
-    from forgetscope.mitigate.posthoc import MitigationSettings, mitigation_grid
+    from forgetscope.mitigate.posthoc import mitigation_grid
+    from forgetscope.settings import MitigationSettings
 
     started = time.perf_counter()
     mitigation_grid(model, blocks, ft_blocks, MitigationSettings(scales=SCALES, intruder_scales=[]), batch_size=BATCH_SIZE)

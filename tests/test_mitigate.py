@@ -19,9 +19,9 @@ from forgetscope.errors import UserInputError
 from forgetscope.metric import mean_loss, measure_forgetting
 from forgetscope.mitigate import training
 from forgetscope.mitigate.methods.intruder import find_intruders
-from forgetscope.mitigate.posthoc import MitigationSettings, choose, mitigation_grid, save_setting
+from forgetscope.mitigate.posthoc import choose, mitigation_grid
 from forgetscope.mitigate.tradeoff import best_gain_within, kl_at_gain
-from forgetscope.settings import LoraSettings, TrainSettings
+from forgetscope.settings import LoraSettings, MitigationSettings, TrainSettings
 from forgetscope.train import finetune
 from sweep_helpers import tiny_sweep_config, write_config
 
@@ -72,7 +72,7 @@ def loaded(llama_dir, adapter_dir):
 def test_scale_zero_is_the_base_exactly_and_one_the_adapter_exactly(llama_dir, adapter_dir, eval_blocks, code_blocks):
     model = loaded(llama_dir, adapter_dir)
     grid = mitigation_grid(model, eval_blocks, code_blocks, MitigationSettings(scales=[0.0, 0.5, 1.0], intruder_scales=[]), n_bootstrap=0)
-    rows = {r["setting"]: r for r in grid["rows"]}
+    rows = {r["setting"]: r for r in grid.rows}
     assert rows[0.0]["kl"] == 0.0 and rows[0.0]["ft_gain"] == 0.0
     recorded = BaseSource("recorded", predictions=record_base_predictions(model, eval_blocks))
     own = measure_forgetting(model, eval_blocks, recorded, batch_size=16, n_bootstrap=0).overall
@@ -88,8 +88,8 @@ def test_wise_ft_interpolates_a_full_fine_tune_between_its_ends(llama_dir, adapt
     merged = loaded(llama_dir, adapter_dir).merge_and_unload().eval()
     grid = mitigation_grid(merged, eval_blocks, code_blocks, MitigationSettings(scales=[0.0, 0.5, 1.0], intruder_scales=[0.0]),
                            base=base, n_bootstrap=0)
-    rows = {r["setting"]: r for r in grid["rows"]}
-    assert "intruder" in grid["skipped"] and set(rows) == {0.0, 0.5, 1.0}
+    rows = {r["setting"]: r for r in grid.rows}
+    assert "intruder" in grid.skipped and set(rows) == {0.0, 0.5, 1.0}
     assert rows[0.0]["kl"] == 0.0
     reference = measure_forgetting(merged, eval_blocks, base=base, batch_size=16, n_bootstrap=0).overall  # two models
     assert rows[1.0]["kl"] == pytest.approx(reference["kl"], rel=1e-5)
@@ -114,10 +114,10 @@ def test_an_intruder_dimension_is_a_new_top_direction_unlike_any_of_the_base():
 def test_a_saved_mitigated_adapter_loads_with_plain_peft_and_reproduces_its_kl(settings, llama_dir, adapter_dir, eval_blocks, code_blocks, tmp_path):
     model = loaded(llama_dir, adapter_dir)
     grid = mitigation_grid(model, eval_blocks, code_blocks, settings, n_bootstrap=0)
-    row = grid["rows"][0]
+    row = grid.rows[0]
     if row["method"] == "intruder":
         assert row["intruders"] > 0  # the random update is all new directions
-    save_setting(grid, row, tmp_path / "saved")
+    grid.save(row, tmp_path / "saved")
     again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir), tmp_path / "saved").eval()
     kl = measure_forgetting(again, eval_blocks, batch_size=16, n_bootstrap=0).overall["kl"]
     assert kl == pytest.approx(row["kl"], rel=1e-4)

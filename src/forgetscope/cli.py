@@ -20,7 +20,7 @@ import typer
 
 from forgetscope import render
 from forgetscope.errors import UserInputError
-from forgetscope.settings import LoraSettings, Settings, TrainSettings
+from forgetscope.settings import LoraSettings, MitigationSettings, Settings, TrainSettings
 
 app = typer.Typer(
     help="Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes.",
@@ -109,6 +109,10 @@ def measure(
         render.print_measure_table(result.to_dict())
 
 
+def _listed(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values) or "none"
+
+
 def _scales(text: str, option: str) -> list[float]:
     """`0,0.5,1` -> floats; `none` (or nothing) -> no settings."""
     if text.strip().lower() in ("", "none"):
@@ -128,10 +132,10 @@ def mitigate(
     ft_eval_data: Annotated[list[Path] | None, typer.Option(help="Held-out fine-tuning text, for ft_loss.")] = None,
     sweep: Annotated[Path | None, typer.Option(help="Instead of --base/--adapter/--eval-data/--ft-eval-data: a sweep directory with save_adapters, whose config gives them.")] = None,
     point: Annotated[str, typer.Option(help="With --sweep: a point id, or largest (the largest unmitigated point).")] = "largest",
-    scales: Annotated[str, typer.Option(help="Update scales lambda in [0, 1], comma-separated; none for no scaling rows.")] = "0,0.25,0.5,0.75,1",
-    intruder_scales: Annotated[str, typer.Option(help="Scales in [0, 1] of the intruder dimensions' singular values, comma-separated; none to skip.")] = "0,0.5",
-    intruder_threshold: Annotated[float, typer.Option(help="Cosine below which a top singular vector is an intruder dimension (Shuttleworth et al. 2024).")] = 0.5,
-    intruder_top_k: Annotated[int, typer.Option(help="Top singular vectors of each weight examined for intruders.")] = 10,
+    scales: Annotated[str, setting(MitigationSettings, "scales")] = _listed(MitigationSettings.default("scales")),
+    intruder_scales: Annotated[str, setting(MitigationSettings, "intruder_scales")] = _listed(MitigationSettings.default("intruder_scales")),
+    intruder_threshold: Annotated[float, setting(MitigationSettings, "intruder_threshold")] = MitigationSettings.default("intruder_threshold"),
+    intruder_top_k: Annotated[int, setting(MitigationSettings, "intruder_top_k")] = MitigationSettings.default("intruder_top_k"),
     budget: Annotated[float | None, typer.Option(help="Forgetting budget (KL, nats/token): pick the setting with the lowest ft_loss within it.")] = None,
     save: Annotated[Path | None, typer.Option(help="With --budget: write the chosen setting here as an ordinary PEFT adapter (or full model).")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the JSON (and the plot beside it, .png); default mitigation.json, or SWEEP/mitigation/ID.json.")] = None,
@@ -149,8 +153,10 @@ def mitigate(
     from forgetscope.mitigate.tradeoff import plot_posthoc
     from forgetscope.sweep import adapters as sweep_adapters
 
-    settings = posthoc.MitigationSettings(scales=_scales(scales, "--scales"), intruder_scales=_scales(intruder_scales, "--intruder-scales"),
+    settings = MitigationSettings(scales=_scales(scales, "--scales"), intruder_scales=_scales(intruder_scales, "--intruder-scales"),
                                           intruder_threshold=intruder_threshold, intruder_top_k=intruder_top_k)
+    if budget is not None and not budget > 0:
+        raise UserInputError(f"--budget is a KL in nats per token and must be positive, got {budget}")
     if save is not None and budget is None:
         raise UserInputError("--save writes the setting chosen within --budget: give --budget too")
     if save is not None and save.exists() and any(save.iterdir()):
@@ -167,13 +173,13 @@ def mitigate(
         out = out or Path("mitigation.json")
     grid = posthoc.mitigation_grid(inputs.finetuned, inputs.eval_blocks, inputs.ft_blocks, settings, base=inputs.base,
                                    batch_size=batch_size, progress=not as_json)
-    result = posthoc.public(grid) | {"source": inputs.describe, "budget": budget}
+    result = grid.to_dict() | {"source": inputs.describe, "budget": budget}
     if budget is not None:
-        result["chosen"] = posthoc.choose(grid["rows"], budget)
+        result["chosen"] = grid.choose(budget)
         if save is not None:
             if result["chosen"] is None:
                 raise UserInputError(f"no setting keeps KL within --budget {budget}: nothing to save (add smaller --scales)")
-            result["saved"] = str(posthoc.save_setting(grid, result["chosen"], save, inputs.tokenizer))
+            result["saved"] = str(grid.save(result["chosen"], save, inputs.tokenizer))
     write_atomically(out, json.dumps(result, indent=1))
     result["plot"] = str(plot_posthoc(result, out.with_suffix(".png")))
     if as_json:

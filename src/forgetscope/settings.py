@@ -1,7 +1,8 @@
 """Every setting of a fine-tuning run, defined once: name, type, default, bounds and help.
 
 `LoraSettings` says which parameters are fine-tuned and how the adapter is scaled;
-`TrainSettings` the optimisation budget and the forgetting-measurement schedule. The same
+`TrainSettings` the optimisation budget, the forgetting-measurement schedule and the
+training mitigations; `MitigationSettings` the post-hoc edits `forgetscope mitigate` measures. The same
 definitions serve `forgetscope.train.finetune`, the sweep config (whose fields and grid axes
 are these fields: `sweep.config`) and the CLI options (`option(...)` takes their help and
 defaults), so names and defaults agree everywhere. Bad values are one-line `UserInputError`s.
@@ -126,3 +127,20 @@ class TrainSettings(Settings):
     @property
     def bf16(self) -> bool:
         return self.dtype == "bfloat16"
+
+
+class MitigationSettings(Settings):
+    """Which post-hoc edits are measured."""
+
+    scales: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], description="Update scales lambda in [0, 1], comma-separated (LoRA: lambda s B A; full fine-tune: WiSE-FT interpolation); 1 is the fine-tune as it is; none for no rows.")
+    intruder_scales: list[float] = Field([0.0, 0.5], description="Scales in [0, 1] of the intruder dimensions' singular values (Shuttleworth et al. 2024), comma-separated; none to skip.")
+    intruder_threshold: float = Field(0.5, gt=0, lt=1, description="Intruder dimension: a top singular vector of the fine-tuned weight whose |cosine| with every base singular vector is below this.")
+    intruder_top_k: int = Field(10, ge=1, description="Top singular vectors of each fine-tuned weight examined for intruders.")
+
+    @field_validator("scales", "intruder_scales")
+    @classmethod
+    def _in_unit_interval(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"scales must lie in [0, 1], got {bad[0]}")
+        return values

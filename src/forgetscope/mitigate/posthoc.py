@@ -6,39 +6,54 @@ The base predictions on the eval text are recorded once (`base_cache`), so each 
 costs one forward pass per eval set: the forgetting text (hidden states only, the logits
 made by the metric) and the held-out fine-tuning text (`ft_loss`).
 
-    rows = mitigation_grid(peft_model, eval_blocks, ft_blocks, MitigationSettings())["rows"]
+    grid = mitigation_grid(peft_model, eval_blocks, ft_blocks, MitigationSettings())
+    grid.rows, grid.choose(budget=0.05), grid.save(row, "mitigated/")
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from pydantic import Field, field_validator
 
 from forgetscope.base_cache import BaseSource, record_base_predictions
 from forgetscope.errors import UserInputError
 from forgetscope.metric import mean_loss, measure_forgetting
-from forgetscope.mitigate.methods import METHODS
-from forgetscope.settings import Settings
+from forgetscope.mitigate.methods import METHODS, Edit
+from forgetscope.settings import MitigationSettings
 
 
-class MitigationSettings(Settings):
-    """Which post-hoc edits are measured."""
+@dataclass
+class MitigationGrid:
+    """Every measured setting (`rows`), the base's `ft_loss`, the methods that did not apply
+    (`skipped`, with why), and the live edits that can still save a setting."""
 
-    scales: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], description="Update scales lambda in [0, 1] (LoRA: lambda s B A; full fine-tune: WiSE-FT interpolation); 1 is the fine-tune as it is.")
-    intruder_scales: list[float] = Field([0.0, 0.5], description="Scales in [0, 1] of the intruder dimensions' singular values (Shuttleworth et al. 2024); empty: none.")
-    intruder_threshold: float = Field(0.5, gt=0, lt=1, description="Intruder dimension: a top singular vector of the fine-tuned weight whose |cosine| with every base singular vector is below this.")
-    intruder_top_k: int = Field(10, ge=1, description="Top singular vectors of each fine-tuned weight examined for intruders.")
+    rows: list[dict]
+    base_ft_loss: float
+    skipped: dict[str, str]
+    edits: dict[str, Edit] = field(repr=False, default_factory=dict)
 
-    @field_validator("scales", "intruder_scales")
-    @classmethod
-    def _in_unit_interval(cls, values: list[float]) -> list[float]:
-        bad = [v for v in values if not 0.0 <= v <= 1.0]
-        if bad:
-            raise ValueError(f"scales must lie in [0, 1], got {bad[0]}")
-        return values
+    def to_dict(self) -> dict:
+        """What `--json` prints and the files keep."""
+        return {"rows": self.rows, "base_ft_loss": self.base_ft_loss, "skipped": self.skipped}
+
+    def choose(self, budget: float) -> dict | None:
+        """The row with the lowest `ft_loss` among those with KL within `budget`, or None."""
+        return choose(self.rows, budget)
+
+    def save(self, row: dict, directory: str | Path, tokenizer=None) -> Path:
+        """Write the fine-tune edited at `row`'s setting to `directory` (an ordinary PEFT
+        adapter, or a full model for WiSE-FT), with the tokenizer when given."""
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()):
+            raise UserInputError(f"--save {directory} is not empty: give a new directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.edits[row["method"]].save(row["setting"], directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+        return directory
 
 
 def _progress(total: int, enabled: bool):
@@ -58,11 +73,10 @@ def mitigation_grid(
     batch_size: int = 16,
     n_bootstrap: int = 1000,
     progress: bool = False,
-) -> dict:
+) -> MitigationGrid:
     """Measure every method's settings on `finetuned` (a PEFT model, or with `base` a full
-    fine-tune of it). Returns `{"rows": [{"method", "setting", "kl", "forgetting_ce",
-    "ft_loss", "ft_gain", "ci", "domains", ...}], "base_ft_loss", "skipped": {method: why}}`;
-    `ft_gain` is how far `ft_loss` fell from the base's.
+    fine-tune of it). Each row is `{"method", "setting", "kl", "forgetting_ce", "ft_loss",
+    "ft_gain", "ci", "domains", ...}`; `ft_gain` is how far `ft_loss` fell from the base's.
     """
     finetuned.eval()
     if base is None:
@@ -100,28 +114,10 @@ def mitigation_grid(
                     **edit.describe(setting),
                 })
                 bar.advance(task)
-    return {"rows": rows, "base_ft_loss": base_ft_loss, "skipped": skipped, "_edits": edits}
+    return MitigationGrid(rows, base_ft_loss, skipped, edits)
 
 
 def choose(rows: list[dict], budget: float) -> dict | None:
     """The row with the lowest `ft_loss` among those with KL within `budget`, or None."""
     within = [row for row in rows if row["kl"] <= budget]
     return min(within, key=lambda row: row["ft_loss"]) if within else None
-
-
-def save_setting(grid: dict, row: dict, directory: Path, tokenizer=None) -> Path:
-    """Write the fine-tune edited at `row`'s setting to `directory` (an ordinary PEFT adapter,
-    or a full model for WiSE-FT), with the tokenizer when given."""
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise UserInputError(f"--save {directory} is not empty: give a new directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    grid["_edits"][row["method"]].save(row["setting"], directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return directory
-
-
-def public(grid: dict) -> dict:
-    """The grid's result without its live edits: what `--json` prints and files keep."""
-    return {k: v for k, v in grid.items() if not k.startswith("_")}
