@@ -6,8 +6,10 @@ forward pass per eval set (the forgetting text and the held-out fine-tuning text
 baseline is exactly that: 11 forward passes of the fine-tuned model (logits) over both
 texts. The target is a ratio of at most 1.2.
 
-Both are timed in this one process, interleaved, best of --repeats rounds, so the ratio is
-measured under one load. The grid's time includes recording the base predictions and the
+Both are timed in this one process, in interleaved rounds, so the ratio is measured under
+one load: the best wall time of each, and the CPU time of this process over all rounds
+(on a shared 2-core machine wall times moved by 20% from round to round; CPU time leaves
+out what other tenants take). The grid's time includes recording the base predictions and the
 base's ft_loss, its bootstrap intervals (1000 resamples, as the CLI), and the rows' metric.
 
     python bench/mitigate_grid.py                  # the tiny default, 2 x 2048 eval tokens, 2048 ft tokens
@@ -43,43 +45,58 @@ def setup(tokens: int):
     return model, blocks, ft_blocks
 
 
+def timed(work) -> tuple[float, float]:
+    """`(wall seconds, CPU seconds of this process)` of `work()`. CPU time leaves out what a
+    shared machine's other tenants take (steal), which moves wall times by 20% from round to round here."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 @torch.no_grad()
-def forward_passes(model, blocks, ft_blocks, n: int) -> float:
-    started = time.perf_counter()
-    for _ in range(n):
-        for ids in [*blocks.values(), ft_blocks]:
-            for s in range(0, len(ids), BATCH_SIZE):
-                _ = model(input_ids=ids[s : s + BATCH_SIZE]).logits
-    return time.perf_counter() - started
+def forward_passes(model, blocks, ft_blocks, n: int) -> tuple[float, float]:
+    def work():
+        for _ in range(n):
+            for ids in [*blocks.values(), ft_blocks]:
+                for s in range(0, len(ids), BATCH_SIZE):
+                    _ = model(input_ids=ids[s : s + BATCH_SIZE]).logits
+
+    return timed(work)
 
 
-def grid(model, blocks, ft_blocks) -> float:
+def grid(model, blocks, ft_blocks) -> tuple[float, float]:
     from forgetscope.mitigate.posthoc import mitigation_grid
     from forgetscope.settings import MitigationSettings
 
-    started = time.perf_counter()
-    mitigation_grid(model, blocks, ft_blocks, MitigationSettings(scales=SCALES, intruder_scales=[]), batch_size=BATCH_SIZE)
-    return time.perf_counter() - started
+    settings = MitigationSettings(scales=SCALES, intruder_scales=[])
+    return timed(lambda: mitigation_grid(model, blocks, ft_blocks, settings, batch_size=BATCH_SIZE))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2048, help="Tokens per eval domain and of fine-tuning text.")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, blocks, ft_blocks = setup(args.tokens)
     forward_passes(model, blocks, ft_blocks, 1)  # warm-up
     base, measured = [], []
     for _ in range(args.repeats):
         base.append(forward_passes(model, blocks, ft_blocks, len(SCALES)))
         measured.append(grid(model, blocks, ft_blocks))
-    b, m = min(base), min(measured)
     tokens = sum(ids.numel() for ids in [*blocks.values(), ft_blocks])
-    print(f"tiny default, rsLoRA r=16 all-linear, {tokens} tokens per pass, {torch.get_num_threads()} threads, best of {args.repeats}")
-    print(f"{'what':<44}{'seconds':>10}{'ratio':>8}")
-    print(f"{'11 forward passes (baseline)':<44}{b:>10.2f}{1.0:>8.2f}")
-    print(f"{'11-point scale grid (KL, L_f, ft_loss)':<44}{m:>10.2f}{m / b:>8.2f}")
-    print(f"target: ratio <= 1.2 -> {'met' if m / b <= 1.2 else 'NOT met'}")
+    print(f"tiny default, rsLoRA r=16 all-linear, {tokens} tokens per pass, {torch.get_num_threads()} threads, {args.repeats} interleaved rounds")
+    print(f"{'what':<40}{'wall s (best)':>15}{'ratio':>7}{'CPU s (total)':>15}{'ratio':>7}")
+    best_base, best_grid = min(t[0] for t in base), min(t[0] for t in measured)
+    cpu_base, cpu_grid = sum(t[1] for t in base), sum(t[1] for t in measured)
+    print(f"{'11 forward passes (baseline)':<40}{best_base:>15.2f}{1.0:>7.2f}{cpu_base:>15.2f}{1.0:>7.2f}")
+    print(f"{'11-point scale grid (KL, L_f, ft_loss)':<40}{best_grid:>15.2f}{best_grid / best_base:>7.2f}{cpu_grid:>15.2f}{cpu_grid / cpu_base:>7.2f}")
+    rounds = sorted(g[0] / f[0] for f, g in zip(base, measured))
+    print(f"wall ratio of each round: {', '.join(f'{r:.2f}' for r in rounds)}")
+    ratio = cpu_grid / cpu_base  # interleaved rounds share the machine's load: the fairest single figure here
+    print(f"target: CPU-time ratio over all rounds <= 1.2 -> {'met' if ratio <= 1.2 else 'NOT met'} ({ratio:.2f})")
 
 
 if __name__ == "__main__":

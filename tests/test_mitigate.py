@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli_helpers import assert_user_error, run_cli
-from forgetscope.base_cache import BaseSource, record_base_predictions
+from forgetscope.base_cache import BaseSource, final_hidden, record_base_predictions
 from forgetscope.data import group_into_blocks, load_eval_blocks
 from forgetscope.errors import UserInputError
 from forgetscope.metric import mean_loss, measure_forgetting
@@ -73,7 +73,12 @@ def test_scale_zero_is_the_base_exactly_and_one_the_adapter_exactly(llama_dir, a
     model = loaded(llama_dir, adapter_dir)
     grid = mitigation_grid(model, eval_blocks, code_blocks, MitigationSettings(scales=[0.0, 0.5, 1.0], intruder_scales=[]), n_bootstrap=0)
     rows = {r["setting"]: r for r in grid.rows}
-    assert rows[0.0]["kl"] == 0.0 and rows[0.0]["ft_gain"] == 0.0
+    assert rows[0.0]["kl"] == 0.0
+    with model.disable_adapter():
+        assert rows[0.0]["ft_loss"] == mean_loss(model, code_blocks) == grid.base_ft_loss
+        base_hidden = final_hidden(model, code_blocks[:4])
+    with grid.edits["scale"].applied(0.0):  # so scale 0 may reuse the base's recorded pass: it is the base, bit for bit
+        assert torch.equal(final_hidden(model, code_blocks[:4]), base_hidden)
     recorded = BaseSource("recorded", predictions=record_base_predictions(model, eval_blocks))
     own = measure_forgetting(model, eval_blocks, recorded, batch_size=16, n_bootstrap=0).overall
     assert rows[1.0]["kl"] == own["kl"] and rows[1.0]["forgetting_ce"] == own["forgetting_ce"]
@@ -90,7 +95,9 @@ def test_wise_ft_interpolates_a_full_fine_tune_between_its_ends(llama_dir, adapt
                            base=base, n_bootstrap=0)
     rows = {r["setting"]: r for r in grid.rows}
     assert "intruder" in grid.skipped and set(rows) == {0.0, 0.5, 1.0}
-    assert rows[0.0]["kl"] == 0.0
+    assert rows[0.0]["kl"] == 0.0 and rows[0.0]["ft_loss"] == mean_loss(base, code_blocks)
+    with grid.edits["scale"].applied(0.0):
+        assert all(torch.equal(p, q) for p, q in zip(merged.state_dict().values(), base.state_dict().values()))
     reference = measure_forgetting(merged, eval_blocks, base=base, batch_size=16, n_bootstrap=0).overall  # two models
     assert rows[1.0]["kl"] == pytest.approx(reference["kl"], rel=1e-5)
     assert 0 < rows[0.5]["kl"] < rows[1.0]["kl"]

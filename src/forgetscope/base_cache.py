@@ -199,6 +199,9 @@ class BaseSource:
     head: torch.nn.Module | None = None
     """With `recorded`: the base's own output head, where the fine-tune's differs (a full
     fine-tune); None uses the fine-tune's frozen head."""
+    log_probs: dict | None = None
+    """With `recorded`: the base log-probabilities already made, per domain, batch and chunk
+    (`metric.base_chunk_log_probs`)."""
 
     @classmethod
     def of(cls, base: torch.nn.Module | BaseSource | None) -> BaseSource:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from forgetscope.base_cache import BaseSource, final_hidden
+from forgetscope.base_cache import BaseSource, backbone, final_hidden
 from forgetscope.records import DomainMetrics
 
 METRIC_KEYS = tuple(DomainMetrics.__annotations__)
@@ -46,13 +46,15 @@ def token_stats(
     chunk_size: int | None = None,
     head: torch.nn.Module | None = None,
     base_head: torch.nn.Module | None = None,
+    base_log_probs: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-position metric values for aligned `[n, vocab]` logits and `[n]` next tokens.
 
     With `head` (the frozen output layer both models share), the first two arguments are
     `[n, hidden]` final hidden states instead, and logits are made chunk by chunk, so no
     `[n, vocab]` tensor ever exists; `base_head` is the base's own head where the two differ
-    (a full fine-tune). Returns float64 tensors of shape `[n]`, one per key of
+    (a full fine-tune). `base_log_probs` are the base side already made, `(log p, p,
+    entropy, argmax)` per chunk (`base_chunk_log_probs`): the first argument is then not used. Returns float64 tensors of shape `[n]`, one per key of
     `METRIC_KEYS`. Positions are processed `chunk_size` at a time (default: as many as keep
     a chunk at `CHUNK_ELEMENTS`, and at least `MIN_CHUNK_POSITIONS`).
     """
@@ -63,27 +65,35 @@ def token_stats(
     to_logits = (lambda h: head(h.to(head.weight.dtype))) if head is not None else (lambda x: x)
     to_base_logits = (lambda h: base_head(h.to(base_head.weight.dtype))) if base_head is not None else to_logits
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in METRIC_KEYS}
-    for start in range(0, base_logits.shape[0], chunk_size):
+    for index, start in enumerate(range(0, finetuned_logits.shape[0], chunk_size)):
         stop = start + chunk_size
-        log_p = torch.log_softmax(to_base_logits(base_logits[start:stop]).float(), dim=-1)
+        if base_log_probs is not None:
+            log_p, p, entropy, top = base_log_probs[index]
+        else:
+            log_p = torch.log_softmax(to_base_logits(base_logits[start:stop]).float(), dim=-1)
+            p, entropy, top = _base_side(log_p)
         log_q = torch.log_softmax(to_logits(finetuned_logits[start:stop]).float(), dim=-1)
         tgt = targets[start:stop].unsqueeze(-1)
-        parts["hard_ce"].append(-log_q.gather(-1, log_p.argmax(-1, keepdim=True)).squeeze(-1).double())
+        parts["hard_ce"].append(-log_q.gather(-1, top).squeeze(-1).double())
         parts["base_loss"].append(-log_p.gather(-1, tgt).squeeze(-1).double())
         parts["finetuned_loss"].append(-log_q.gather(-1, tgt).squeeze(-1).double())
-        p = log_p.exp().unsqueeze(1)
-        # Sums over the vocabulary as batched dot products: one fused kernel each, no
-        # [chunk, vocab] temporaries (half the time of elementwise products and float64 sums).
-        entropy = -torch.bmm(p, log_p.unsqueeze(-1)).view(-1).double()
         # KL from its own sum (not ce - h) so identical models give exactly 0; clamp the
         # rounding-level negatives that a sum of p*(log p - log q) can produce. log q is
-        # overwritten by log p - log q: three [chunk, vocab] tensors at a time, not four.
-        log_diff = log_q.neg_().add_(log_p)
+        # overwritten by log p - log q in one pass: three [chunk, vocab] tensors at a time, not four.
+        log_diff = torch.sub(log_p, log_q, out=log_q)
         kl = torch.bmm(p, log_diff.unsqueeze(-1)).view(-1).double().clamp_min(0.0)
         parts["base_entropy"].append(entropy)
         parts["kl"].append(kl)
         parts["forgetting_ce"].append(entropy + kl)
     return {key: torch.cat(values) if values else torch.zeros(0, dtype=torch.float64) for key, values in parts.items()}
+
+
+def _base_side(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(p as [n, 1, vocab], entropy, argmax)` of one chunk's base log-probabilities. Sums
+    over the vocabulary are batched dot products: one fused kernel each, no [chunk, vocab]
+    temporaries (half the time of elementwise products and float64 sums)."""
+    p = log_p.exp().unsqueeze(1)
+    return p, -torch.bmm(p, log_p.unsqueeze(-1)).view(-1).double(), log_p.argmax(-1, keepdim=True)
 
 
 def sequence_sums(
@@ -93,6 +103,7 @@ def sequence_sums(
     chunk_size: int | None = None,
     head: torch.nn.Module | None = None,
     base_head: torch.nn.Module | None = None,
+    base_log_probs: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sequence sums over the `seq_len - 1` scored positions of `[batch, seq_len]` blocks.
 
@@ -108,6 +119,7 @@ def sequence_sums(
         chunk_size,
         head,
         base_head,
+        base_log_probs,
     )
     return {key: value.view(batch, seq_len - 1).sum(dim=1).cpu() for key, value in stats.items()}
 
@@ -175,6 +187,7 @@ def measure_forgetting(
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    finetuned_hidden: Mapping[str, torch.Tensor] | None = None,
 ) -> ForgettingResult:
     """Measure forgetting of `finetuned` against its base on `{domain: [n, seq_len] ids}`.
 
@@ -183,6 +196,8 @@ def measure_forgetting(
     separate base model (the reference path; both must share the tokenizer), or, when None,
     `disable_adapter()` on `finetuned`, which must then be a PEFT model. A model given
     directly is a separate base. Models are put in eval mode and restored afterwards.
+    With recorded predictions, `finetuned_hidden` gives the fine-tuned side's final hidden
+    states instead of running `finetuned` (a setting known to be the base, in `mitigate`).
     """
     source = BaseSource.of(base)
     if source.kind == "recorded":
@@ -205,9 +220,11 @@ def measure_forgetting(
                 for start in range(0, len(ids), batch_size):
                     batch = ids[start : start + batch_size].to(device)
                     if base_logits is None:  # hidden states only: logits are made chunk by chunk
-                        ft = final_hidden(finetuned, batch)
+                        ft = (final_hidden(finetuned, batch) if finetuned_hidden is None
+                              else finetuned_hidden[name][start : start + len(batch)].to(device))
                         reference = source.predictions.hidden[name][start : start + len(batch)]
-                        sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head, base_head)
+                        made = source.log_probs[name][start // batch_size] if source.log_probs else None
+                        sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head, base_head, made)
                     else:
                         ft = finetuned(input_ids=batch).logits
                         sums = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)
@@ -234,19 +251,47 @@ def measure_forgetting(
 
 
 @torch.no_grad()
+def base_chunk_log_probs(source: BaseSource, head: torch.nn.Module, batch_size: int, chunk_size: int | None = None) -> BaseSource:
+    """`source` (recorded hidden states) with the base side made once: log-probabilities,
+    probabilities and entropy, in the very batches and chunks `measure_forgetting` uses at
+    `batch_size`, so measurements that reuse them give the same numbers bit for bit, minus a
+    head pass, a softmax and two vocabulary-wide operations each (`mitigate`'s grid measures
+    one fine-tune many times). Costs 2 x tokens x vocab floats."""
+    import dataclasses
+
+    made: dict[str, list[list[torch.Tensor]]] = {}
+    for name, hidden in source.predictions.hidden.items():
+        base_head = source.head or head
+        vocab = base_head.weight.shape[0]
+        size = chunk_size or max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocab)
+        made[name] = []
+        for start in range(0, len(hidden), batch_size):
+            flat = hidden[start : start + batch_size, :-1].reshape(-1, hidden.shape[-1])
+            chunks = []
+            for i in range(0, len(flat), size):
+                log_p = torch.log_softmax(base_head(flat[i : i + size].to(base_head.weight.dtype)).float(), dim=-1)
+                chunks.append((log_p, *_base_side(log_p)))
+            made[name].append(chunks)
+    return dataclasses.replace(source, log_probs=made)
+
+
+@torch.no_grad()
 def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
     """Token-weighted next-token cross-entropy of `model` on `[n, seq_len]` blocks."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
+    head = model.get_output_embeddings() if backbone(model) is not None else None
     try:
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size].to(device)
-            logits = model(input_ids=batch).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-            )
+            if head is not None:  # the head on the scored positions only: no logits for the last one, no copy
+                hidden = final_hidden(model, batch)[:, :-1]
+                logits = head(hidden.reshape(-1, hidden.shape[-1])).float()
+            else:
+                logits = model(input_ids=batch).logits[:, :-1].float().reshape(-1, model.config.vocab_size)
+            loss = torch.nn.functional.cross_entropy(logits, batch[:, 1:].reshape(-1), reduction="sum")
             total += float(loss)
             count += batch[:, 1:].numel()
     finally:

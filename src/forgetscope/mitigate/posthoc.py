@@ -4,7 +4,8 @@ forgetting budget, and save it.
 
 The base predictions on the eval text are recorded once (`base_cache`), so each setting
 costs one forward pass per eval set: the forgetting text (hidden states only, the logits
-made by the metric) and the held-out fine-tuning text (`ft_loss`).
+made by the metric) and the held-out fine-tuning text (`ft_loss`). A setting that is the
+base exactly (scale 0) reuses the recorded pass for the first.
 
     grid = mitigation_grid(peft_model, eval_blocks, ft_blocks, MitigationSettings())
     grid.rows, grid.choose(budget=0.05), grid.save(row, "mitigated/")
@@ -20,9 +21,14 @@ import torch
 
 from forgetscope.base_cache import BaseSource, record_base_predictions
 from forgetscope.errors import UserInputError
-from forgetscope.metric import mean_loss, measure_forgetting
+from forgetscope.metric import base_chunk_log_probs, mean_loss, measure_forgetting
 from forgetscope.mitigate.methods import METHODS, Edit
 from forgetscope.settings import MitigationSettings
+
+LOG_PROB_BYTES = 1 << 30
+"""The base side of the metric on the eval text (log-probabilities and probabilities) is
+kept in memory up to this size (1 GiB), saving every setting a head pass, a softmax and two
+vocabulary-wide operations; beyond it, it is made again each time."""
 
 
 @dataclass
@@ -83,13 +89,13 @@ def mitigation_grid(
         if not hasattr(finetuned, "disable_adapter"):
             raise UserInputError("mitigate needs a PEFT adapter (--adapter) or a base model to interpolate toward (--finetuned)")
         source = BaseSource("recorded", predictions=record_base_predictions(finetuned, eval_blocks, batch_size=batch_size))
-        with finetuned.disable_adapter():
-            base_ft_loss = mean_loss(finetuned, ft_blocks, batch_size)
     else:
         base.eval().requires_grad_(False)
         source = BaseSource("recorded", predictions=record_base_predictions(base, eval_blocks, batch_size=batch_size),
                             head=base.get_output_embeddings())
-        base_ft_loss = mean_loss(base, ft_blocks, batch_size)
+    n_scored = sum(ids.shape[0] * (ids.shape[1] - 1) for ids in eval_blocks.values())
+    if 2 * n_scored * finetuned.get_output_embeddings().weight.shape[0] * 4 <= LOG_PROB_BYTES:
+        source = base_chunk_log_probs(source, finetuned.get_output_embeddings(), batch_size)
     edits, skipped = {}, {}
     for name, method in sorted(METHODS.items(), key=lambda item: getattr(item[1], "order", 50)):
         edit = method.prepare(finetuned, base, settings)
@@ -102,18 +108,31 @@ def mitigation_grid(
     with bar:
         for name, edit in edits.items():
             for setting in edit.settings:
+                # A setting that is the base exactly reuses the recorded pass: it costs the ft_loss pass only.
+                reuse = source.predictions.hidden if edit.is_base(setting) else None
                 with edit.applied(setting):
-                    result = measure_forgetting(finetuned, eval_blocks, source, batch_size, n_bootstrap=n_bootstrap)
+                    result = measure_forgetting(finetuned, eval_blocks, source, batch_size, n_bootstrap=n_bootstrap,
+                                                finetuned_hidden=reuse)
                     ft_loss = mean_loss(finetuned, ft_blocks, batch_size)
                 overall = result.overall
                 rows.append({
                     "method": name, "setting": setting, "kl": overall["kl"], "forgetting_ce": overall["forgetting_ce"],
-                    "ft_loss": ft_loss, "ft_gain": base_ft_loss - ft_loss, "base_entropy": overall["base_entropy"],
+                    "ft_loss": ft_loss, "base_entropy": overall["base_entropy"],
                     "hard_ce": overall["hard_ce"], "tokens": overall["tokens"], "ci": overall.get("ci", {}),
                     "domains": {d: {"kl": v["kl"], "forgetting_ce": v["forgetting_ce"]} for d, v in result.domains.items()},
                     **edit.describe(setting),
                 })
                 bar.advance(task)
+    # Scale 0 is the base exactly (a test checks it), so its ft_loss is the base's; else one more pass.
+    base_ft_loss = next((r["ft_loss"] for r in rows if r["method"] == "scale" and r["setting"] == 0.0), None)
+    if base_ft_loss is None:
+        if base is not None:
+            base_ft_loss = mean_loss(base, ft_blocks, batch_size)
+        else:
+            with finetuned.disable_adapter():
+                base_ft_loss = mean_loss(finetuned, ft_blocks, batch_size)
+    for row in rows:
+        row["ft_gain"] = base_ft_loss - row["ft_loss"]
     return MitigationGrid(rows, base_ft_loss, skipped, edits)
 
 

@@ -30,6 +30,10 @@ class Edit(Protocol):
     def applied(self, setting: float) -> contextlib.AbstractContextManager[None]:
         """The fine-tune edited at `setting` inside the block, exactly restored after it."""
 
+    def is_base(self, setting: float) -> bool:
+        """Whether this setting gives the base model bit for bit (then its measurement reuses
+        the base's recorded pass instead of running the model again)."""
+
     def describe(self, setting: float) -> dict[str, Any]:
         """Extra keys for this setting's row (e.g. how many intruder dimensions were scaled)."""
 

@@ -80,6 +80,9 @@ class _IntruderEdit:
                 weight.add_(layer.correction.to(weight.device, weight.dtype), alpha=setting - 1.0)
             yield
 
+    def is_base(self, setting: float) -> bool:
+        return False  # scaling the intruders alone never removes the rest of the update
+
     def describe(self, setting: float) -> dict:
         return {"threshold": self.threshold, "top_k": self.top_k,
                 "intruders": sum(layer.intruders for layer in self.layers), "layers_with_intruders": len(self.layers)}

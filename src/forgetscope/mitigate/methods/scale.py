@@ -28,6 +28,9 @@ class _ScaledAdapter:
                 weight.mul_(setting)
             yield
 
+    def is_base(self, setting: float) -> bool:
+        return setting == 0.0  # B scaled by 0 adds exact zeros; (1 - 0) W0 + 0 W1 is W0 (tested)
+
     def describe(self, setting: float) -> dict:
         return {}
 
@@ -52,6 +55,9 @@ class _Interpolated:
                 # (1 - l) W0 + l W1, in this order so l = 0 and l = 1 give W0 and W1 exactly.
                 param.mul_(setting).add_(base_param.to(param.device, param.dtype), alpha=1.0 - setting)
             yield
+
+    def is_base(self, setting: float) -> bool:
+        return setting == 0.0  # B scaled by 0 adds exact zeros; (1 - 0) W0 + 0 W1 is W0 (tested)
 
     def describe(self, setting: float) -> dict:
         return {}
