@@ -303,3 +303,8 @@ def test_a_sweep_with_mitigations_keeps_adapters_for_mitigate(llama_dir, eval_fi
     full = next(r for r in result["rows"] if r["setting"] == 1.0)
     assert full["kl"] == pytest.approx(largest["kl"], rel=1e-5)  # the same text, the same adapter
     assert (tmp_path / "sw" / "mitigation" / f"{largest['point_id']}.json").is_file()
+    code, _, err = run_cli(["report", tmp_path / "sw"], capsys)  # the trade-off of both kinds, laws or not
+    assert code == 0, err
+    page = (tmp_path / "sw" / "report.html").read_text()
+    assert "Mitigation: what each option trades" in page and "post-hoc: update scale" in page and "replay 20% + KL penalty 1" in page
+    assert (tmp_path / "sw" / "tradeoff.png").stat().st_size > 10_000
