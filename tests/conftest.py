@@ -98,3 +98,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line saying whether the real-model tests ran, and how long they took (CI's log shows it)."""
+    reports = [r for outcome in ("passed", "failed", "skipped", "error") for r in terminalreporter.stats.get(outcome, [])
+               if getattr(r, "when", "call") in ("call", "setup") and "real_model" in getattr(r, "keywords", {})]
+    calls = [r for r in reports if r.when == "call"]
+    if not reports:
+        return
+    counts = {outcome: sum(r.outcome == outcome for r in calls) for outcome in ("passed", "failed")}
+    skipped = sum(r.outcome == "skipped" for r in reports)
+    seconds = sum(r.duration for r in reports)
+    terminalreporter.write_line(f"real_model tests: {counts['passed']} passed, {counts['failed']} failed, {skipped} skipped, "
+                                f"{seconds:.0f} s (setup, including the fetch, and calls)")

@@ -23,6 +23,7 @@ import yaml
 from matplotlib.ticker import LogLocator, NullFormatter
 
 from forgetscope.errors import UserInputError
+from forgetscope.files import write_atomically
 from forgetscope.laws.forecast import fit_from
 from forgetscope.laws.select import fit_sweep, load_fits, read_table
 from forgetscope.plots import colors as _colors
@@ -504,5 +505,5 @@ figure{{display:inline-block;margin:.5em}}img{{max-width:100%}}figcaption{{font-
 {laws_html}
 </body></html>"""
     out = directory / "report.html"
-    out.write_text(page)
+    write_atomically(out, page)  # a kill mid-write leaves the previous report, not half of one
     return out

@@ -16,17 +16,11 @@ import torch
 from forgetscope.mitigate.methods import METHODS, lora_layers, restored
 
 
-class _ScaledAdapter:
-    def __init__(self, finetuned: torch.nn.Module, settings: list[float]):
-        self.model, self.settings = finetuned, settings
-        self.b_weights = [layer.lora_B[adapter].weight for _, layer, adapter in lora_layers(finetuned)]
+class _Scaled:
+    """What both kinds share: lambda = 0 is the base, and a setting saves as the model's own format."""
 
-    @contextlib.contextmanager
-    def applied(self, setting: float):
-        with restored(self.b_weights), torch.no_grad():
-            for weight in self.b_weights:
-                weight.mul_(setting)
-            yield
+    model: torch.nn.Module
+    settings: list[float]
 
     def is_base(self, setting: float) -> bool:
         return setting == 0.0  # B scaled by 0 adds exact zeros; (1 - 0) W0 + 0 W1 is W0 (tested)
@@ -39,7 +33,22 @@ class _ScaledAdapter:
             self.model.save_pretrained(directory)
 
 
-class _Interpolated:
+class _ScaledAdapter(_Scaled):
+    """LoRA: `B` times lambda, so the update `s B A` is."""
+
+    def __init__(self, finetuned: torch.nn.Module, settings: list[float]):
+        self.model, self.settings = finetuned, settings
+        self.b_weights = [layer.lora_B[adapter].weight for _, layer, adapter in lora_layers(finetuned)]
+
+    @contextlib.contextmanager
+    def applied(self, setting: float):
+        with restored(self.b_weights), torch.no_grad():
+            for weight in self.b_weights:
+                weight.mul_(setting)
+            yield
+
+
+class _Interpolated(_Scaled):
     """WiSE-FT: every floating-point parameter moved from the base toward the fine-tune."""
 
     def __init__(self, finetuned: torch.nn.Module, base: torch.nn.Module, settings: list[float]):
@@ -55,16 +64,6 @@ class _Interpolated:
                 # (1 - l) W0 + l W1, in this order so l = 0 and l = 1 give W0 and W1 exactly.
                 param.mul_(setting).add_(base_param.to(param.device, param.dtype), alpha=1.0 - setting)
             yield
-
-    def is_base(self, setting: float) -> bool:
-        return setting == 0.0  # B scaled by 0 adds exact zeros; (1 - 0) W0 + 0 W1 is W0 (tested)
-
-    def describe(self, setting: float) -> dict:
-        return {}
-
-    def save(self, setting: float, directory: Path) -> None:
-        with self.applied(setting):
-            self.model.save_pretrained(directory)
 
 
 class ScaleMethod:
