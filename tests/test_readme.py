@@ -41,3 +41,23 @@ def test_the_readme_python_example_runs(llama_dir, eval_files, tmp_path, monkeyp
     snippet = snippet.replace("seq_len=512", "seq_len=32")
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "README.md", "exec"), {})
+
+
+def test_the_readme_mitigation_example_runs_after_it(llama_dir, eval_files, tmp_path, monkeypatch):
+    """The README's post-hoc mitigation snippet, run on the pair and blocks of the measure snippet."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from forgetscope.train import LoraSettings
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraSettings(rank=2).to_peft()).save_pretrained(adapter)
+    (tmp_path / "wiki.txt").write_text(eval_files[0].read_text())
+    (tmp_path / "code-val.jsonl").write_text(eval_files[1].read_text())
+    snippets = re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    measure = next(c for c in snippets if "measure_forgetting" in c)
+    mitigate = next(c for c in snippets if "mitigation_grid" in c)
+    code = (measure + "\n" + mitigate).replace('"./base"', repr(str(llama_dir))).replace('"./adapter"', repr(str(adapter)))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace("seq_len=512", "seq_len=32"), "README.md", "exec"), {})
+    assert (tmp_path / "mitigated-adapter" / "adapter_config.json").is_file()
