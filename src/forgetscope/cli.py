@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import warnings
 from enum import Enum
@@ -93,6 +94,12 @@ def measure(
 
     if batch_size < 1:
         raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if bootstrap < 0:
+        raise UserInputError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if sequences is not None and sequences.is_dir():
+        raise UserInputError(f"--sequences {sequences} is a directory: give a file path")
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise UserInputError(f"--cache-dir {cache_dir} is a file: give a directory")
     check_files_exist(eval_data, "eval data file")  # before loading a large model, not after
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype.value, device=device)
     check_seq_len(pair.finetuned, seq_len)
@@ -243,6 +250,8 @@ def train(
         replay_fraction=replay_fraction, kl_weight=kl_weight, l2_weight=l2_weight,
         report_to=[] if report_to == "none" else report_to.split(","),
     )
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file: give a directory")
     if settings.needs_replay and not replay_data:
         raise UserInputError("--replay-fraction and --kl-weight need a replay corpus: give --replay-data")
     check_files_exist([*train_data, *eval_data, *(ft_eval_data or []), *(replay_data or [])], "data file")
@@ -302,6 +311,8 @@ def sweep(
             raise UserInputError("--address joins a Ray cluster: use it with --executor ray")
         options["address"] = address
     sweep_config = load_config(config)
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file: give a directory")
     result = run_sweep(sweep_config, out or Path("sweeps") / sweep_config.name, executor, options, retry_failed)
     render.print_sweep_summary(result)
 
@@ -346,6 +357,10 @@ def predict(
 
     if (steps is None) == (budget is None):
         raise UserInputError("give exactly one of --steps (forecast forgetting) or --budget (forecast steps)")
+    for flag, value in (("--params", params), ("--steps", steps), ("--budget", budget), ("--learning-rate", learning_rate),
+                        ("--replay-fraction", replay_fraction)):
+        if value is not None and not math.isfinite(value):
+            raise UserInputError(f"{flag} must be a finite number, got {value}")
     fits = load_fits(directory)
     query = Query(P=params, rank=rank, arm=target_modules, learning_rate=learning_rate, extrapolate=extrapolate,
                   replay_fraction=replay_fraction)
@@ -366,6 +381,8 @@ def report(
     """Write DIR/report.html (self-contained) and its PNG plots from DIR/fits.json (fitted first if missing)."""
     from forgetscope.report import write_report
 
+    if bootstrap < 0:
+        raise UserInputError(f"--bootstrap must be >= 0, got {bootstrap}")
     render.console.print(f"report: {write_report(directory, bootstrap)}")
 
 

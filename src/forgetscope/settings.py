@@ -119,6 +119,17 @@ class TrainSettings(Settings):
     kl_weight: float = Field(0.0, ge=0.0, description="Weight of a KL(base || model) penalty on a batch of replay text each step (self-distillation toward the base); needs replay text.")
     l2_weight: float = Field(0.0, ge=0.0, description="Weight of an L2 pull of the LoRA update toward zero: sum over layers of ||s B A||_F^2.")
 
+    @field_validator("report_to")
+    @classmethod
+    def _known_integrations(cls, value: list[str]) -> list[str]:
+        if value and value != ["none"]:
+            from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+            unknown = [name for name in value if name not in INTEGRATION_TO_CALLBACK and name != "all"]
+            if unknown:
+                raise ValueError(f"unknown integration {unknown[0]!r} (known: {', '.join(INTEGRATION_TO_CALLBACK)})")
+        return value
+
     @property
     def needs_replay(self) -> bool:
         """Whether this run draws on a replay corpus."""

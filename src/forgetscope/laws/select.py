@@ -328,4 +328,11 @@ def load_fits(directory: str | Path) -> dict:
     path = Path(directory) / "fits.json"
     if not path.is_file():
         raise UserInputError(f"{path} not found: run `forgetscope fit {directory}` first")
-    return json.loads(path.read_text())
+    try:
+        fits = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserInputError(f"{path} is not valid JSON: run `forgetscope fit {directory}` again") from None
+    missing = [t for t in TARGETS if not isinstance(fits, dict) or t not in fits]
+    if missing:
+        raise UserInputError(f"{path} lacks the fits of {', '.join(missing)}: run `forgetscope fit {directory}` again")
+    return fits
