@@ -57,7 +57,7 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
     config = parse_config(yaml.safe_load(config_path.read_text()), str(config_path))
     point_id = pick_point(Path(directory), point)
     base_path = resolve_base(config)
-    inputs = prepare(config, base_path)
+    inputs = prepare(config, base_path, record_base=False)  # the grid records the base itself, at its own batch size
     model = load_causal_lm(base_path, device=resolve_device(device))
     finetuned = load_adapter(model, str(Path(directory) / "adapters" / point_id))
     return MitigationInputs(finetuned, None, load_tokenizer(inputs.tokenizer_path), inputs.eval_blocks, inputs.ft_eval_blocks,

@@ -76,9 +76,9 @@ def resolve_base(config: SweepConfig, progress: bool = True) -> str:
     return str(ensure_tiny_base(progress=progress))
 
 
-def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
-    """Tokenize the fine-tuning and eval data, and record the base model's predictions on the
-    eval text, on the device the points use."""
+def prepare(config: SweepConfig, base_path: str, record_base: bool = True) -> SweepInputs:
+    """Tokenize the fine-tuning and eval data, and (with `record_base`) record the base model's
+    predictions on the eval text, on the device the points use."""
     from forgetscope.base_cache import try_record_base_predictions
     from forgetscope.models import load_causal_lm, load_tokenizer
 
@@ -104,10 +104,11 @@ def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
         from forgetscope.mitigate.training import check_no_overlap
 
         check_no_overlap(replay_blocks, eval_blocks)  # before any point runs
-    # Every point rebuilds its base logits from these hidden states with its own frozen head.
-    base = load_causal_lm(base_path, device=point_device(config)).requires_grad_(False)
-    base_predictions = try_record_base_predictions(base, eval_blocks)
-    del base
+    base_predictions = None
+    if record_base:  # every point rebuilds its base logits from these hidden states with its own frozen head
+        base = load_causal_lm(base_path, device=point_device(config)).requires_grad_(False)
+        base_predictions = try_record_base_predictions(base, eval_blocks)
+        del base
     return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions, replay_blocks)
 
 
