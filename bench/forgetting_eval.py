@@ -92,9 +92,12 @@ def setups(model_name: str, paths) -> dict:
 @torch.no_grad()
 def measure(setup: dict) -> float:
     """Seconds for one measurement of L_f on the eval blocks."""
+    from forgetscope.base_cache import BaseSource
     from forgetscope.metric import measure_forgetting
 
-    kwargs = {k: v for k, v in setup.items() if k != "record_seconds"}
+    kwargs = {k: v for k, v in setup.items() if k not in ("record_seconds", "base_predictions")}
+    if "base_predictions" in setup:  # measure_forgetting takes recorded predictions as a BaseSource
+        kwargs["base"] = BaseSource("recorded", predictions=setup["base_predictions"])
     started = time.perf_counter()
     measure_forgetting(blocks=eval_blocks(kwargs["finetuned"].config.vocab_size), batch_size=BATCH_SIZE, n_bootstrap=0, **kwargs)
     return time.perf_counter() - started
