@@ -19,8 +19,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
-    ["errors", "files"],
-    ["sources"],
+    ["errors"],
+    ["files", "sources"],
     ["registry", "settings", "records", "data", "models", "plots", "judges", "testing"],
     ["base_cache", "laws"],
     ["metric"],

@@ -59,7 +59,7 @@ def test_runs_end_to_end_and_caches_the_base(tmp_path, monkeypatch):
     def no_pretraining(*args):
         raise AssertionError("the cached base should be reused")
 
-    monkeypatch.setattr(miniature, "_pretrain", no_pretraining)
+    monkeypatch.setattr(miniature, "pretrain_miniature", no_pretraining)
     assert str(ensure_miniature_base(SMALL, tmp_path, progress=False)) == result["base"]
     assert not list(tmp_path.glob(".tmp-*"))  # the scratch directory was renamed into place
 

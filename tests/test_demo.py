@@ -102,3 +102,86 @@ def test_every_registered_command_has_help_with_a_summary(capsys):
     for command in [(), *commands]:
         code, out, _ = run_cli([*command, "--help"], capsys)
         assert code == 0 and "Usage" in out and "--help" in out, command
+
+
+def test_the_default_tiny_base_ships_with_the_package_and_is_served_without_pretraining(tmp_path, monkeypatch):
+    from forgetscope.tiny import model, shipped
+
+    monkeypatch.setattr(model, "pretrain", lambda *a, **k: pytest.fail("the shipped base must not be pretrained again"))
+    path = ensure_tiny_base(cache_dir=tmp_path)
+    assert path == shipped.BASES / "tiny-llama" and not any(tmp_path.iterdir())
+    manifest = shipped.manifest("tiny-llama")
+    assert manifest["settings"] == TinyConfig().model_dump() | model.corpus_stamp()
+    assert manifest["sha256"]["model.safetensors"] == shipped.sha256(path / "model.safetensors")
+    assert model.tiny_metrics(path)["pretrain_steps"] == TinyConfig().pretrain_steps
+
+
+def test_other_settings_are_not_served_the_shipped_base(tmp_path):
+    from forgetscope.tiny.shipped import shipped_base
+
+    assert shipped_base("tiny-llama", TinyConfig(seed=1).model_dump()) is None
+    assert shipped_base("no-such-base", {}) is None
+
+
+def test_a_shipped_base_that_fails_its_hash_check_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from forgetscope.errors import UserInputError
+    from forgetscope.tiny import shipped
+
+    copy = tmp_path / "bases"
+    shutil.copytree(shipped.BASES / "tiny-llama", copy / "tiny-llama")
+    with open(copy / "tiny-llama" / "model.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    monkeypatch.setattr(shipped, "BASES", copy)
+    with pytest.raises(UserInputError, match="fails its hash check on model.safetensors: reinstall forgetscope"):
+        ensure_tiny_base(cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("miniature", [False, True], ids=["tiny", "miniature"])
+def test_the_recipe_reproduces_the_shipped_bases_first_steps_bit_for_bit(miniature, tmp_path, capsys):
+    """`forgetscope tiny pretrain --stop-after N`: the recipe's first steps, on this machine,
+    give the very weights the shipped base's recipe gave (the schedule of the whole run)."""
+    from forgetscope.tiny import shipped
+
+    name = "miniature-llama" if miniature else "tiny-llama"
+    steps = shipped.manifest(name)["first_steps"]["steps"]
+    code, out, err = run_cli(["tiny", "pretrain", "--out", tmp_path / "p", "--stop-after", steps,
+                              *(["--miniature"] if miniature else [])], capsys)
+    assert code == 0, err
+    assert f"matches the shipped {name} after its first {steps} steps, bit for bit" in out
+
+
+def test_the_demos_records_do_not_depend_on_the_machines_thread_count(tmp_path):
+    """The demo's first point, shortened, with the driver on 1 and on 2 threads: every point
+    (and the base predictions it is compared with) runs on `resources.cpus` threads, so the
+    records are the same value for value. (On the 2-core machines measured, a point run on 1
+    or on 2 threads gave the same records too; the pinning keeps that from resting on luck.)"""
+    import torch
+
+    from forgetscope.models import torch_threads
+    from forgetscope.sweep.run import run_sweep
+
+    config = demo_config().model_copy(update={"steps": 6, "eval_points": 3, "eval_tokens": 512, "ft_eval_tokens": 256})
+    config.grid = [demo_config().grid[0]]
+    records = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            assert torch.get_num_threads() == threads
+            records[threads] = run_sweep(config, tmp_path / f"threads-{threads}", progress=False).records
+    assert len(records[1]) == 3 and records[1] == records[2]
+
+
+def test_demo_json_keeps_every_run_and_the_laws_it_fitted(demo):
+    result, summary, out, cache = demo
+    first = json.loads((out / "demo.json").read_text())
+    assert set(first["laws"]) == {"forgetting_ce", "kl", "ft_loss"} and first["laws"]["kl"]["form"]
+    assert first["runs"] == [{"seconds": first["seconds"], "points_run": 4, "points_skipped": 0}]
+    config = demo_config().model_copy(
+        update={"steps": 12, "eval_points": 4, "eval_tokens": 512, "ft_eval_tokens": 256, "batch_size": 4, "seq_len": 64}
+    )
+    config.grid = Grid(rank=[1, 8], target_modules=[["q_proj", "v_proj"], "all-linear"], learning_rate=[5e-3])
+    run_demo(out, config, SMALL, cache_dir=cache, progress=False)  # resumed: every point already done
+    again = json.loads((out / "demo.json").read_text())
+    assert again["runs"][0] == first["runs"][0] and again["runs"][1]["points_skipped"] == 4

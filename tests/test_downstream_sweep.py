@@ -93,13 +93,9 @@ def test_the_report_shows_downstream_drop_against_forgetting(sweep):
 
 
 def test_the_ray_executor_stores_the_same_downstream_results(sweep, tmp_path):
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     result, config = sweep
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        on_ray = run_sweep(config, tmp_path / "ray", executor="ray", progress=False)
-    finally:
-        ray.shutdown()
+    on_ray = run_sweep(config, tmp_path / "ray", executor="ray", progress=False)  # a cluster of its own
     assert on_ray.failed == {}
     assert read_downstream(tmp_path / "ray") == read_downstream(result.directory)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -61,3 +62,20 @@ def test_the_readme_mitigation_example_runs_after_it(llama_dir, eval_files, tmp_
     monkeypatch.chdir(tmp_path)
     exec(compile(code.replace("seq_len=512", "seq_len=32"), "README.md", "exec"), {})
     assert (tmp_path / "mitigated-adapter" / "adapter_config.json").is_file()
+
+
+def test_the_readme_train_command_runs_as_written(llama_dir, eval_files, tmp_path, monkeypatch, capsys):
+    """`forgetscope train ... --target-modules all-linear --layers 0,1,2,3` from the README, on
+    the tests' tiny model; only the budget is cut (later options win)."""
+    import shlex
+
+    from cli_helpers import run_cli
+
+    command = next(c for c in readme_commands() if c.startswith("forgetscope train"))
+    args = shlex.split(command.replace("\\\n", " "))[1:]
+    args = [{"./base": str(llama_dir), "my_task.jsonl": str(eval_files[1]), "wiki.txt": str(eval_files[0])}.get(a, a) for a in args]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli([*args, "--steps", "2", "--seq-len", "32", "--eval-points", "2", "--eval-tokens", "128", "--json"], capsys)
+    assert code == 0, err
+    adapter = json.loads((tmp_path / "runs" / "r8" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == [0, 1, 2, 3] and "q_proj" in adapter["target_modules"] and "down_proj" in adapter["target_modules"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -181,13 +184,9 @@ def test_the_sweep_command_prints_a_summary(llama_dir, eval_files, tmp_path, cap
 
 
 def test_the_ray_executor_gives_the_same_records_as_local(sweep, tmp_path):
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     result, config = sweep
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        on_ray = run_sweep(config, tmp_path / "ray", executor="ray", progress=False)
-    finally:
-        ray.shutdown()
+    on_ray = run_sweep(config, tmp_path / "ray", executor="ray", progress=False)  # a cluster of its own
     assert on_ray.failed == {}
     assert by_point_and_step(on_ray.records) == by_point_and_step(result.records)
 
@@ -286,3 +285,48 @@ def test_a_list_of_grids_runs_their_union_each_point_once():
     points = expand(grids)
     assert [(p.rank, p.target_modules) for p in points] == [
         (1, "all-linear"), (2, "all-linear"), (4, "all-linear"), (2, ["q_proj", "v_proj"]), (16, ["q_proj", "v_proj"])]
+
+
+def test_the_ray_executor_never_joins_a_running_cluster_and_listens_on_loopback_only(sweep, tmp_path, monkeypatch):
+    """A cluster that `ray start` left running (here named by RAY_ADDRESS, which `ray.init()`
+    would join) is not used; the cluster the executor starts listens on 127.0.0.1 only."""
+    ray = pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    import shutil
+    import socket
+    import tempfile
+
+    from forgetscope.sweep.executors import ExecutorContext
+    from forgetscope.sweep.executors.ray import RayExecutor
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    other = Path(tempfile.mkdtemp(prefix="fs-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--temp-dir", str(other), "--include-dashboard", "false", "--num-cpus", "1"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        other_gcs = f"127.0.0.1:{port}"
+        monkeypatch.setenv("RAY_ADDRESS", other_gcs)
+        _, config = sweep
+        with RayExecutor(ExecutorContext(config, None, tmp_path / "s", {})):
+            assert ray.get_runtime_context().gcs_address != other_gcs
+            listening = {c.laddr.ip for p in [psutil.Process(), *psutil.Process().children(recursive=True)]
+                         for c in _listening(p, psutil)}
+        assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
+        assert not ray.is_initialized()
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if any(str(other) in part for part in process.info["cmdline"] or []):
+                process.kill()
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def _listening(process, psutil) -> list:
+    try:
+        return [c for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        return []  # a worker that has just exited

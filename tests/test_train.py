@@ -127,6 +127,38 @@ def test_the_callback_logs_forgetting_through_a_plain_trainer(llama_dir, code_bl
     assert seen[1]["train_loss"] is not None  # step 3 is not a logging step: the latest logged loss is used
 
 
+def test_under_trl_the_callback_leaves_the_trainers_own_log_entries_as_they_are(llama_dir, tok, code_blocks, eval_blocks, tmp_path):
+    """TRL's SFTTrainer.log adds the metrics it accumulates (entropy, mean_token_accuracy,
+    num_tokens) to whatever entry is logged next: they must stay on its loss entries."""
+    trl = pytest.importorskip("trl")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2,
+                         logging_steps=2, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
+                         max_length=SEQ_LEN, dataset_text_field="text", packing=False)
+    texts = [tok.decode(block) for block in code_blocks[:24]]
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"text": texts}), processing_class=tok)
+    callback = ForgettingCallback(trainer, eval_blocks, eval_steps=[0, 2, 4, 6])
+    trainer.add_callback(callback)
+    trainer.train()
+    losses = [entry for entry in trainer.state.log_history if "loss" in entry]
+    forgetting = [entry for entry in trainer.state.log_history if "forgetting/kl" in entry]
+    assert [e["step"] for e in losses] == [2, 4, 6] and [e["step"] for e in forgetting] == [0, 2, 4, 6]
+    assert all("mean_token_accuracy" in e and "entropy" in e for e in losses)
+    assert not any(key in e for e in forgetting for key in ("mean_token_accuracy", "entropy", "num_tokens", "loss"))
+    assert [r["train_loss"] for r in callback.records[1:]] == [e["loss"] for e in losses]
+
+
+def test_tensorboard_event_files_are_kept_under_out_runs(llama_dir, eval_files, tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    code, _, err = run_cli(["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0],
+                            "--out", tmp_path / "o", "--seq-len", SEQ_LEN, "--steps", 2, "--eval-points", 2,
+                            "--eval-tokens", 128, "--report-to", "tensorboard", "--json"], capsys)
+    assert code == 0, err
+    events = list((tmp_path / "o" / "runs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert b"train/forgetting/kl" in events[0].read_bytes()  # the tag the README names
+
+
 def test_the_callback_with_a_separate_base_model_matches_disable_adapter(llama_dir, eval_blocks):
     base = AutoModelForCausalLM.from_pretrained(llama_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))

@@ -6,8 +6,11 @@
 
 At step 0 and at scheduled steps (log-spaced by default) it measures the forgetting metric of the model being
 trained against its base (through `disable_adapter()` for a PEFT model, or a separate
-`base_model`), and logs it with `trainer.log`, so TensorBoard, W&B or MLflow (`report_to`)
-plot `forgetting/kl` beside the training loss. It also keeps every measurement as a record
+`base_model`), and logs it through the Trainer's own logging, so TensorBoard, W&B or MLflow
+(`report_to`) plot `forgetting/kl` beside the training loss (TensorBoard files it under
+`train/forgetting/kl`, as it files every training log). It logs through `Trainer.log`
+itself, not a subclass's: TRL's `SFTTrainer.log` would flush the metrics it accumulates
+for the loss entry (`entropy`, `mean_token_accuracy`) into the forgetting entry. It also keeps every measurement as a record
 (`callback.records`) and can hand each to `on_record` as it is completed.
 
 With a KL `budget`, every measurement also forecasts the run's KL at its last step from the
@@ -22,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
 from forgetscope.laws.forecast import forecast_run
@@ -155,7 +158,7 @@ class ForgettingCallback(TrainerCallback):
             for key in ("kl", "low", "high", "budget_step"):
                 if forecast is not None and key in forecast:
                     logs[f"{self.prefix}forecast_{key}"] = forecast[key]
-            self.trainer.log(logs)
+            Trainer.log(self.trainer, logs)  # the base method: a subclass's log() may add its own metrics
         return record
 
     def _forecast(self, step: int, kl: float) -> dict | None:
@@ -199,7 +202,7 @@ class ForgettingCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero or state.global_step not in self.eval_steps:
             return
-        should_log = control.should_log  # trainer.log() below clears it; the step's own log must still happen
+        should_log = control.should_log  # Trainer.log() below clears it; the step's own log must still happen
         record = self.measure(model, state.global_step)
         control.should_log = should_log
         reason = self._budget_crossed(record)

@@ -26,12 +26,32 @@ from forgetscope.settings import LoraSettings, MitigationSettings, Settings, Tra
 app = typer.Typer(
     help="Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: flags without a `<bool>` label, readable through a pipe
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 conjugate_app = typer.Typer(help="Conjugate prompting: do base and fine-tune differ less when the prompt is transformed?",
-                            no_args_is_help=True)
+                            no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(conjugate_app, name="conjugate")
+tiny_app = typer.Typer(help="The embedded tiny bases: reproduce the shipped ones from their recipes.", no_args_is_help=True,
+                       rich_markup_mode=None)
+app.add_typer(tiny_app, name="tiny")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"forgetscope {version('forgetscope')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    """Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes."""
 
 
 class Dtype(str, Enum):
@@ -60,7 +80,7 @@ Finetuned = Annotated[str | None, typer.Option(help="Fine-tuned model (full weig
 Adapter = Annotated[str | None, typer.Option(help="PEFT adapter directory fine-tuned from --base.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")]
 InferenceDtype = Annotated[Dtype, typer.Option(help="float32, bfloat16 or float16 weights (reductions stay float32/64).")]
-EvalData = Annotated[list[Path], typer.Option(help="Held-out pretraining-like text: .txt, .jsonl or .parquet; repeat for several files.")]
+EvalData = Annotated[list[Path], typer.Option(metavar="FILE", help="Held-out pretraining-like text: .txt, .jsonl or .parquet; repeat for several files.")]
 SeqLen = Annotated[int, setting(TrainSettings, "seq_len")]
 EvalTokens = Annotated[int, setting(TrainSettings, "eval_tokens", "--eval-tokens", "--max-tokens")]
 Bootstrap = Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")]
@@ -106,7 +126,7 @@ def measure(
     blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, eval_tokens, text_column)
     source = choose_base_source(pair.finetuned, blocks, base=pair.base, cache_dir=cache_dir, batch_size=batch_size)
     result = measure_forgetting(pair.finetuned, blocks, base=source, batch_size=batch_size, n_bootstrap=bootstrap,
-                                seed=seed, progress=not as_json)
+                                seed=seed, progress=True)  # on stderr: --json keeps stdout for the JSON
     if sequences is not None:
         sequences.parent.mkdir(parents=True, exist_ok=True)
         sequences.write_text("".join(json.dumps(row) + "\n" for row in result.sequences))
@@ -135,8 +155,8 @@ def mitigate(
     base: Annotated[str | None, typer.Option(help="Base model: a directory, hub id, .gguf file or smollm2.")] = None,
     adapter: Adapter = None,
     finetuned: Annotated[str | None, typer.Option(help="Full fine-tune of --base: WiSE-FT interpolates the weights.")] = None,
-    eval_data: Annotated[list[Path] | None, typer.Option(help="Held-out pretraining-like text forgetting is measured on.")] = None,
-    ft_eval_data: Annotated[list[Path] | None, typer.Option(help="Held-out fine-tuning text, for ft_loss.")] = None,
+    eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out pretraining-like text forgetting is measured on.")] = None,
+    ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out fine-tuning text, for ft_loss.")] = None,
     sweep: Annotated[Path | None, typer.Option(help="Instead of --base/--adapter/--eval-data/--ft-eval-data: a sweep directory with save_adapters, whose config gives them.")] = None,
     point: Annotated[str, typer.Option(help="With --sweep: a point id, or largest (the largest unmitigated point).")] = "largest",
     scales: Annotated[str, setting(MitigationSettings, "scales")] = _listed(MitigationSettings.default("scales")),
@@ -199,10 +219,10 @@ def mitigate(
 @app.command()
 def train(
     base: Base,
-    train_data: Annotated[list[Path], typer.Option(help="Fine-tuning text (.txt, .jsonl, .parquet).")],
+    train_data: Annotated[list[Path], typer.Option(metavar="FILE", help="Fine-tuning text (.txt, .jsonl, .parquet).")],
     eval_data: EvalData,
     out: Annotated[Path, typer.Option(help="Output directory: records.jsonl, adapter/, run.json.")],
-    ft_eval_data: Annotated[list[Path] | None, typer.Option(help="Held-out fine-tuning text (default: a seeded random share of --train-data's sequences, at most --eval-tokens and 5%).")] = None,
+    ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out fine-tuning text (default: a seeded random share of --train-data's sequences, at most --eval-tokens and 5%).")] = None,
     rank: Annotated[int, setting(LoraSettings, "rank")] = LoraSettings.default("rank"),
     lora_alpha: Annotated[float, setting(LoraSettings, "lora_alpha", "--lora-alpha", "--alpha")] = LoraSettings.default("lora_alpha"),
     target_modules: Annotated[str, typer.Option(help="Comma-separated module names (or suffixes), or all-linear.")] = "all-linear",
@@ -220,7 +240,7 @@ def train(
     kl_budget: Annotated[float | None, setting(TrainSettings, "kl_budget", "--kl-budget")] = None,
     stop_on_budget: Annotated[str, setting(TrainSettings, "stop_on_budget")] = TrainSettings.default("stop_on_budget"),
     eval_tokens: Annotated[int, setting(TrainSettings, "eval_tokens")] = TrainSettings.default("eval_tokens"),
-    replay_data: Annotated[list[Path] | None, typer.Option(help="Replay corpus for --replay-fraction and --kl-weight: pretraining-like text that is not the eval text (.txt, .jsonl, .parquet).")] = None,
+    replay_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Replay corpus for --replay-fraction and --kl-weight: pretraining-like text that is not the eval text (.txt, .jsonl, .parquet).")] = None,
     replay_fraction: Annotated[float, setting(TrainSettings, "replay_fraction")] = TrainSettings.default("replay_fraction"),
     kl_weight: Annotated[float, setting(TrainSettings, "kl_weight")] = TrainSettings.default("kl_weight"),
     l2_weight: Annotated[float, setting(TrainSettings, "l2_weight")] = TrainSettings.default("l2_weight"),
@@ -228,6 +248,7 @@ def train(
     dtype: Annotated[TrainDtype, setting(TrainSettings, "dtype")] = TrainDtype.float32,
     device: Device = "auto",
     report_to: Annotated[str, typer.Option(help="Trainer integrations, comma-separated (tensorboard, wandb, mlflow) or none.")] = "none",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds (by default only an earlier run with the same settings is replaced).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:
     """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
@@ -235,7 +256,7 @@ def train(
 
     from forgetscope.data import group_into_blocks, hold_out_finetune_text, load_eval_blocks, read_domains
     from forgetscope.models import check_files_exist, check_seq_len, load_causal_lm, load_tokenizer, resolve_device
-    from forgetscope.train import finetune
+    from forgetscope.train import check_out_dir, finetune, run_identity
 
     modules = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",") if m.strip()]
     try:
@@ -250,8 +271,7 @@ def train(
         replay_fraction=replay_fraction, kl_weight=kl_weight, l2_weight=l2_weight,
         report_to=[] if report_to == "none" else report_to.split(","),
     )
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file: give a directory")
+    check_out_dir(out, run_identity(lora, settings), overwrite)  # before anything is loaded or written
     if settings.needs_replay and not replay_data:
         raise UserInputError("--replay-fraction and --kl-weight need a replay corpus: give --replay-data")
     check_files_exist([*train_data, *eval_data, *(ft_eval_data or []), *(replay_data or [])], "data file")
@@ -272,7 +292,7 @@ def train(
         if len(replay) == 0:
             raise UserInputError(f"--replay-data is shorter than one sequence of {seq_len} tokens")
     records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=not as_json,
-                       replay_blocks=replay)
+                       replay_blocks=replay, overwrite=overwrite)
     if as_json:
         print(json.dumps(records))
     else:
@@ -293,7 +313,7 @@ def sweep(
     executor: Annotated[str, typer.Option(help="Where points run: local (one after another here), ray, or submitit (Slurm), or a plug-in's name.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto or HOST:6379); default starts a local one.")] = None,
     executor_option: Annotated[list[str] | None, typer.Option(
-        "--executor-option", help="KEY=VALUE for the executor, repeatable (submitit: cluster, folder, timeout_min, partition).")] = None,
+        "--executor-option", metavar="KEY=VALUE", help="KEY=VALUE for the executor, repeatable (submitit: cluster, folder, timeout_min, partition).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the points that failed before again.")] = False,
 ) -> None:
     """Run or resume a grid of LoRA / rsLoRA fine-tunes, storing every record as it arrives."""
@@ -331,6 +351,11 @@ def fit(
     if bootstrap < 0 or not 0 < holdout < 1:
         raise UserInputError("--bootstrap must be >= 0 and --holdout in (0, 1)")
     fits = fit_sweep(directory, bootstrap, seed, holdout)
+    skipped = fits["skipped_records"]
+    if skipped["unfinished_points"]:
+        print(f"note: left out {skipped['unfinished_points']} records of points that have not finished (resume the sweep to finish them)", file=sys.stderr)
+    if skipped["non_finite"]:
+        print(f"note: left out {skipped['non_finite']} records with non-finite values", file=sys.stderr)
     if as_json:
         print(json.dumps(fits))
     else:
@@ -448,6 +473,8 @@ def synthetic(
     from forgetscope.synthetic.experiment import run_experiment
     from forgetscope.synthetic.plots import write_outputs
 
+    if out.exists() and not out.is_dir():  # before minutes of training, not after
+        raise UserInputError(f"--out {out} is a file: give a directory")
     results = run_experiment(load_config(config, seed=seed))
     write_outputs(results, out)
     if as_json:
@@ -462,7 +489,7 @@ def conjugate_probe(
     base: Base,
     finetuned: Finetuned = None,
     adapter: Adapter = None,
-    transform: Annotated[list[str] | None, typer.Option(help="Comma-separated transforms: plain, leetspeak, piglatin, piglatin-hyphen, translate:MODEL[:BACK], parallel:SRC,TGT (default plain,leetspeak,piglatin).")] = None,
+    transform: Annotated[list[str] | None, typer.Option(metavar="NAMES", help="Comma-separated transforms: plain, leetspeak, piglatin, piglatin-hyphen, translate:MODEL[:BACK], parallel:SRC,TGT (default plain,leetspeak,piglatin).")] = None,
     sentences: Annotated[Path | None, typer.Option(help="Sentences for the conflict tasks, one a line (default: built-in ones).")] = None,
     harmful: Annotated[Path | None, typer.Option(help="Harmful instructions for the refusal probe (.csv with a goal column, e.g. AdvBench, or one a line).")] = None,
     judge: Annotated[str | None, typer.Option(help="Refusal judge module:function(instruction, response) -> bool (default: refusal phrases).")] = None,
@@ -491,7 +518,7 @@ def conjugate_probe(
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype.value, device=device)
     results = run_probes(
         pair.finetuned, pair.base, pair.tokenizer, transforms, texts, instructions, judge_fn, tasks_per_kind,
-        refusal_tokens=refusal_tokens, n_bootstrap=bootstrap, seed=seed, progress=not as_json,
+        refusal_tokens=refusal_tokens, n_bootstrap=bootstrap, seed=seed, progress=True,  # on stderr
     )
     if as_json:
         print(json.dumps(results))
@@ -517,6 +544,27 @@ def conjugate_miniature(
         print(json.dumps(result))
     else:
         render.print_miniature(result)
+
+
+@tiny_app.command("pretrain")
+def tiny_pretrain(
+    out: Annotated[Path, typer.Option(help="An empty or new directory for the pretrained model.")],
+    miniature: Annotated[bool, typer.Option("--miniature", help="The conjugate miniature's base instead of the demo's.")] = False,
+    stop_after: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps, the schedule unchanged (to check the recipe's first steps).")] = None,
+) -> None:
+    """Pretrain the default tiny (or miniature) base from its recipe and say whether it matches the shipped one bit for bit."""
+    from forgetscope.conjugate.miniature import MiniatureConfig, pretrain_miniature
+    from forgetscope.tiny.model import TinyConfig, pretrain
+    from forgetscope.tiny.shipped import compare_with_shipped
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"--out {out} is {'a file' if not out.is_dir() else 'not empty'}: give a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if miniature:
+        pretrain_miniature(MiniatureConfig(), out, progress=True, stop_after=stop_after)
+    else:
+        pretrain(TinyConfig(), out, progress=True, stop_after=stop_after)
+    print(f"{out}: {compare_with_shipped('miniature-llama' if miniature else 'tiny-llama', out)}")
 
 
 def main() -> None:

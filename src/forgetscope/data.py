@@ -33,11 +33,18 @@ def read_documents(path: str | Path, text_column: str = "text") -> dict[str, lis
     loader = _LOADERS.get(path.suffix.lower())
     if loader is None:
         raise UserInputError(f"unsupported data file type {path.suffix!r} for {path} (use .txt, .jsonl, .json or .parquet)")
+    _check_content(path, loader)
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()  # its log lines would come before the one error line
     try:
         table = datasets.load_dataset(loader, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a malformed file
-        raise UserInputError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        cause = exc.__cause__ or exc  # DatasetGenerationError wraps what went wrong
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise UserInputError(f"cannot read {path}: {type(cause).__name__}: {text}") from exc
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if text_column not in table.column_names:
         raise UserInputError(f"{path} has no {text_column!r} column (columns: {', '.join(table.column_names)})")
     texts = [t if t is not None else "" for t in table[text_column]]
@@ -47,6 +54,41 @@ def read_documents(path: str | Path, text_column: str = "text") -> dict[str, lis
     for text, domain in zip(texts, table["domain"]):
         by_domain.setdefault(str(domain), []).append(text)
     return by_domain
+
+
+def _check_content(path: Path, loader: str) -> None:
+    """Say what is wrong with a file that cannot be what its suffix says, before `datasets`
+    turns it into a generic "An error occurred while generating the dataset"."""
+    import json
+
+    if path.stat().st_size == 0:
+        raise UserInputError(f"{path} is empty")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if loader == "parquet":
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            tail = f.read(4)
+        if head[:4] != b"PAR1" or tail != b"PAR1":
+            raise UserInputError(f"{path} is not a Parquet file (it lacks Parquet's PAR1 markers)")
+        return
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of what was read
+            raise UserInputError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+        text = head[: exc.start].decode("utf-8")
+    if loader == "json" and path.suffix.lower() == ".jsonl":
+        lines = text.splitlines()
+        for number, line in enumerate(lines[:-1] if len(head) == 1 << 16 else lines, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserInputError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            if not isinstance(value, dict):
+                raise UserInputError(f"{path}: line {number} is a JSON {type(value).__name__}, not an object with a text field")
 
 
 def read_domains(paths: Sequence[str | Path], text_column: str = "text") -> dict[str, list[str]]:

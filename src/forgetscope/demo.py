@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from forgetscope.files import write_atomically
 from forgetscope.laws.forecast import forecast_run
-from forgetscope.laws.select import fit_sweep
+from forgetscope.laws.select import TARGETS, fit_sweep
 from forgetscope.report import write_report
 from forgetscope.sweep.config import SweepConfig, parse_config
 from forgetscope.sweep.run import SweepResult, run_sweep
@@ -49,10 +50,16 @@ def run_demo(
     if config.base_model == "tiny":
         config.base_model = str(ensure_tiny_base(tiny, cache_dir, progress))
     result = run_sweep(config, out / "sweep", progress=progress)
-    report = None
+    report, laws = None, None
     if not result.failed:
-        fit_sweep(out / "sweep")  # fitted again on every run, so a resumed demo shows this version's laws
+        fits = fit_sweep(out / "sweep")  # fitted again on every run, so a resumed demo shows this version's laws
+        laws = {target: {"form": fits[target].get("label", fits[target]["form"]),
+                         "median_ape": {split: v.get("median_ape") for split, v in fits[target].get("validation", {}).items()}}
+                for target in TARGETS}
         report = write_report(out / "sweep")
+    summary_path = out / "demo.json"
+    earlier = json.loads(summary_path.read_text()).get("runs", []) if summary_path.is_file() else []
+    seconds = round(time.time() - started, 1)
     summary = {
         "base": config.base_model,
         "in_run_forecast": in_run_forecast(result),
@@ -61,9 +68,12 @@ def run_demo(
         "points": len(result.points),
         "failed": result.failed,
         "report": str(report) if report else None,
-        "seconds": round(time.time() - started, 1),
+        "laws": laws,
+        "seconds": seconds,
+        # every run of the demo on this folder: a resumed one does not hide the first one's time
+        "runs": [*earlier, {"seconds": seconds, "points_run": len(result.ran), "points_skipped": len(result.skipped)}],
     }
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(summary_path, json.dumps(summary, indent=2))
     return result, summary
 
 

@@ -29,6 +29,19 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise UserInputError(f"unknown dtype {name!r} (choose from float32, bfloat16, float16)") from None
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` for the block: the thread count splits
+    the reductions of the matrix products differently, so the same threads give the same
+    numbers on every machine of one kind."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_device(name: str) -> torch.device:
     """`"auto"` picks CUDA, then MPS, then CPU; an explicit device must exist on this machine."""
     if name == "auto":
@@ -69,35 +82,58 @@ def load_tokenizer(name: str):
         raise UserInputError(f"cannot load a tokenizer from {name}: {_first_line(exc)}") from exc
 
 
+def causal_lm_config(name: str, what: str = "model"):
+    """The config of a causal (decoder-only) language model, from a directory, hub id, GGUF
+    file or known source (`sources`); anything else is a `UserInputError`, before any weights
+    are loaded. transformers would build an encoder such as BERT as a causal LM
+    (`BertLMHeadModel`) with weights newly initialised, and numbers would follow."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(name)
+    check_location(resolved, what)
+    try:
+        config = AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot load a model config from {resolved}: {_first_line(exc)}") from exc
+    architectures = getattr(config, "architectures", None) or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or getattr(config, "is_decoder", False)
+    if getattr(config, "is_encoder_decoder", False) or (architectures and not causal):
+        kind = architectures[0] if architectures else type(config).__name__
+        raise UserInputError(f"{resolved} is not a causal language model (it is a {kind}); forgetscope needs a decoder-only LM")
+    return config
+
+
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
     """A `transformers` causal LM in eval mode, from a directory, hub id, GGUF file or known
-    source (`sources`); a model of another kind is a `UserInputError`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    source (`sources`); a model of another kind, or a checkpoint that lacks some of the
+    model's weights, is a `UserInputError`."""
+    from transformers import AutoModelForCausalLM
 
+    config = causal_lm_config(name)
     name = resolve_model(name)
-    check_location(name, "model")
     try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot load a model config from {name}: {_first_line(exc)}") from exc
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, output_loading_info=True)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise UserInputError(f"{name} is not a causal language model (its config is {type(config).__name__})") from exc
         raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
     except OSError as exc:
         raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserInputError(f"{name} lacks {len(missing)} of the model's weights ({', '.join(missing[:2])}"
+                             f"{', ...' if len(missing) > 2 else ''}), which would be newly initialised: not a complete causal LM")
     return model.to(device).eval()
 
 
 def load_adapter(base_model, adapter: str):
     """Wrap `base_model` with the PEFT adapter in directory `adapter` (frozen, eval mode)."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     try:
         return PeftModel.from_pretrained(base_model, adapter).eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise UserInputError(f"cannot apply adapter {adapter} to the base model: {_first_line(exc)}") from exc
 
 
@@ -111,9 +147,28 @@ def check_same_tokenizer(base_tok, ft_tok, base_model, ft_model) -> None:
         raise UserInputError(f"base and fine-tuned output vocabularies differ in size ({base_size} vs {ft_size})")
 
 
+def check_tokenizer_fits(tokenizer, model_config, name: str) -> None:
+    """A tokenizer given separately from its model must be the model's own: every id within
+    the model's vocabulary, the same end-of-text token, and text that survives a round trip.
+    Another model's tokenizer runs to the end and reports nonsense."""
+    vocab = getattr(model_config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise UserInputError(f"tokenizer {name} does not fit the base model: it has {len(tokenizer)} tokens, the model's vocabulary {vocab}")
+    model_eos = getattr(model_config, "eos_token_id", None)
+    model_eos = set(model_eos) if isinstance(model_eos, list) else {model_eos}
+    if tokenizer.eos_token_id is not None and None not in model_eos and tokenizer.eos_token_id not in model_eos:
+        raise UserInputError(f"tokenizer {name} does not fit the base model: its end-of-text token is id "
+                             f"{tokenizer.eos_token_id}, the model's {sorted(model_eos)}")
+    sample = "In the beginning, 3 Functions returned: {'x': [1, 2]}"
+    decoded = tokenizer.decode(tokenizer(sample, add_special_tokens=False)["input_ids"])
+    if decoded.strip() != sample:
+        raise UserInputError(f"tokenizer {name} does not fit the base model: it does not give text back as it was "
+                             f"({sample!r} came back as {decoded.strip()!r})")
+
+
 def context_length(model) -> int | None:
-    """The most positions the model's config says it can attend to, if it says."""
-    config = model.config
+    """The most positions a model (or its config) says it can attend to, if it says."""
+    config = getattr(model, "config", model)
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 

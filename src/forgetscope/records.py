@@ -72,14 +72,44 @@ FIT_KEYS = ("point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_l
 def read_records(path: str | Path) -> list[Record]:
     """Every complete record of a `records.jsonl`; a torn last line (a crash mid-write) is skipped."""
     records = []
-    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    try:
+        lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    except UnicodeDecodeError:
+        raise UserInputError(f"{path} is not a text file of JSON records") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 break  # torn last line
             raise UserInputError(f"{path}: line {number} is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise UserInputError(f"{path}: line {number} is a JSON {type(record).__name__}, not a record (an object)")
+        records.append(record)
     return records
+
+
+def finished_points(directory: str | Path) -> set[str]:
+    """The ids of the points `DIR/points/` of a sweep marks finished: the only ones whose records count."""
+    finished = set()
+    for path in (Path(directory) / "points").glob("*.json"):
+        try:
+            if json.loads(path.read_text()).get("status") == "finished":
+                finished.add(path.stem)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue  # written atomically, so only a foreign file can be torn
+    return finished
+
+
+def sweep_records(directory: str | Path) -> tuple[list[Record], int]:
+    """The records of a sweep directory's finished points, and how many records of unfinished
+    ones (a sweep killed and not yet resumed, or still running) were left out. A directory with
+    no `points/` (one `train` run) has all its records."""
+    records = read_records(Path(directory) / "records.jsonl")
+    if not (Path(directory) / "points").is_dir():
+        return records, 0
+    finished = finished_points(directory)
+    kept = [r for r in records if r.get("point_id") in finished]
+    return kept, len(records) - len(kept)

@@ -32,7 +32,7 @@ def print_measure_table(result: dict) -> None:
             f"{values['base_entropy']:.4f}", f"{values['hard_ce']:.4f}", f"{values['base_loss']:.4f}",
             f"{values['finetuned_loss']:.4f}",
         )
-    console.print(table)
+    Console(width=max(console.width, 130)).print(table)  # whole numbers and headers even in an 80-column pipe
 
 
 def print_records_table(records: list[dict], title: str) -> None:
@@ -118,9 +118,9 @@ def print_fit_tables(fits: dict) -> None:
             forms.add_row(label + (" *" if label == entry["label"] else ""), *cells, f"{values['r2']:.3f}")
         console.print(forms)
     line = fits["linear"]
-    console.print(f"L_f = {line['intercept']:.4f} + {line['slope']:.4f} * ft_loss   (R^2 {line['r2']:.3f}, n {line['n']})")
+    console.print(f"L_f = {_line(line, 4)}   (R^2 {line['r2']:.3f}, n {line['n']})")
     for arm, fit in (line.get("per_arm") or {}).items():
-        console.print(f"  {arm}: L_f = {fit['intercept']:.4f} + {fit['slope']:.4f} * ft_loss   (R^2 {fit['r2']:.3f}, n {fit['n']})")
+        console.print(f"  {arm}: L_f = {_line(fit, 4)}   (R^2 {fit['r2']:.3f}, n {fit['n']})")
     domains = fits.get("domains") or {}
     if domains:
         console.print(
@@ -279,7 +279,7 @@ def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
             f"  forecast error (median over held-out points): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
             f"in size {_pct(validation.get('in_size', {}).get('median_ape'))}\n"
             + (f"  {_coverage_text(kl['interval'])}\n" if kl.get("interval", {}).get("coverage") else "") +
-            f"L_f = {line['intercept']:.3f} {line['slope']:+.3f} * ft_loss (R^2 {line['r2']:.3f})"
+            f"L_f = {_line(line, 3)} (R^2 {line['r2']:.3f})"
         )
         print_claims(fits)
         console.print(f"report: {summary['report']}")
@@ -334,3 +334,9 @@ def print_mitigation(result: dict) -> None:
         console.print(f"no setting keeps KL within {result['budget']}")
     if result.get("saved"):
         console.print(f"saved: {result['saved']}")
+
+
+def _line(fit: dict, digits: int) -> str:
+    """`7.553 - 0.463 * ft_loss` for a fitted intercept and slope."""
+    sign = "-" if fit["slope"] < 0 else "+"
+    return f"{fit['intercept']:.{digits}f} {sign} {abs(fit['slope']):.{digits}f} * ft_loss"

@@ -429,11 +429,10 @@ def _mitigation_part(directory: Path) -> tuple[dict[str, str], str]:
     """The trade-off plot and tables of a sweep's mitigated runs and of every post-hoc
     `mitigate --sweep` result kept in `DIR/mitigation/` (nothing when there is neither)."""
     from forgetscope.mitigate import tradeoff
-    from forgetscope.records import is_mitigated, read_records
-    from forgetscope.sweep.store import finished_points, read_artifacts
+    from forgetscope.records import is_mitigated, sweep_records
+    from forgetscope.sweep.store import read_artifacts
 
-    finished = finished_points(directory)
-    records = [r for r in read_records(directory / "records.jsonl") if r.get("point_id") in finished]
+    records, _ = sweep_records(directory)
     _, posthoc = read_artifacts(directory, "mitigation")
     if not posthoc and not any(is_mitigated(r) for r in records):
         return {}, ""

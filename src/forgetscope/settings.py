@@ -86,12 +86,23 @@ class LoraSettings(Settings):
             raise ValueError(f"block indices must be >= 0, got {value}")
         return value
 
-    def to_peft(self):
-        """The equivalent `peft.LoraConfig` (causal-LM task, default init so B = 0)."""
+    def to_peft(self, model=None):
+        """The equivalent `peft.LoraConfig` (causal-LM task, default init so B = 0).
+
+        PEFT takes `layers` only with a list of module names, so `all-linear` with `layers`
+        is resolved on `model` into the names of its linear layers, by PEFT's own helper."""
         from peft import LoraConfig
 
+        modules = self.target_modules
+        if modules == "all-linear" and self.layers is not None:
+            if model is None:
+                raise ValueError("all-linear with layers needs the model, to name its linear layers")
+            from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+            resolved = _maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM"), model)
+            modules = sorted({name.rsplit(".", 1)[-1] for name in resolved.target_modules})
         return LoraConfig(
-            r=self.rank, lora_alpha=self.lora_alpha, target_modules=self.target_modules, layers_to_transform=self.layers,
+            r=self.rank, lora_alpha=self.lora_alpha, target_modules=modules, layers_to_transform=self.layers,
             lora_dropout=self.dropout, use_rslora=self.rslora, task_type="CAUSAL_LM",
         )
 
@@ -100,14 +111,14 @@ class TrainSettings(Settings):
     """The optimisation budget and the forgetting-measurement schedule of one run."""
 
     steps: int = Field(200, ge=1, description="Optimizer steps.")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (1e-3 suits the embedded tiny models; pretrained models usually want 1e-4 to 2e-4).")
     batch_size: int = Field(8, ge=1, description="Sequences per step.")
     seq_len: int = Field(128, ge=2, description="Tokens per sequence, for training and for the eval text.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     scheduler: str = Field("constant_with_warmup", description="Any transformers scheduler name; constant keeps step counts comparable across budgets.")
     eval_points: int = Field(8, ge=2, description="Forgetting measurements, step 0 included, spaced by eval_schedule.")
     eval_schedule: Literal["log", "dense-late"] = Field("log", description="log: log-spaced steps; dense-late: a third log-spaced up to a fifth of the run, the rest evenly spaced after it, for fitting laws past the bend.")
-    eval_tokens: int = Field(4096, ge=2, description="Eval tokens per forgetting domain at each measurement (whole sequences; the default keeps 8 measurements near 6% of a run's time, bench/train_overhead.py).")
+    eval_tokens: int = Field(4096, ge=2, description="Eval tokens per forgetting domain at each measurement, in whole sequences (the default keeps 8 measurements near 6% of a run's time).")
     eval_batch_size: int = Field(16, ge=1, description="Sequences per forward pass when measuring.")
     seed: int = Field(0, description="Seed of the adapter init and the data order.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32, or bfloat16 for mixed-precision (autocast) training.")

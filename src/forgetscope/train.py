@@ -18,6 +18,7 @@ import torch
 from forgetscope.base_cache import BasePredictions
 from forgetscope.callback import ForgettingCallback
 from forgetscope.errors import UserInputError
+from forgetscope.files import write_atomically
 from forgetscope.settings import LoraSettings, TrainSettings
 
 
@@ -35,7 +36,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings):
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, lora.to_peft())
+        return get_peft_model(model, lora.to_peft(model))
     except ValueError as exc:
         msg = str(exc).splitlines()[0]
         raise UserInputError(f"LoRA settings do not fit the model: {msg}") from exc
@@ -67,6 +68,7 @@ def finetune(
     callbacks: Sequence = (),
     base_predictions: BasePredictions | None = None,
     replay_blocks: torch.Tensor | None = None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
 
@@ -77,7 +79,8 @@ def finetune(
     `base_predictions` are base hidden states recorded for `eval_blocks` beforehand (else
     the callback records them at the start). `replay_blocks` are the replay corpus of the
     training mitigations (`settings.replay_fraction`, `kl_weight`; `forgetscope.mitigate.training`),
-    checked never to overlap `eval_blocks`.
+    checked never to overlap `eval_blocks`. A non-empty `out_dir` is refused unless it holds
+    an earlier run of the same settings, or `overwrite` is given (`check_out_dir`).
     """
     import tempfile
 
@@ -89,6 +92,8 @@ def finetune(
 
     if len(train_blocks) == 0:
         raise UserInputError(f"fine-tuning text is shorter than one sequence of {settings.seq_len} tokens")
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), run_identity(lora, settings), overwrite)
     if settings.needs_replay:
         if replay_blocks is None or len(replay_blocks) == 0:
             raise UserInputError("replay_fraction and kl_weight need a replay corpus (--replay-data, or replay_data in a sweep)")
@@ -108,6 +113,8 @@ def finetune(
     records_file = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        write_atomically(out / "run.json", json.dumps({**run_identity(lora, settings), "trainable_params": trainable,
+                                                       "finished": False}, indent=2))
         records_file = open(out / "records.jsonl", "w")
 
     def record_sink(record: dict) -> None:
@@ -118,11 +125,13 @@ def finetune(
         if on_record is not None:
             on_record(record)
 
-    scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-")  # Trainer wants an output_dir
+    # The Trainer wants an output_dir; it writes nothing there but TensorBoard's event files
+    # (`runs/`), which belong with the run's results.
+    scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-")
     ids = train_blocks.tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
     args = TrainingArguments(
-        output_dir=scratch.name,
+        output_dir=str(out) if out is not None else scratch.name,
         max_steps=settings.steps,
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
@@ -168,8 +177,37 @@ def finetune(
     if out is not None:
         peft_model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
-        (out / "run.json").write_text(
-            json.dumps({"lora": lora.model_dump(), "train": settings.model_dump(), "trainable_params": trainable,
-                        "stopped_by_budget": callback.stopped_by_budget}, indent=2)
-        )
+        write_atomically(out / "run.json", json.dumps({**run_identity(lora, settings), "trainable_params": trainable,
+                                                       "stopped_by_budget": callback.stopped_by_budget, "finished": True}, indent=2))
     return callback.records
+
+
+def run_identity(lora: LoraSettings, settings: TrainSettings) -> dict:
+    """What `run.json` holds of a run's settings, as JSON reads it back."""
+    return json.loads(json.dumps({"lora": lora.model_dump(), "train": settings.model_dump()}))
+
+
+def check_out_dir(out: Path, identity: dict, overwrite: bool = False) -> None:
+    """Refuse an `--out` that is a file, or that holds anything but an earlier run with the
+    same settings (`identity`), unless `overwrite`: a run never silently replaces results."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserInputError(f"--out {out} is a file: give a directory")
+    entries = sorted(entry.name for entry in out.iterdir())
+    if not entries or overwrite:
+        return
+    earlier = out / "run.json"
+    if earlier.is_file():
+        try:
+            previous = json.loads(earlier.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = {}
+        if isinstance(previous, dict) and {key: previous.get(key) for key in identity} == identity:
+            return  # the same run again: same settings, same seed, the same numbers
+        holds = "an earlier run with other settings"
+    elif (out / "config.yaml").is_file() or (out / "points").is_dir():
+        holds = "a sweep"
+    else:
+        holds = f"other files ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''})"
+    raise UserInputError(f"--out {out} already holds {holds}: give a new or empty directory, or --overwrite to replace it")

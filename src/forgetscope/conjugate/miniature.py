@@ -85,13 +85,16 @@ class MiniatureConfig(Settings):
             warmup_steps=min(50, self.pretrain_steps // 10), heldout_tokens=self.eval_tokens, seed=self.seed,
         )
 
-    def base_key(self) -> str:
-        """Cache key of the base model: everything pretraining depends on, not the fine-tune's budget."""
+    def base_settings(self) -> dict:
+        """Everything the base model's pretraining depends on, not the fine-tune's budget."""
         fields = self.model_dump()
         for name in ("finetune_steps", "finetune_batch_size", "finetune_learning_rate", "rank"):
             fields.pop(name)
-        payload = json.dumps(fields | corpus_stamp() | {"miniature": MINIATURE_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return fields | {"threads": self.tiny().threads} | corpus_stamp() | {"miniature": MINIATURE_VERSION}
+
+    def base_key(self) -> str:
+        """Cache key of the base model (`base_settings`)."""
+        return hashlib.sha256(json.dumps(self.base_settings(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _draw(document: str, salt: str) -> float:
@@ -155,12 +158,18 @@ def build_corpus(config: MiniatureConfig) -> MiniatureCorpus:
 
 
 def ensure_miniature_base(config: MiniatureConfig, cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """The cached miniature base model, pretrained first if needed (scratch dir, then rename)."""
+    """The miniature base model: the shipped one for the default recipe, else the cached one,
+    pretrained first if needed (scratch dir, then rename)."""
+    from forgetscope.tiny.shipped import shipped_base
+
+    shipped = shipped_base("miniature-llama", config.base_settings())
+    if shipped is not None:
+        return shipped
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    return cached_build(root, "miniature-llama", config.base_key(), lambda scratch: _pretrain(config, scratch, progress))
+    return cached_build(root, "miniature-llama", config.base_key(), lambda scratch: pretrain_miniature(config, scratch, progress))
 
 
-def _pretrain(config: MiniatureConfig, out_dir: Path, progress: bool) -> dict:
+def pretrain_miniature(config: MiniatureConfig, out_dir: Path, progress: bool, stop_after: int | None = None) -> dict:
     from transformers import set_seed
 
     from forgetscope.data import group_into_blocks
@@ -175,7 +184,7 @@ def _pretrain(config: MiniatureConfig, out_dir: Path, progress: bool) -> dict:
               for docs in part.values()]
     train_ids = torch.cat(blocks)
     heldout = {d: group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens) for d, docs in corpus.heldout.items()}
-    metrics = train_from_scratch(tiny, tokenizer, train_ids, heldout, out_dir, progress, started)
+    metrics = train_from_scratch(tiny, tokenizer, train_ids, heldout, out_dir, progress, started, stop_after)
     metrics["miniature"] = config.model_dump()
     metrics["transformed_tokens"] = int(sum(b.numel() for b in blocks[len(corpus.pretrain):]))
     (out_dir / "tiny_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -196,7 +205,7 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
     """
     from forgetscope.conjugate.transforms import get_transform
     from forgetscope.data import group_into_blocks
-    from forgetscope.models import load_causal_lm, load_tokenizer
+    from forgetscope.models import load_causal_lm, load_tokenizer, torch_threads
     from forgetscope.tiny.model import tiny_metrics
     from forgetscope.train import LoraSettings, TrainSettings, finetune
 
@@ -225,10 +234,11 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
         steps=config.finetune_steps, learning_rate=config.finetune_learning_rate,
         batch_size=config.finetune_batch_size, seq_len=config.seq_len, eval_points=4, seed=config.seed,
     )
-    records = finetune(
-        model, tokenizer, LoraSettings(rank=config.rank), settings, train_blocks,
-        eval_blocks, out_dir=out_dir, progress=progress,
-    )
+    with torch_threads(config.tiny().threads):  # the recipe's threads: the same numbers on any machine of one kind
+        records = finetune(
+            model, tokenizer, LoraSettings(rank=config.rank), settings, train_blocks,
+            eval_blocks, out_dir=out_dir, progress=progress,
+        )
     last = records[-1]["domains"]
     tokens = {name: blocks.shape[0] * (blocks.shape[1] - 1) for name, blocks in eval_blocks.items()}
     final = {}

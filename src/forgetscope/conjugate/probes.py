@@ -78,11 +78,12 @@ def prompt_forgetting(finetuned, base, prompts: Sequence[torch.Tensor], n_bootst
 def _bar(total: int, enabled: bool):
     if not enabled:
         return nullcontext(lambda: None)
+    from rich.console import Console
     from rich.progress import Progress
 
     class _Bar:
         def __enter__(self):
-            self.progress = Progress(transient=True)
+            self.progress = Progress(transient=True, console=Console(stderr=True))  # stdout: results only
             self.progress.__enter__()
             task = self.progress.add_task("probing", total=total)
             return lambda: self.progress.advance(task)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forgetscope.errors import UserInputError
+from forgetscope.files import read_text_file
 
 INSTRUCTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
     "repeat": ("Repeat the input.", lambda text: text),
@@ -72,9 +73,7 @@ class ConflictTask:
 def read_sentences(path: str | Path) -> list[str]:
     """Non-empty lines of a text file, stripped."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"sentences file not found: {path}")
-    sentences = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    sentences = [line.strip() for line in read_text_file(path, "sentences file").splitlines() if line.strip()]
     if len(sentences) < 3:
         raise UserInputError(f"{path} has {len(sentences)} sentences; the tasks need at least 3")
     return sentences

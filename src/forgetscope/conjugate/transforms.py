@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from forgetscope.errors import UserInputError
+from forgetscope.files import read_text_file
 
 
 @runtime_checkable
@@ -248,9 +249,7 @@ class ParallelFiles:
 
 
 def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise UserInputError(f"parallel file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line.strip() for line in read_text_file(path, "parallel file").splitlines()]
 
 
 _REGISTRY: dict[str, Callable[[], Transform]] = {

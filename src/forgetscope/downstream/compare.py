@@ -35,7 +35,7 @@ def compare(base: dict, finetuned: dict) -> list[dict]:
                 "task": task, "metric": metric, "n": b["n"], "base": bm["value"], "base_stderr": bm["stderr"],
                 "finetuned": fm["value"], "finetuned_stderr": fm["stderr"], "difference": diff,
                 "difference_stderr": diff_se, "paired": paired, "higher_is_better": higher,
-                "worse": None if higher is None else (-diff if higher else diff),
+                "worse": None if higher is None else (-diff if higher else diff) + 0.0,  # + 0.0: no "-0.0"
             })
     return rows
 

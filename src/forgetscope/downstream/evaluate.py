@@ -145,12 +145,26 @@ def _top_level(loaded: dict) -> list:
     return [item for name, item in items.items() if name not in children]
 
 
+def _quiet_git_hash() -> str | None:
+    """What lm-eval's `get_git_commit_hash` returns, with git's stderr discarded."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
 def evaluate_model(model, tokenizer, settings: EvalSettings, tasks: Tasks) -> dict:
     """Run the checked tasks on one loaded model; `{task: {"metrics", "n", "per_example", "group"}}`."""
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    # lm-eval records `git describe` of the working directory and lets git's "fatal: not a
+    # git repository" reach the user's stderr; ask git the same question quietly.
+    lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
     was_training = model.training
     model.eval()
     runs = []
@@ -219,10 +233,15 @@ def evaluate_pair(
 ) -> dict:
     """Evaluate a base model and its fine-tune (full weights or a PEFT adapter) on the same
     tasks; `{"tasks": [...], "base": ..., "finetuned": ..., "comparison": [rows]}`."""
-    from forgetscope.models import load_pair
+    from forgetscope.models import causal_lm_config, load_pair
 
     if (finetuned is None) == (adapter is None):
         raise UserInputError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
+    for name in (base, finetuned):  # a wrong model fails before lm-eval indexes its tasks
+        if name is not None:
+            causal_lm_config(name)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserInputError(f"adapter not found: {adapter} (expected a directory with adapter_config.json)")
     tasks = prepare_tasks(settings)  # bad names and data fail before any model is loaded
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
     with pair.as_base() as base_model:

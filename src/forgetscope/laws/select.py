@@ -18,6 +18,7 @@ Reads only `records.jsonl`, so any tool that writes that format can be fitted.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from forgetscope.files import write_atomically
 from forgetscope.laws.analyses import claims, domain_analysis, linear_relation, matched_loss_analysis
 from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, extrapolation_errors, fit_law, log_metrics, size_split, time_split
 from forgetscope.laws.forms import FORMS, candidate_forms
-from forgetscope.records import FIT_KEYS, is_mitigated, read_records
+from forgetscope.records import FIT_KEYS, is_mitigated, sweep_records
 
 TARGETS = ("forgetting_ce", "kl", "ft_loss")
 
@@ -40,17 +41,22 @@ def read_table(directory: str | Path) -> pd.DataFrame:
     path = Path(directory) / "records.jsonl"
     if not path.is_file():
         raise UserInputError(f"no records to fit: {path} not found (run `forgetscope sweep` first)")
-    records = read_records(path)
+    records, unfinished = sweep_records(directory)
     if not records:
-        raise UserInputError(f"cannot fit: {path} holds no records")
+        raise UserInputError(f"cannot fit: {path} holds no records" + (f" of finished points ({unfinished} of unfinished ones)" if unfinished else ""))
+    for number, record in enumerate(records, 1):
+        missing = set(FIT_KEYS) - set(record)
+        if missing:
+            raise UserInputError(f"{path}: record {number} (point {record.get('point_id', '?')}) lacks {', '.join(sorted(missing))}")
     # Replay is a knob of the laws (`+replay` candidates); other training mitigations are not.
     records = [r for r in records if not is_mitigated({**r, "replay_fraction": 0})]
     if not records:
         raise UserInputError(f"cannot fit: every run in {path} has a KL or L2 penalty, and the laws describe runs without one")
-    missing = set(FIT_KEYS) - set(records[0])
-    if missing:
-        raise UserInputError(f"{path}: records lack {', '.join(sorted(missing))}")
-    table = pd.DataFrame(records).rename(columns={"trainable_params": "P", "step": "N"})
+    finite = [r for r in records if all(_is_finite_number(r[k]) for k in FIT_KEYS if k != "point_id")]
+    if not finite:
+        raise UserInputError(f"cannot fit: no record in {path} has finite values of {', '.join(FIT_KEYS[1:])}")
+    table = pd.DataFrame(finite).rename(columns={"trainable_params": "P", "step": "N"})
+    table.attrs["skipped"] = {"unfinished_points": unfinished, "non_finite": len(records) - len(finite)}
     table["replay_fraction"] = table.get("replay_fraction", pd.Series(0.0, index=table.index)).fillna(0.0).astype(float)
     table["arm_name"] = arm_names(table)
     arms = sorted(table.arm_name.unique())
@@ -60,6 +66,10 @@ def read_table(directory: str | Path) -> pd.DataFrame:
     table["T"] = table.N * lr / reference
     table["ft_gain"] = base_values(table)["ft_loss"] - table.ft_loss
     return table.sort_values(["point_id", "N"]).reset_index(drop=True)
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def arm_names(rows: pd.DataFrame) -> pd.Series:
@@ -314,6 +324,7 @@ def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fra
     fits["domains"] = domain_analysis(table)
     fits["n_records"], fits["n_points"] = int(len(table)), int(table.point_id.nunique())
     fits["holdout"] = fraction
+    fits["skipped_records"] = table.attrs["skipped"]
     fits["range"] = sweep_ranges(table, fraction)
     fits["base"] = base_values(table)
     fits["vocab_size"] = int(table.vocab_size.max()) if "vocab_size" in table and table.vocab_size.notna().any() else None

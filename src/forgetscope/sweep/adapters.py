@@ -14,14 +14,12 @@ from forgetscope.mitigate.inputs import MitigationInputs
 
 def _last_records(directory: Path) -> dict[str, dict]:
     """Each finished point's last record."""
-    from forgetscope.records import read_records
-    from forgetscope.sweep.store import finished_points
+    from forgetscope.records import sweep_records
 
-    finished = finished_points(directory)
     last: dict[str, dict] = {}
-    for record in read_records(directory / "records.jsonl"):
+    for record in sweep_records(directory)[0]:
         pid = record.get("point_id")
-        if pid in finished and record["step"] >= last.get(pid, {}).get("step", -1):
+        if record["step"] >= last.get(pid, {}).get("step", -1):
             last[pid] = record
     return last
 

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
+from forgetscope.files import read_text_file
 from forgetscope.settings import LoraSettings, Settings, TargetModules, TrainSettings, describe
 
 
@@ -195,10 +196,9 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep YAML file; relative data paths are taken from its folder."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"sweep config not found: {path}")
+    text = read_text_file(path, "sweep config")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserInputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     config = parse_config(data, str(path))

@@ -8,7 +8,6 @@ to wherever points run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +15,7 @@ import torch
 from forgetscope.base_cache import BasePredictions
 from forgetscope.data import group_into_blocks, hold_out_finetune_text, load_eval_blocks, read_domains
 from forgetscope.errors import UserInputError
+from forgetscope.models import torch_threads
 from forgetscope.sweep.config import DataSource, SweepConfig
 from forgetscope.sweep.grid import Point
 
@@ -42,16 +42,10 @@ def point_device(config: SweepConfig) -> torch.device:
     return resolve_device("cuda" if config.resources.gpus > 0 else "cpu")
 
 
-@contextlib.contextmanager
-def point_threads(config: SweepConfig) -> Iterator[None]:
+def point_threads(config: SweepConfig) -> contextlib.AbstractContextManager[None]:
     """torch's thread count set to the point's CPUs while a point runs: the same threads on
     every executor give the same numbers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(config.resources.cpus)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(config.resources.cpus)
 
 
 def _documents(source: DataSource, split: str) -> dict[str, list[str]]:
@@ -107,27 +101,31 @@ def prepare(config: SweepConfig, base_path: str, record_base: bool = True) -> Sw
     base_predictions = None
     if record_base:  # every point rebuilds its base logits from these hidden states with its own frozen head
         base = load_causal_lm(base_path, device=point_device(config)).requires_grad_(False)
-        base_predictions = try_record_base_predictions(base, eval_blocks)
+        with point_threads(config):  # the points' threads: the same hidden states on any machine
+            base_predictions = try_record_base_predictions(base, eval_blocks)
         del base
     return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions, replay_blocks)
 
 
 def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> None:
-    """Catch a module name that matches nothing before any point runs, as a config error.
+    """Catch what does not fit the base model before any point runs, as a config error: a
+    model that is not a causal LM, a `seq_len` beyond its context, a `tokenizer:` that is not
+    its own, module names that match nothing.
 
     PEFT is asked on a weightless copy of the model (meta device), so this costs nothing
     even for a 7B model.
     """
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from forgetscope.models import check_location
+    from forgetscope.models import causal_lm_config, check_tokenizer_fits, context_length, load_tokenizer
 
-    check_location(base_path, "base model")
-    try:
-        model_config = AutoConfig.from_pretrained(base_path)
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot load a model config from {base_path}: {str(exc).splitlines()[0]}") from None
+    model_config = causal_lm_config(base_path, "base model")
+    limit = context_length(model_config)
+    if limit is not None and config.seq_len > limit:
+        raise UserInputError(f"`seq_len` {config.seq_len} exceeds the base model's context of {limit} positions")
+    if config.tokenizer:
+        check_tokenizer_fits(load_tokenizer(config.tokenizer), model_config, config.tokenizer)
     checked = set()
     for point in points:
         key = (str(point.target_modules), str(point.layers))
@@ -137,7 +135,7 @@ def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> N
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(model_config)
         try:
-            get_peft_model(skeleton, point.lora().to_peft())
+            get_peft_model(skeleton, point.lora().to_peft(skeleton))
         except ValueError as exc:
             raise UserInputError(
                 f"grid.target_modules {point.target_modules!r} (layers {point.layers}) match nothing in "

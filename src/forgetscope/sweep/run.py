@@ -52,9 +52,10 @@ def run_sweep(
             failed = {}
         todo = [p for p in points if p.point_id not in done and p.point_id not in failed]
         skipped = [p.point_id for p in points if p not in todo]
+        if todo:  # bad data is refused here, before anything but a skeleton is written
+            context.inputs = prepare(config, base_path)
         _evaluate_base(config, base_path, store)
         if todo:
-            context.inputs = prepare(config, base_path)
             with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:
                 context.on_record, context.step_callback = store.append, bar.step_callback
                 with engine:
@@ -97,13 +98,21 @@ class _SweepProgress:
     """Two rich bars: the sweep's points, and the steps of the point running here (local executor)."""
 
     def __init__(self, total_points: int, done_points: int, steps: int, enabled: bool):
+        import time
+
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        # Points take minutes: estimate the speed over the whole sweep, not rich's last 30 s,
+        # or the time left stays unknown.
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            disable=not enabled, speed_estimate_period=24 * 3600,
         )
         self._points = self._progress.add_task("sweep points", total=total_points, completed=done_points)
         self._steps = self._progress.add_task("steps", total=steps, visible=False)
+        # Through a pipe or into a log file, rich draws no bar: a line per point says how far it is.
+        self._lines = enabled and not self._progress.console.is_terminal
+        self._started, self._done, self._total, self._resumed = time.monotonic(), done_points, total_points, done_points
 
     def __enter__(self) -> _SweepProgress:
         self._progress.__enter__()
@@ -113,7 +122,15 @@ class _SweepProgress:
         return self._progress.__exit__(*exc)
 
     def point_done(self) -> None:
+        import time
+
         self._progress.advance(self._points)
+        self._done += 1
+        if self._lines:
+            elapsed = time.monotonic() - self._started
+            left = elapsed / (self._done - self._resumed) * (self._total - self._done)
+            self._progress.console.print(f"sweep: {self._done}/{self._total} points done, {elapsed:.0f} s so far, "
+                                         f"about {left:.0f} s left")
 
     def step_callback(self, point: Point):
         """A `TrainerCallback` that moves the steps bar through one point's fine-tune."""

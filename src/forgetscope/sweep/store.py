@@ -1,6 +1,7 @@
 """The sweep directory: the only place a sweep's results live, and what makes resuming safe.
 
-    DIR/config.yaml      the config as resolved (every default filled in)
+    DIR/config.yaml      the config as resolved (every default filled in), written first
+    DIR/.lock            held (`fcntl.flock`) by the one process that writes the directory
     DIR/records.jsonl    one JSON record a line, appended and flushed as each arrives
     DIR/points/ID.json   one file per point that ended: finished, or failed with its error
     DIR/adapters/ID/     with save_adapters: each finished point's PEFT adapter
@@ -11,6 +12,9 @@
 A point's records count only once its `points/ID.json` says "finished". Opening the
 directory again drops the records of points that never finished (and a torn last line),
 so a sweep killed at any moment resumes without losing or duplicating a finished record.
+A second process that opens a directory in use is refused, naming the first. A directory
+that holds no result yet (only a config, an empty `points/`, an empty records file) is a
+skeleton: a killed or refused start left it, and any config may start there.
 """
 
 from __future__ import annotations
@@ -26,12 +30,7 @@ import yaml
 
 from forgetscope.errors import UserInputError
 from forgetscope.files import write_atomically
-from forgetscope.records import Record, read_records
-
-
-def finished_points(directory: str | Path) -> set[str]:
-    """The ids of the points `DIR/points/` marks finished: the only ones whose results count."""
-    return {p.stem for p in (Path(directory) / "points").glob("*.json") if json.loads(p.read_text()).get("status") == "finished"}
+from forgetscope.records import Record, finished_points, read_records
 
 
 def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None = None) -> tuple[object, dict[str, object]]:
@@ -57,26 +56,34 @@ class SweepStore:
         self.dir = Path(directory)
         self.records_path = self.dir / "records.jsonl"
         self.points_dir = self.dir / "points"
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserInputError(f"--out {self.dir} is a file: give a directory")
         config_path = self.dir / "config.yaml"
-        if config_path.is_file():
-            existing = yaml.safe_load(config_path.read_text())
-            if identity(existing or {}) != identity(config):
-                changed = sorted(k for k in set(existing or {}) | set(config) if (existing or {}).get(k) != config.get(k))
-                raise UserInputError(
-                    f"{self.dir} holds a sweep with a different config (differs in: {', '.join(changed)}): "
-                    "use another --out directory"
-                )
-        elif self.dir.exists() and any(self.dir.iterdir()):
+        if self.dir.is_dir() and not config_path.is_file() and not _is_skeleton(self.dir):
             raise UserInputError(f"{self.dir} is not empty and holds no sweep config.yaml: use another --out directory")
-        self.points_dir.mkdir(parents=True, exist_ok=True)
-        if not config_path.is_file():
-            write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
-        self._drop_unfinished_records()
+        self._lock = _lock(self.dir)
+        try:
+            if config_path.is_file() and not _is_skeleton(self.dir):
+                existing = yaml.safe_load(config_path.read_text()) or {}
+                if identity(existing) != identity(config):
+                    changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
+                    raise UserInputError(
+                        f"{self.dir} holds a sweep with a different config (differs in: {', '.join(changed)}): "
+                        "use another --out directory"
+                    )
+            else:
+                write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
+            self.points_dir.mkdir(exist_ok=True)
+            self._drop_unfinished_records()
+        except BaseException:
+            self._lock.close()
+            raise
         self._records = open(self.records_path, "a")
         self._streamed: Counter[str] = Counter()
 
     def close(self) -> None:
         self._records.close()
+        self._lock.close()  # closing the file releases the lock
 
     def __enter__(self) -> SweepStore:
         return self
@@ -178,3 +185,38 @@ class SweepStore:
             write_atomically(self.records_path, "".join(json.dumps(r) + "\n" for r in kept))
             if reopen:
                 self._records = open(self.records_path, "a")
+
+
+def _is_skeleton(directory: Path) -> bool:
+    """True if `directory` holds no result: nothing but a config, the lock, an empty
+    `points/` and an empty records file (what a start killed or refused early leaves)."""
+    for entry in directory.iterdir():
+        if entry.name in ("config.yaml", ".lock") and entry.is_file():
+            continue
+        if entry.name == "points" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name == "records.jsonl" and entry.is_file() and entry.stat().st_size == 0:
+            continue
+        return False
+    return True
+
+
+def _lock(directory: Path):
+    """Hold `DIR/.lock` exclusively for as long as the returned file stays open; a directory
+    another process holds is refused with that process's id."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserInputError(f"{directory} is in use by process {holder}: wait for it to end, or use another --out directory") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

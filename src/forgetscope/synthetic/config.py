@@ -13,6 +13,7 @@ import yaml
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
+from forgetscope.files import read_text_file
 from forgetscope.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parent
@@ -104,10 +105,9 @@ def load_config(path: str | Path | None = None, **overrides) -> SyntheticConfig:
     source = Path(path) if path is not None else SHIPPED / "cpu.yaml"
     if path is not None and not source.exists() and (SHIPPED / f"{path}.yaml").exists():
         source = SHIPPED / f"{path}.yaml"
-    if not source.is_file():
-        raise UserInputError(f"synthetic config not found: {source}")
+    text = read_text_file(source, "synthetic config")
     try:
-        data = yaml.safe_load(source.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise UserInputError(f"synthetic config {source}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if isinstance(data, dict):

@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from forgetscope.models import resolve_device
 from forgetscope.synthetic.baselines import discrete_posterior_predict, mixture_bayes_predict, ridge_predict
 from forgetscope.synthetic.config import SyntheticConfig
 from forgetscope.synthetic.model import InContextRegressor, count_parameters, prefix_loss
@@ -33,12 +34,6 @@ from forgetscope.synthetic.tasks import Prompts, draw_pool, sample_prompts
 DISTRIBUTIONS = ("continuous", "discrete")
 EVAL_CHUNK = 500
 
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _seeds(seed: int) -> dict[str, int]:
@@ -189,7 +184,7 @@ def run_experiment(config: SyntheticConfig, console: Console | None = None) -> d
     """Run it all; returns the results (what `results.json` holds). Progress bars go to `console` (stderr by default)."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    device = resolve_device(config.device)
+    device = resolve_device(config.device)  # a device this machine lacks is a one-line error
     seeds = _seeds(config.seed)
     n_points = config.max_examples + 1
     pool = draw_pool(config.n_tasks, config.d, config.tau, seeds["pool"])
@@ -286,4 +281,4 @@ def run_experiment(config: SyntheticConfig, console: Console | None = None) -> d
 
 
 __all__ = ["run_experiment", "train", "model_predictions", "squared_errors", "summarize", "recovered_fraction",
-           "warmup_cosine", "resolve_device"]
+           "warmup_cosine"]

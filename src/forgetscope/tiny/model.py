@@ -1,10 +1,12 @@
 """The tiny Llama base model that `forgetscope demo` and the tests stand on.
 
-It is pretrained here, on the CPU, from the embedded corpora (`forgetscope.tiny.corpora`)
-with a byte-level BPE tokenizer trained by `tokenizers`, and cached under the user's cache
-directory keyed by its settings, so only the first run pays for it. The result is an
-ordinary `transformers` model directory: everything downstream loads it with
-`from_pretrained`, exactly as it would load a hub model.
+The recipe pretrains it on the CPU from the embedded corpora (`forgetscope.tiny.corpora`)
+with a byte-level BPE tokenizer trained by `tokenizers`. The default recipe's result ships
+inside the package (`forgetscope.tiny.shipped`), so the first demo fine-tunes within
+seconds; any other settings are pretrained here once and cached under the user's cache
+directory, keyed by those settings. Either way the result is an ordinary `transformers`
+model directory: everything downstream loads it with `from_pretrained`, exactly as it
+would load a hub model.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class TinyConfig(Settings):
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.")
     heldout_tokens: int = Field(16_384, ge=2, description="Held-out tokens per domain for the reported loss.")
     seed: int = Field(0, description="Seed of the tokenizer-independent model init and the data order.")
+    threads: int = Field(2, ge=1, description="torch threads while pretraining: the thread count changes the numbers, so it is part of the recipe.")
 
     def key(self) -> str:
         """Cache key: changes whenever a setting or the corpus version changes."""
@@ -88,8 +91,10 @@ def build_model(config: TinyConfig, vocab_size: int):
     )
 
 
-def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Train tokenizer and model from scratch into `out_dir`; return the metrics written there."""
+def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train tokenizer and model from scratch into `out_dir`; return the metrics written there.
+    `stop_after` ends training after that many steps, with the recipe's schedule unchanged,
+    to check the first steps of a long recipe."""
     from transformers import set_seed
 
     from forgetscope.data import group_into_blocks
@@ -103,7 +108,7 @@ def pretrain(config: TinyConfig, out_dir: Path, progress: bool = True) -> dict:
     budget = config.pretrain_steps * config.batch_size * config.seq_len  # no domain needs more than one pass
     train_ids = torch.cat([group_into_blocks(s.pretrain, tokenizer, config.seq_len, budget) for s in splits.values()])
     heldout = {d: group_into_blocks(s.heldout, tokenizer, config.seq_len, config.heldout_tokens) for d, s in splits.items()}
-    return train_from_scratch(config, tokenizer, train_ids, heldout, out_dir, progress, started)
+    return train_from_scratch(config, tokenizer, train_ids, heldout, out_dir, progress, started, stop_after)
 
 
 def train_from_scratch(
@@ -114,6 +119,7 @@ def train_from_scratch(
     out_dir: Path,
     progress: bool = True,
     started: float | None = None,
+    stop_after: int | None = None,
 ) -> dict:
     """Pretrain a fresh tiny Llama on `[n, seq_len]` blocks; save it with `tokenizer` and its metrics.
 
@@ -121,9 +127,15 @@ def train_from_scratch(
     `pretrain` (the embedded corpora) and by anything that pretrains on its own text.
     """
     import datasets
-    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
     from forgetscope.metric import mean_loss
+    from forgetscope.models import torch_threads
+
+    class StopAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_after is not None and state.global_step >= stop_after:
+                control.should_training_stop = True
 
     started = time.time() if started is None else started
     model = build_model(config, len(tokenizer))
@@ -144,18 +156,22 @@ def train_from_scratch(
         use_cpu=True,
         disable_tqdm=not progress,
     )
-    Trainer(
+    trainer = Trainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}),
-        data_collator=default_data_collator,
-    ).train()
+        data_collator=default_data_collator, callbacks=[StopAfter()],
+    )
+    with torch_threads(config.threads):
+        trainer.train()
+        model.eval()
+        heldout_loss = {d: mean_loss(model, ids_) for d, ids_ in heldout.items()}
     shutil.rmtree(out_dir / "trainer", ignore_errors=True)
-    model.eval()
     metrics = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "non_embedding_parameters": sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n),
-        "pretrain_tokens": config.pretrain_steps * config.batch_size * config.seq_len,
+        "pretrain_steps": trainer.state.global_step,
+        "pretrain_tokens": trainer.state.global_step * config.batch_size * config.seq_len,
         "corpus_tokens": int(train_ids.numel()),
-        "heldout_loss": {d: mean_loss(model, ids_) for d, ids_ in heldout.items()},
+        "heldout_loss": heldout_loss,
         "pretrain_seconds": round(time.time() - started, 1),
         "config": config.model_dump(),
     }
@@ -166,7 +182,13 @@ def train_from_scratch(
 
 
 def ensure_tiny_base(config: TinyConfig = TinyConfig(), cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """The cached tiny base model directory, pretraining it first if needed."""
+    """The tiny base model directory: the shipped one for the default recipe, else the cached
+    one, pretraining it first if needed."""
+    from forgetscope.tiny.shipped import shipped_base
+
+    shipped = shipped_base("tiny-llama", config.model_dump() | corpus_stamp())
+    if shipped is not None:
+        return shipped
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     return cached_build(root, "tiny-llama", config.key(), lambda scratch: pretrain(config, scratch, progress))
 

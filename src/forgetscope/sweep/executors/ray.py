@@ -3,12 +3,16 @@
 come back to the driver through `ray.wait`.
 
 Options: `address` (a running cluster, e.g. `ray://head:10001` or `auto`; default: start
-Ray here).
+a cluster of this machine for the sweep alone, listening on 127.0.0.1 only, and shut it
+down at the end; a cluster that `ray start` left running, or `RAY_ADDRESS`, is never joined
+unless `address` names it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 from forgetscope.errors import UserInputError
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext, run_remote
@@ -23,6 +27,8 @@ class RayExecutor:
         self.pending: dict = {}
 
     def __enter__(self) -> RayExecutor:
+        address = self.options["address"] or "local"  # "local": a new cluster, never one already running
+        self.restore = _loopback_only() if address == "local" else lambda: None
         try:
             import ray
         except ImportError:
@@ -30,8 +36,7 @@ class RayExecutor:
         self.ray = ray
         self.started_here = not ray.is_initialized()
         if self.started_here:
-            ray.init(address=self.options["address"] or None, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         resources = self.context.config.resources
         self.task = ray.remote(run_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus)
         self.inputs_ref = ray.put(self.context.inputs)
@@ -41,6 +46,7 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         if self.started_here:
             self.ray.shutdown()
+        self.restore()
 
     def submit(self, point: Point) -> None:
         self.pending[self.task.remote(self.config_data, point, self.inputs_ref)] = point
@@ -53,6 +59,32 @@ class RayExecutor:
                 yield self.ray.get(done[0])
             except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost) fails its point only
                 yield PointResult(point, error=f"{type(exc).__name__}: {exc}".strip().splitlines()[0])
+
+
+def _loopback_only() -> Callable[[], None]:
+    """Make the cluster Ray starts here listen on 127.0.0.1 only, and return what undoes it.
+
+    A Ray head has no network authentication of its own, and `--node-ip-address 127.0.0.1`
+    is replaced by the machine's address. Ray's single-machine mode (its default on macOS and
+    Windows) binds every process to loopback; Ray reads it from the environment when it is
+    imported, and the processes it starts inherit the environment, so both are set."""
+    name, before = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    os.environ[name] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    previous = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if constants is not None:  # Ray was imported before: its copy of the setting is already made
+        constants.ENABLE_RAY_CLUSTER = False
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+        module = sys.modules.get("ray._private.ray_constants")
+        if module is not None:
+            module.ENABLE_RAY_CLUSTER = previous if previous is not None else not module.IS_WINDOWS_OR_OSX
+
+    return restore
 
 
 EXECUTORS.register("ray", RayExecutor)
