@@ -211,3 +211,17 @@ def test_settings_are_checked():
         EvalSettings(batch_size=0)
     with pytest.raises(UserInputError, match="--num-fewshot"):
         EvalSettings(num_fewshot=-1)
+
+
+def test_lm_evals_git_lookup_stays_quiet_outside_a_repository(tmp_path, monkeypatch, capfd):
+    """lm-eval asks `git describe` for the working directory; outside a repository git's
+    "fatal: not a git repository" must not reach the user's stderr."""
+    import lm_eval.evaluator
+
+    from forgetscope.downstream import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp_path either
+    monkeypatch.setattr(lm_eval.evaluator, "get_git_commit_hash", lm_eval.evaluator.get_git_commit_hash)  # restored after
+    assert evaluate._quiet_git_hash() is None
+    assert "fatal" not in capfd.readouterr().err

@@ -70,46 +70,66 @@ def token_stats(
         if base_log_probs is not None:
             log_p, p, entropy, top = base_log_probs[index]
         else:
-            log_p = log_softmax(to_base_logits(base_logits[start:stop]))
-            p, entropy, top = _base_side(log_p)
-        log_q = log_softmax(to_logits(finetuned_logits[start:stop]))
+            # Logits a head made here are this loop's own: normalised in place, one tensor fewer.
+            log_p, p = log_probs(to_base_logits(base_logits[start:stop]), overwrite=base_head is not None or head is not None)
+            entropy, top = _row_dots(p, log_p).neg_(), log_p.argmax(-1, keepdim=True)
+        log_q, _ = log_probs(to_logits(finetuned_logits[start:stop]), overwrite=head is not None, probabilities=False)
         tgt = targets[start:stop].unsqueeze(-1)
         parts["hard_ce"].append(-log_q.gather(-1, top).squeeze(-1).double())
         parts["base_loss"].append(-log_p.gather(-1, tgt).squeeze(-1).double())
         parts["finetuned_loss"].append(-log_q.gather(-1, tgt).squeeze(-1).double())
         # KL from its own sum (not ce - h) so identical models give exactly 0; clamp the
         # rounding-level negatives that a sum of p*(log p - log q) can produce. log q is
-        # overwritten by log p - log q in one pass: three [chunk, vocab] tensors at a time, not four.
+        # overwritten by log p - log q in one pass: no [chunk, vocab] temporary.
         log_diff = torch.sub(log_p, log_q, out=log_q)
-        kl = _expectation(p, log_diff).clamp_min(0.0)
+        kl = _row_dots(p, log_diff).clamp_min(0.0)
         parts["base_entropy"].append(entropy)
         parts["kl"].append(kl)
         parts["forgetting_ce"].append(entropy + kl)
     return {key: torch.cat(values) if values else torch.zeros(0, dtype=torch.float64) for key, values in parts.items()}
 
 
-def log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """float32 log-probabilities of `[n, vocab]` logits, normalised by a float64 sum: torch's
-    float32 `log_softmax` sums the exponentials in float32, which puts every log-probability
-    off by up to 1e-5 relative at 49k tokens."""
+def log_probs(logits: torch.Tensor, overwrite: bool = False, probabilities: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float32 `(log p, p)` of `[n, vocab]` logits (`p` None without `probabilities`),
+    normalised by a float64 sum. torch's float32 `log_softmax` sums the exponentials in
+    float32, which shifts every row's log-probabilities by up to 1e-5 relative at 49k tokens
+    and 4e-5 at 128k. With `overwrite`, float32 `logits` are normalised in place."""
     logits = logits.float()
-    shifted = logits - logits.amax(-1, keepdim=True)
-    log_normaliser = shifted.exp().sum(-1, keepdim=True, dtype=torch.float64).log_()
-    return shifted.sub_(log_normaliser.float())
+    top = logits.amax(-1, keepdim=True)
+    shifted = logits.sub_(top) if overwrite else logits - top
+    exponentials = shifted.exp()
+    normaliser = _row_sums(exponentials).unsqueeze(-1)
+    log_p = shifted.sub_(normaliser.log().float())
+    return log_p, exponentials.div_(normaliser.float()) if probabilities else None
 
 
-def _base_side(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(p, entropy, argmax)` of one chunk's `[n, vocab]` base log-probabilities."""
-    p = log_p.exp()
-    return p, _expectation(p, log_p).neg_(), log_p.argmax(-1, keepdim=True)
+def _block(vocab: int) -> int | None:
+    """The block length of the vocabulary's float32 partial sums: the smallest divisor of
+    `vocab` from 256 to 4096 (a float32 sum of that many terms is within 1e-6), or None."""
+    return next((k for k in range(256, min(vocab, 4096) + 1) if vocab % k == 0), None)
 
 
-def _expectation(p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """`sum_v p[:, v] * values[:, v]` per row, as float64. The products are float32 and their
-    sum is accumulated in float64: a float32 sum over the vocabulary (a batched dot product,
-    too) drifts low by 1e-4 relative at 128k tokens, the float64 sum is within 1e-6
-    (`tests/test_metric.py`, `bench/forgetting_eval.py`)."""
-    return torch.mul(p, values).sum(-1, dtype=torch.float64)
+def _row_sums(values: torch.Tensor) -> torch.Tensor:
+    """float64 sums of the rows of a float32 `[n, vocab]` tensor: float32 partial sums over
+    blocks, added in float64. One float32 sum over the vocabulary drifts low by 1e-4
+    relative at 128k tokens; a float64 one of every element is several times slower."""
+    n, vocab = values.shape
+    block = _block(vocab)
+    if block is None:
+        return values.sum(-1, dtype=torch.float64)
+    return values.reshape(n, vocab // block, block).sum(-1).sum(-1, dtype=torch.float64)
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """float64 `sum_v a[:, v] * b[:, v]` for float32 `[n, vocab]` tensors: batched float32
+    dot products over blocks (one fused kernel, no `[n, vocab]` temporary), added in
+    float64 (`tests/test_metric.py` checks 1e-6 against float64 at 128k tokens)."""
+    n, vocab = a.shape
+    block = _block(vocab)
+    if block is None:
+        return torch.mul(a, b).sum(-1, dtype=torch.float64)
+    blocks = n * (vocab // block)
+    return torch.bmm(a.reshape(blocks, 1, block), b.reshape(blocks, block, 1)).view(n, -1).sum(-1, dtype=torch.float64)
 
 
 def sequence_sums(
@@ -285,8 +305,8 @@ def base_chunk_log_probs(source: BaseSource, head: torch.nn.Module, batch_size: 
             flat = hidden[start : start + batch_size, :-1].reshape(-1, hidden.shape[-1])
             chunks = []
             for i in range(0, len(flat), size):
-                log_p = log_softmax(base_head(flat[i : i + size].to(base_head.weight.dtype)))
-                chunks.append((log_p, *_base_side(log_p)))
+                log_p, p = log_probs(base_head(flat[i : i + size].to(base_head.weight.dtype)), overwrite=True)
+                chunks.append((log_p, p, _row_dots(p, log_p).neg_(), log_p.argmax(-1, keepdim=True)))
             made[name].append(chunks)
     return dataclasses.replace(source, log_probs=made)
 
