@@ -31,9 +31,9 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count set to `threads` for the block: the thread count splits
-    the reductions of the matrix products differently, so the same threads give the same
-    numbers on every machine of one kind."""
+    """torch's intra-op thread count set to `threads` for the block: a thread count can
+    change how kernels split their sums, so fixing it keeps the numbers the same on every
+    machine of one kind, whatever its default."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:

@@ -126,12 +126,12 @@ def finetune(
             on_record(record)
 
     # The Trainer wants an output_dir; it writes nothing there but TensorBoard's event files
-    # (`runs/`), which belong with the run's results.
-    scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-")
+    # (`runs/`), which belong with the run's results. Without one, a scratch directory.
+    scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-") if out is None else None
     ids = train_blocks.tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
     args = TrainingArguments(
-        output_dir=str(out) if out is not None else scratch.name,
+        output_dir=scratch.name if scratch is not None else str(out),
         max_steps=settings.steps,
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
@@ -171,7 +171,8 @@ def finetune(
     try:
         trainer.train()
     finally:
-        scratch.cleanup()
+        if scratch is not None:
+            scratch.cleanup()
         if records_file is not None:
             records_file.close()
     if out is not None:
