@@ -83,6 +83,7 @@ class ForgettingCallback(TrainerCallback):
             be crossed, also logged as `forgetting/forecast_kl` and friends.
         stop_on_budget: `measured` stops the run when a measured KL exceeds `budget`,
             `forecast` when the forecast's lower bound at the last step does, `never` not.
+        progress: show a bar on stderr while a measurement runs (training waits for it).
 
     Which of these is used is decided once, at the start of training, by
     `forgetscope.base_cache.choose_base_source`; `base_source` says what was chosen.
@@ -105,6 +106,7 @@ class ForgettingCallback(TrainerCallback):
         base_predictions: BasePredictions | None = None,
         budget: float | None = None,
         stop_on_budget: str = "never",
+        progress: bool = False,
     ):
         if not eval_blocks:
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
@@ -121,6 +123,7 @@ class ForgettingCallback(TrainerCallback):
         self.schedule = schedule
         self.budget = budget
         self.stop_on_budget = stop_on_budget
+        self.progress = progress
         self.stopped_by_budget: str | None = None
         """Why the budget stopped training, when it did."""
         self._max_steps: int | None = None
@@ -140,7 +143,8 @@ class ForgettingCallback(TrainerCallback):
         """One record: the metric overall and per domain, and `ft_loss` when configured."""
         if self.base_source is None:  # measured outside a Trainer run
             self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions)
-        result = measure_forgetting(model, self.eval_blocks, base=self.base_source, batch_size=self.batch_size, n_bootstrap=0)
+        result = measure_forgetting(model, self.eval_blocks, base=self.base_source, batch_size=self.batch_size, n_bootstrap=0,
+                                    progress=self.progress)
         record: Record = {"step": step, "train_loss": None}
         if self.ft_eval_blocks is not None:
             record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)

@@ -291,7 +291,7 @@ def train(
         replay = group_into_blocks(replay_docs, tokenizer, seq_len, steps * batch_size * seq_len)
         if len(replay) == 0:
             raise UserInputError(f"--replay-data is shorter than one sequence of {seq_len} tokens")
-    records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=not as_json,
+    records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=True,  # bars on stderr: --json keeps stdout for the JSON
                        replay_blocks=replay, overwrite=overwrite)
     if as_json:
         print(json.dumps(records))

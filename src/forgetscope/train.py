@@ -166,6 +166,7 @@ def finetune(
         batch_size=settings.eval_batch_size,
         on_record=record_sink,
         base_predictions=base_predictions,
+        progress=progress,
     )
     trainer.add_callback(callback)
     try:
