@@ -16,6 +16,7 @@ Means are token-weighted; 95% intervals come from a bootstrap over whole sequenc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ def log_probs(logits: torch.Tensor, overwrite: bool = False, probabilities: bool
     return log_p, exponentials.div_(normaliser.float()) if probabilities else None
 
 
+@functools.cache
 def _block(vocab: int) -> int | None:
     """The block length of the vocabulary's float32 partial sums: the smallest divisor of
     `vocab` from 256 to 4096 (a float32 sum of that many terms is within 1e-6), or None."""
