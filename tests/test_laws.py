@@ -83,7 +83,7 @@ def test_the_batched_bootstrap_finds_what_lbfgsb_finds_on_the_same_resample():
         rows = np.concatenate([np.flatnonzero(runs == r) for r in range(5) for _ in range(int(count[r]))])
         if len(np.unique(P[rows])) < 2:
             continue
-        reference = fit_law(form, P[rows], N[rows], y[rows], shift, starts=[fit.theta])
+        reference = fit_law(form, P[rows], N[rows], y[rows], shift, starts=[fit.theta], optimizer="lbfgsb")
         batched_loss = _objective(theta, form, P[rows], N[rows], np.log(y[rows]), shift, HUBER_DELTA)[0]
         assert batched_loss <= reference.loss * (1 + 1e-4)  # as good a minimum of the same objective
         np.testing.assert_allclose(theta, reference.theta, atol=1e-2)

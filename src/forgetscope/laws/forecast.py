@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 from forgetscope.errors import UserInputError
-from forgetscope.laws.fit import Fit
+from forgetscope.laws.fit import Fit, half_width, widen
 from forgetscope.laws.forms import FORMS
 
 
@@ -91,33 +91,53 @@ def resolve(fits: dict, query: Query) -> Resolved:
     return Resolved(P, arm, lr / reference, replay)
 
 
+def query_reach(fits: dict, where: Resolved, T: float) -> tuple[float, float]:
+    """How far a query lies beyond the sweep's data, in doublings: `(in P, in time)`; `P`
+    below the arm's smallest counts too."""
+    ranges = fits.get("range") or {}
+    arm = ranges.get("arms", {}).get(where.arm) if where.arm else None
+    in_P = 0.0
+    if arm is not None:
+        in_P = max(np.log2(where.P / arm["P"][-1]), np.log2(arm["P"][0] / where.P), 0.0)
+    return float(in_P), float(max(np.log2(T / ranges["max_T"]), 0.0)) if ranges.get("max_T") else 0.0
+
+
 def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> float:
-    """1 inside the validated range; beyond it (with `extrapolate`), the ratio of how far the
-    query reaches past the data to how far the validation reached, in log terms; without
-    `extrapolate`, a one-line refusal."""
+    """1 inside the validated range; beyond it (with `extrapolate`), how much wider the
+    interval is than at the edge of what the validation tested; without `extrapolate`, a
+    one-line refusal."""
     ranges = fits.get("range")
     if ranges is None:
         return 1.0  # fits.json from before validated ranges: nothing to check against
-    reasons, factor = [], 1.0
+    reasons = []
     if T > ranges["validated_T"]:
         reasons.append(f"{T:.4g} steps-equivalent is beyond the {ranges['validated_T']:.4g} the in-time test validated")
-        factor = max(factor, np.log(T / ranges["max_T"]) / max(np.log(ranges["time_factor"]), 1e-9))
     arm = ranges["arms"].get(where.arm) if where.arm else None
     if arm is not None:
         low, high = arm["validated_P"]
         if not low <= where.P <= high:
             reasons.append(f"P = {where.P:,.0f} is outside the {low:,.0f} to {high:,.0f} the in-size test validated for {where.arm}")
-            reach = np.log(where.P / arm["P"][-1]) if where.P > high else np.log(arm["P"][0] / where.P)
-            factor = max(factor, reach / max(np.log(ranges["size_factor"]), 1e-9))
+    in_P, in_N = query_reach(fits, where, T)
+    tested = ranges.get("tested")
+    if not reasons and tested is not None and in_P > 0 and in_N > 0 and in_P + in_N > tested["joint"] + 1e-9:
+        reasons.append(f"the query is beyond the sweep in both P and steps ({in_P + in_N:.1f} doublings), "
+                       f"further than the joint test reached and held ({tested['joint']:.1f})")
     measured = ranges.get("replay_fractions")
     if measured and where.replay > max(measured):
         reasons.append(f"replay fraction {where.replay:g} is beyond the {max(measured):g} the sweep measured")
     if reasons and not extrapolate:
         raise UserInputError("; ".join(reasons) + " (pass --extrapolate for a forecast with a wider interval)")
-    return float(factor)
+    if not reasons:
+        return 1.0
+    if tested is None:  # fits.json from before issue 23: the old rule, by how much further than the validation
+        factor = np.log(T / ranges["max_T"]) / max(np.log(ranges["time_factor"]), 1e-9) if T > ranges["validated_T"] else 1.0
+        return float(max(factor, in_P / max(np.log2(ranges["size_factor"]), 1e-9), 1.0))
+    interval = fits["kl"].get("interval", {})
+    edge = half_width(interval.get("floor", 0.0), interval.get("slope", 0.0), max(tested["P"] + tested["N"], tested["joint"]))
+    return float(max(half_width(interval.get("floor", 0.0), interval.get("slope", 0.0), in_P + in_N) / max(edge, 1e-12), 1.0))
 
 
-def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen: float) -> tuple[np.ndarray, ...]:
+def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen_by: float) -> tuple[np.ndarray, ...]:
     """`(value, low, high, bootstrap_low, bootstrap_high)` of one target's law over `T`."""
     entry = fits[target]
     fit = fit_from(entry)
@@ -128,8 +148,18 @@ def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen: float)
         boot_low, boot_high = np.percentile(fit.predict(where.P, T, samples, arm=arm, replay=where.replay), [2.5, 97.5], axis=0)
     else:
         boot_low, boot_high = value, value
-    q = entry.get("interval", {}).get("residual_q", 0.0) * widen  # the form's own error
-    if entry.get("column", target) == "ft_loss":  # a falling law: its log-space band sits around E + g
+    interval = entry.get("interval", {})
+    falling = entry.get("column", target) == "ft_loss"  # a falling law: its log-space band sits around E + g
+    if "slope" in interval:  # the half-width grows with how far the query reaches beyond the data
+        in_P = query_reach(fits, where, 1.0)[0]
+        in_N = np.maximum(np.log2(np.asarray(T, dtype=float) / fits["range"]["max_T"]), 0.0)
+        half = half_width(interval["floor"], interval["slope"], in_P + in_N)
+        if falling:
+            return value, boot_low * np.exp(-half), boot_high * np.exp(half), boot_low, boot_high
+        low, high = widen(value, boot_low, boot_high, half)
+        return value, low, high, boot_low, boot_high
+    q = interval.get("residual_q", 0.0) * widen_by  # fits.json from before issue 23: a fixed model-error term
+    if falling:
         return value, boot_low * np.exp(-q), boot_high * np.exp(q), boot_low, boot_high
     return value, np.minimum(boot_low, value) * np.exp(-q), np.maximum(boot_high, value) * np.exp(q), boot_low, boot_high
 
@@ -140,21 +170,22 @@ def forecasts(fits: dict, query: Query, steps: float) -> dict[str, dict]:
         raise UserInputError(f"--steps must be non-negative, got {steps}")
     where = resolve(fits, query)
     T = steps * where.T_per_step
-    widen = widening(fits, where, T, query.extrapolate)
+    widened = widening(fits, where, T, query.extrapolate)
     base = fits.get("base", {})
     H = base.get("forgetting_ce", fits["forgetting_ce"].get("shift_value") or 0.0)
     cap = np.log(fits["vocab_size"]) if fits.get("vocab_size") else np.inf  # the cross-entropy of a uniform prediction
-    common = {"P": where.P, "N": steps, "module_set": where.arm, "validated": widen == 1.0, "interval_widening": widen}
+    common = {"P": where.P, "N": steps, "module_set": where.arm, "validated": widened == 1.0, "interval_widening": widened,
+              "reach_doublings": dict(zip(("P", "steps"), query_reach(fits, where, T)))}
     if steps == 0:  # the base itself
         start = {"kl": 0.0, "forgetting_ce": H, "ft_loss": base.get("ft_loss", float(fits["ft_loss"]["params"]["E"]))}
         return {t: {"target": t, **common, "value": v, "low": v, "high": v} for t, v in start.items()}
     out = {}
-    kl = [min(float(v), cap) for v in _band(fits, "kl", where, np.array(T), widen)]
+    kl = [min(float(v), cap) for v in _band(fits, "kl", where, np.array(T), widened)]
     out["kl"] = {"target": "kl", **common, "value": kl[0], "low": kl[1], "high": kl[2], "bootstrap_low": kl[3],
                  "bootstrap_high": kl[4], "capped_at_uniform": bool(kl[0] >= cap)}
     out["forgetting_ce"] = {"target": "forgetting_ce", **common, "value": H + kl[0], "low": H + kl[1], "high": H + kl[2],
                             "base_entropy": H}
-    ft = [float(v) for v in _band(fits, "ft_loss", where, np.array(T), widen)]
+    ft = [float(v) for v in _band(fits, "ft_loss", where, np.array(T), widened)]
     if fits["ft_loss"].get("column") == "ft_gain":  # a law of the gain: ft_loss = start - gain
         start = fits["ft_loss"]["start"]
         ft = [start - ft[0], start - ft[2], start - ft[1], start - ft[4], start - ft[3]]
@@ -172,8 +203,8 @@ def budget_steps(fits: dict, query: Query, budget: float, target: str = "kl") ->
     ranges = fits.get("range") or {}
     top = ranges.get("validated_T", 1e6) if not query.extrapolate else 1e4 * ranges.get("max_T", 1e2)
     T = np.geomspace(min(1.0, top), top, 400)
-    widen = widening(fits, where, T[-1], query.extrapolate)  # without extrapolate T stays validated: checks P
-    value, low, high = _band(fits, target, where, T, widen)[:3]
+    widened = widening(fits, where, T[-1], query.extrapolate)  # without extrapolate T stays validated: checks P
+    value, low, high = _band(fits, target, where, T, widened)[:3]
 
     def first_crossing(curve: np.ndarray) -> float | None:
         over = np.flatnonzero(curve > budget)
@@ -191,14 +222,41 @@ def budget_steps(fits: dict, query: Query, budget: float, target: str = "kl") ->
             "low": first_crossing(high), "high": first_crossing(low), "searched_up_to": float(T[-1] / where.T_per_step)}
 
 
-def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, points: int = 3) -> dict | None:
+@dataclass(frozen=True)
+class RunPrior:
+    """A sweep's law of KL for one planned run (`run_prior`): `kl(N)` at its `P`, module set
+    and learning rate, and how much the law's shape errs per doubling of time (`slope`)."""
+
+    fits: dict
+    where: Resolved
+    slope: float
+
+    def kl(self, steps) -> np.ndarray:
+        T = np.asarray(steps, dtype=float) * self.where.T_per_step
+        return np.asarray(_band(self.fits, "kl", self.where, T, 1.0)[0], dtype=float)
+
+
+def run_prior(fits: dict, query: Query) -> RunPrior:
+    """The prior `forecast_run` takes from a sweep's `fits.json` for the run `query` plans."""
+    where = resolve(fits, query)
+    return RunPrior(fits, where, float(fits["kl"].get("interval", {}).get("slope", 0.0)))
+
+
+def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, points: int = 3,
+                 prior: RunPrior | None = None) -> dict | None:
     """Forecast one run's KL at `planned_steps` from its measurements so far.
 
-    A run has one `P`, so no law in `P` can be fitted to it: this is a local power law,
-    `log KL = a + b log N`, fitted by least squares to the latest half of the measurements
-    in `log N` (those past the square root of the last step; at least the last `points`):
-    the curves are steeper over the first steps, so the latest slope extrapolates best. The
-    95% prediction interval is from the t distribution. Returns None until there are enough
+    Without a `prior`, a run has one `P`, so no law in `P` can be fitted to it: this is a
+    local power law, `log KL = a + b log N`, fitted by least squares to the latest half of
+    the measurements in `log N` (those past the square root of the last step; at least the
+    last `points`): the curves are steeper over the first steps, so the latest slope
+    extrapolates best. The 95% prediction interval is from the t distribution.
+
+    With a `prior` (a sweep's law for this run, `run_prior`), only this run's own factor is
+    fitted: `KL = k * law(N)`, `log k` the mean of `log(KL / law)` over the same latest
+    measurements, so the shape of the curve ahead comes from the sweep and the level from
+    the run. Its interval adds, in quadrature, the spread of those log ratios (t-based) and
+    the law's own error per doubling of time ahead. Returns None until there are enough
     measurements. `budget_step`: the step at which the forecast crosses `budget`.
     """
     steps, kl = np.asarray(steps, dtype=float), np.asarray(kl, dtype=float)
@@ -207,6 +265,8 @@ def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, poi
     if len(steps):
         first = min(int(np.searchsorted(steps, np.sqrt(steps[-1]))), max(len(steps) - points, 0))
         steps, kl = steps[first:], kl[first:]
+    if prior is not None:
+        return _forecast_with_prior(steps, kl, planned_steps, budget, prior)
     if len(steps) < 3 or len(np.unique(steps)) < 3:
         return None
     x, y = np.log(steps), np.log(kl)
@@ -222,4 +282,26 @@ def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, poi
            "low": float(np.exp(mean - t * se)), "high": float(np.exp(mean + t * se)), "slope": float(line.slope)}
     if budget is not None and line.slope > 0:
         out["budget_step"] = float(np.exp((np.log(budget) - line.intercept) / line.slope))
+    return out
+
+
+def _forecast_with_prior(steps: np.ndarray, kl: np.ndarray, planned_steps: int, budget: float | None,
+                         prior: RunPrior) -> dict | None:
+    if len(steps) < 2:
+        return None
+    law = np.maximum(prior.kl(steps), 1e-300)
+    ratios = np.log(kl) - np.log(law)
+    log_k = float(ratios.mean())
+    spread = float(np.std(ratios, ddof=1)) * stats.t.ppf(0.975, len(ratios) - 1) * np.sqrt(1 + 1 / len(ratios))
+    ahead = max(np.log2(planned_steps / steps[-1]), 0.0)
+    half = float(np.hypot(spread, prior.slope * ahead))
+    value = float(np.exp(log_k) * prior.kl(planned_steps))
+    out = {"from_step": int(steps[-1]), "planned_steps": int(planned_steps), "kl": value,
+           "low": value * float(np.exp(-half)), "high": value * float(np.exp(half)), "factor": float(np.exp(log_k)),
+           "prior": True}
+    if budget is not None:
+        grid = np.geomspace(max(steps[-1], 1.0), 100.0 * planned_steps, 400)
+        over = np.flatnonzero(np.exp(log_k) * prior.kl(grid) > budget)
+        if len(over):
+            out["budget_step"] = float(grid[over[0]])
     return out

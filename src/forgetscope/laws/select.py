@@ -27,7 +27,20 @@ import pandas as pd
 from forgetscope.errors import UserInputError
 from forgetscope.files import write_atomically
 from forgetscope.laws.analyses import claims, domain_analysis, linear_relation, matched_loss_analysis
-from forgetscope.laws.fit import Fit, bootstrap, check_enough_data, extrapolation_errors, fit_law, log_metrics, size_split, time_split
+from forgetscope.laws.fit import (
+    Fit,
+    bootstrap,
+    check_enough_data,
+    extrapolation_errors,
+    fit_law,
+    half_width,
+    last_steps,
+    log_metrics,
+    reach,
+    size_split,
+    time_split,
+    widen,
+)
 from forgetscope.laws.forms import FORMS, candidate_forms
 from forgetscope.records import FIT_KEYS, is_mitigated, sweep_records
 
@@ -133,20 +146,34 @@ def _at(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
 
 
 def _score(form, shift, rows: pd.DataFrame, target: str, train: np.ndarray, held: np.ndarray,
-           with_arms: bool, with_replay: bool = False) -> tuple[dict, Fit | None]:
-    """Fit on `train`, score on `held` (trained steps only); NaNs where the split leaves too little."""
+           with_arms: bool, with_replay: bool = False, start: Fit | None = None) -> tuple[dict, Fit | None, np.ndarray]:
+    """Fit on `train`, forecast every held run's last held step; NaNs where the split leaves
+    too little. Returns the errors, the partial fit and the scored rows (a mask)."""
     P, T, y, arm, arms, replay = _columns(rows, target, with_arms, with_replay)
-    held = held & (T > 0)
+    groups = rows.point_id.to_numpy()
+    held = last_steps(T, groups, held & (T > 0))
     fitted = train & (T > 0)
     empty = {"median_ape": float("nan"), "max_ape": float("nan"), "mape": float("nan"), "log_rmse": float("nan"), "n": 0}
     enough = (held.any() and len(np.unique(P[fitted])) >= 2 and len(np.unique(T[fitted])) >= 2
               and fitted.sum() >= _n_fitted(form, shift, arms, replay) + 2
               and (arm is None or set(arm[held]) <= set(arm[fitted])))  # an arm's factor needs its own runs
     if not enough:
-        return empty, None
-    partial = fit_law(form, P[train], T[train], y[train], shift, arm=_at(arm, train), arms=arms, replay=_at(replay, train))
+        return empty, None, held & False
+    starts = None if start is None else [start.theta, *_grid_starts(form, shift, y[train], arm, replay)]
+    partial = fit_law(form, P[train], T[train], y[train], shift, starts=starts, arm=_at(arm, train), arms=arms,
+                      replay=_at(replay, train))
     pred = partial.predict(P[held], T[held], arm=_at(arm, held), replay=_at(replay, held))
-    return extrapolation_errors(*_growth(rows, target, held, y[held], pred)), partial
+    errors = extrapolation_errors(*_growth(rows, target, held, y[held], pred))
+    in_P, in_N = reach(P, T, rows.arm_name.to_numpy(), fitted, held)
+    errors |= {"reach_P": float(in_P.max()), "reach_N": float(in_N.max())}
+    return errors, partial, held
+
+
+def _grid_starts(form, shift, y, arm, replay) -> list[np.ndarray]:
+    """The form's own starting grid: a split's fit tries it besides the full fit's optimum."""
+    from forgetscope.laws.fit import _starts
+
+    return _starts(form, shift, y, arm, replay)
 
 
 def _growth(rows: pd.DataFrame, column: str, held: np.ndarray, y: np.ndarray, pred: np.ndarray):
@@ -161,29 +188,43 @@ def _growth(rows: pd.DataFrame, column: str, held: np.ndarray, y: np.ndarray, pr
     return y, pred
 
 
+SPLITS = ("in_time", "in_size", "in_size_far", "joint", "selection", "selection_size")
+"""The validation splits. Reported, each scored at the last held step of every held run:
+`in_time` (fit each run's first steps, forecast its end), `in_size` (fit all but the
+largest `P` of each module set), `in_size_far` (all but the two largest, 4x beyond on the
+benchmark's pilots), `joint` (the smaller runs' first steps forecast the largest runs' end:
+beyond in `P` and `N` at once). The form is chosen on the two nested inside them:
+`selection` (the in-time split again, inside the in-time training part) and
+`selection_size` (the in-size split again, among the runs the in-size test fits)."""
+REPORTED = ("in_time", "in_size", "in_size_far", "joint")
+
+
+def _split_masks(rows: pd.DataFrame, T: np.ndarray, fraction: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`{split: (train, held)}` over `rows`."""
+    groups, modules, P = rows.point_id.to_numpy(), rows.arm_name.to_numpy(), rows.P.to_numpy(float)
+    in_time = time_split(T, groups, fraction)
+    in_size, far = size_split(P, modules), size_split(P, modules, top=2)
+    inner_time = np.zeros(len(T), dtype=bool)
+    inner_time[~in_time] = time_split(T[~in_time], groups[~in_time], fraction)
+    inner_size = np.zeros(len(T), dtype=bool)
+    inner_size[~in_size] = size_split(P[~in_size], modules[~in_size])
+    return {"in_time": (~in_time, in_time), "in_size": (~in_size, in_size), "in_size_far": (~far, far),
+            "joint": (~in_size & ~in_time, in_size), "selection": (~in_time & ~inner_time, inner_time),
+            "selection_size": (~in_size & ~inner_size, inner_size)}
+
+
 def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: str, fraction: float, with_arms: bool,
                    with_replay: bool = False) -> dict:
-    """One candidate fitted on everything, and on each validation split:
-
-    - `in_time`: every run up to `1 - fraction` of its steps, forecasting the rest;
-    - `in_size`: every run but the largest `P` of each module set, forecasting those;
-    - `selection`: inside the in-time training part, the same split again: the form is
-      chosen on this error, never on the two it reports.
-    """
+    """One candidate fitted on everything, and on each validation split (`SPLITS`), each
+    split's fit started from the full fit's optimum as well as the form's grid."""
     form = FORMS.get(name)
     P, N, y, arm, arms, replay = _columns(rows, target, with_arms, with_replay)
     check_enough_data(P[N > 0], N[N > 0], _n_fitted(form, shift, arms, replay), target)
-    groups = rows.point_id.to_numpy()
     full = fit_law(form, P, N, y, shift, arm=arm, arms=arms, replay=replay)
-    in_time = time_split(N, groups, fraction)
-    in_size = size_split(P, rows.arm_name.to_numpy())
-    inner = np.zeros(len(N), dtype=bool)
-    inner[~in_time] = time_split(N[~in_time], groups[~in_time], fraction)
     validation, fits, masks = {}, {}, {}
-    for split, held, train in (("in_time", in_time, ~in_time), ("in_size", in_size, ~in_size),
-                               ("selection", inner, ~in_time & ~inner)):
-        validation[split], fits[split] = _score(form, shift, rows, target, train, held, with_arms, with_replay)
-        masks[split] = (train, held & (N > 0))
+    for split, (train, held) in _split_masks(rows, N, fraction).items():
+        validation[split], fits[split], scored = _score(form, shift, rows, target, train, held, with_arms, with_replay, full)
+        masks[split] = (train, scored)
     metrics = log_metrics(y, full.predict(P, N, arm=arm, replay=replay))
     return {"fit": full, "rows": rows, "arm": arm, "replay": replay, "r2": metrics["r2"], "log_rmse": metrics["log_rmse"], "validation": validation,
             "split_fits": fits, "masks": masks,
@@ -191,45 +232,74 @@ def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: s
             "heldout_log_rmse": validation["in_time"]["log_rmse"]}
 
 
-def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
-    """The model-error term of the prediction intervals and their coverage on held-out points.
+def seed_noise(rows: pd.DataFrame, column: str) -> dict:
+    """How much runs that differ only in their seed differ: the standard deviation of one
+    run's log value about its configuration's mean at the same step, pooled over the
+    configurations run with several seeds (late steps: the second half of each run)."""
+    keys = [k for k in ("arm_name", "P", "learning_rate", "replay_fraction") if k in rows]
+    late = rows[(rows.N > 0) & (rows.N > 0.5 * rows.groupby("point_id").N.transform("max"))]
+    late = late[late[column] > 0]
+    squares, dof = 0.0, 0
+    for _, group in late.groupby([*keys, "N"]):
+        if group.point_id.nunique() >= 2:
+            logs = np.log(group[column].to_numpy(float))
+            squares += float(np.sum((logs - logs.mean()) ** 2))
+            dof += len(logs) - 1
+    return {"log_sd": float(np.sqrt(squares / dof)) if dof else None, "dof": dof}
 
-    The term is split-conformal: the largest absolute log residual of the selection split's
-    forecasts (the finite-sample 95% quantile of so few points), applied in log space around
-    the bootstrap band, which alone covers only the spread of the runs and not the error of
-    the form. Coverage is the share of each test split's held-out points inside the 95%
-    interval of the fit that never saw them, with and without the term.
+
+def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
+    """The model-error term of the prediction intervals, as a function of how far a forecast
+    reaches, and the intervals' coverage on what each reported split held out.
+
+    A forecast's log error grows with how far it extrapolates (`fit.reach`, in doublings of
+    `P` and of time). Its 95% half-width in log space is `sqrt(floor^2 + (slope * reach)^2)`:
+    `floor` is 1.96 times the seed-to-seed noise of one run (`seed_noise`), which a single
+    run shows whatever the law; `slope` is calibrated on the nested selection splits'
+    forecasts, never on the reported ones: the smallest slope under which all but 5% of those
+    forecasts (rounded down; at least all but one past 20) lie inside. Coverage is then the
+    share of each reported split's forecasts inside the 95% interval of the fit that never
+    saw them, the bootstrap band over runs widened by that half-width.
     """
     rows, arm, replay = best["rows"], best["arm"], best["replay"]
     P, N, y, groups = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float), rows.point_id.to_numpy()
+    modules = rows.arm_name.to_numpy()
     arm = np.zeros(len(rows), dtype=int) if arm is None else arm
-    residual_q = 0.0
-    selection = best["split_fits"]["selection"]
-    if selection is not None:
-        held = best["masks"]["selection"][1]
-        residuals = np.abs(np.log(np.maximum(selection.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held)), 1e-300))
-                           - np.log(y[held]))
-        level = min(1.0, 0.95 * (len(residuals) + 1) / len(residuals))
-        residual_q = float(np.quantile(residuals, level))
-    out: dict = {"residual_q": residual_q, "coverage": {}}
-    for split in ("in_time", "in_size"):
+    noise = seed_noise(rows, target)
+    floor = 1.96 * (noise["log_sd"] or 0.0)
+    ratios = []
+    for split in ("selection", "selection_size"):
+        fit, (train, held) = best["split_fits"][split], best["masks"][split]
+        if fit is None or not held.any():
+            continue
+        r = np.abs(np.log(np.maximum(fit.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held)), 1e-300)) - np.log(y[held]))
+        d = np.maximum(sum(reach(P, N, modules, train & (N > 0), held)), 0.5)
+        ratios += list(np.sqrt(np.maximum(r**2 - floor**2, 0.0)) / d)
+    ratios = np.sort(ratios)
+    slope = float(ratios[max(len(ratios) - 1 - int(0.05 * len(ratios)), 0)]) if len(ratios) else 0.0
+    out: dict = {"floor": floor, "slope": slope, "seed_noise": noise, "coverage": {}, "n_calibration": int(len(ratios)),
+                 "residual_q": float(np.hypot(floor, slope))}  # at one doubling (read by fits.json of before issue 23)
+    for split in REPORTED:
         fit = best["split_fits"][split]
         if fit is None or n_bootstrap == 0:
             continue
         train, held = best["masks"][split]
         samples = bootstrap(fit, groups[train], P[train], N[train], y[train], min(n_bootstrap, 200), seed,
                             arm=arm[train] if fit.arms else None, replay=_at(replay, train))
+        value = fit.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held))
         band = np.percentile(fit.predict(P[held], N[held], samples, arm=arm[held], replay=_at(replay, held)), [2.5, 97.5], axis=0)
+        half = half_width(floor, slope, sum(reach(P, N, modules, train & (N > 0), held)))
+        low, high = widen(value, band[0], band[1], half)
         inside = (band[0] <= y[held]) & (y[held] <= band[1])
-        widened = (band[0] * np.exp(-residual_q) <= y[held]) & (y[held] <= band[1] * np.exp(residual_q))
-        out["coverage"][split] = {"bootstrap": float(inside.mean()), "with_model_error": float(widened.mean()), "n": int(held.sum())}
+        widened = (low <= y[held]) & (y[held] <= high)
+        out["coverage"][split] = {"bootstrap": float(inside.mean()), "with_model_error": float(widened.mean()), "n": int(held.sum()),
+                                  "median_width": float(np.median(high / low))}
         # Recorded as what grows from the base (KL, L_f - H_base, the fine-tuning gain), as validation scores it.
-        actual, value = _growth(rows, target, held, y[held], fit.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held)))
-        ends = np.sort([_growth(rows, target, held, y[held], edge)[1] for edge in (band[0] * np.exp(-residual_q),
-                                                                                 band[1] * np.exp(residual_q))], axis=0)
+        actual, grown = _growth(rows, target, held, y[held], value)
+        ends = np.sort([_growth(rows, target, held, y[held], edge)[1] for edge in (low, high)], axis=0)
         out.setdefault("forecasts", {})[split] = {
-            "point_id": rows.point_id.to_numpy()[held].tolist(), "P": P[held].tolist(), "N": rows.N.to_numpy(float)[held].tolist(),
-            "actual": actual.tolist(), "value": value.tolist(), "low": ends[0].tolist(), "high": ends[1].tolist()}
+            "point_id": groups[held].tolist(), "P": P[held].tolist(), "N": rows.N.to_numpy(float)[held].tolist(),
+            "actual": actual.tolist(), "value": grown.tolist(), "low": ends[0].tolist(), "high": ends[1].tolist()}
     return out
 
 
@@ -249,10 +319,16 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
         raise UserInputError(f"cannot validate the laws of {target}: fitting each run up to {1 - fraction:.0%} of its steps leaves "
                              "too few measurements for any form's parameters (measure more steps, or lower --holdout)")
 
+    # Chosen on the nested splits, in time and (where every candidate has one) in size:
+    # a law that extrapolates well in N alone may still overshoot in P.
+    with_size = all(np.isfinite(t["validation"]["selection_size"]["median_ape"]) for t in tried.values())
+
     def selection_error(label: str) -> tuple[float, float, float]:
         v = tried[label]["validation"]
-        return (np.nan_to_num(v["selection"]["median_ape"], nan=np.inf), np.nan_to_num(v["in_time"]["median_ape"], nan=np.inf),
-                tried[label]["log_rmse"])
+        error = np.nan_to_num(v["selection"]["median_ape"], nan=np.inf)
+        if with_size:
+            error = (error + v["selection_size"]["median_ape"]) / 2
+        return error, np.nan_to_num(v["in_time"]["median_ape"], nan=np.inf), tried[label]["log_rmse"]
 
     label = min(tried, key=selection_error)
     best = tried[label]
@@ -273,7 +349,8 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
         "replay": fit.replay,
         "params": fit.params,
         "ci": ci,
-        "selected_by": "median absolute percentage error on the selection split (inside the in-time training part)",
+        "selected_by": "median absolute percentage error at the last steps on the nested selection splits (in time"
+                       + (" and in size)" if with_size else ")"),
         "validation": best["validation"],
         "column": column,
         "start": base_values(table)[target],
@@ -291,24 +368,32 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     }
 
 
-def sweep_ranges(table: pd.DataFrame, fraction: float) -> dict:
-    """What a forecast may be asked about: each arm's `P` per rank and measured `P`, and the
-    range the validation tested. The in-time test forecast `1 / (1 - fraction)` times beyond
-    the steps it saw, the in-size test `P_max / P_second` beyond the sizes; a query is
-    validated up to the same factors beyond the whole sweep's data."""
-    arms, size_factor = {}, 1.0
+HELD = 0.25
+"""A reported split's forecasts held when their median error at the last steps is at most this."""
+
+
+def sweep_ranges(table: pd.DataFrame, fraction: float, kl: dict | None = None) -> dict:
+    """What a forecast may be asked about: each arm's `P` per rank and measured `P`, and how
+    far beyond the data the validation of KL (`kl`, its `fit_target` entry) tested and held,
+    in doublings of `P` and of time (`tested`): a query is validated up to as far beyond
+    the whole sweep's data, and, beyond in both at once, only where the joint test held."""
+    arms = {}
     for name, rows in table.groupby("arm_name"):
         sizes = np.sort(rows.P.unique().astype(float))
-        if len(sizes) >= 2:
-            size_factor = max(size_factor, sizes[-1] / sizes[-2])
         per_rank = (rows.P / rows["rank"]).median() if "rank" in rows else float("nan")
         arms[name] = {"P": sizes.tolist(), "params_per_rank": float(per_rank)}
-    time_factor = 1.0 / (1.0 - fraction)
+    tested = {"P": 0.0, "N": 0.0, "joint": 0.0}
+    for split, v in (kl or {}).get("validation", {}).items():
+        if split in REPORTED and v.get("n") and v["median_ape"] <= HELD:
+            tested["P"], tested["N"] = max(tested["P"], v["reach_P"]), max(tested["N"], v["reach_N"])
+            if v["reach_P"] > 0 and v["reach_N"] > 0:
+                tested["joint"] = max(tested["joint"], v["reach_P"] + v["reach_N"])
     for arm in arms.values():
-        arm["validated_P"] = [arm["P"][0] / size_factor, arm["P"][-1] * size_factor]
-    return {"arms": arms, "reference_learning_rate": table.attrs["reference_learning_rate"],
-            "time_factor": time_factor, "size_factor": size_factor,
-            "max_T": float(table["T"].max()), "validated_T": float(table["T"].max()) * time_factor,
+        arm["validated_P"] = [arm["P"][0] / 2 ** tested["P"], arm["P"][-1] * 2 ** tested["P"]]
+    max_T = float(table["T"].max())
+    return {"arms": arms, "reference_learning_rate": table.attrs["reference_learning_rate"], "tested": tested,
+            "time_factor": 2 ** tested["N"], "size_factor": 2 ** tested["P"],
+            "max_T": max_T, "validated_T": max_T * 2 ** tested["N"],
             "replay_fractions": sorted(float(f) for f in table.replay_fraction.unique())}
 
 
@@ -325,7 +410,7 @@ def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fra
     fits["n_records"], fits["n_points"] = int(len(table)), int(table.point_id.nunique())
     fits["holdout"] = fraction
     fits["skipped_records"] = table.attrs["skipped"]
-    fits["range"] = sweep_ranges(table, fraction)
+    fits["range"] = sweep_ranges(table, fraction, fits["kl"])
     fits["base"] = base_values(table)
     fits["vocab_size"] = int(table.vocab_size.max()) if "vocab_size" in table and table.vocab_size.notna().any() else None
     fits["claims"] = claims(fits)

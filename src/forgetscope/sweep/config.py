@@ -153,6 +153,13 @@ class SweepConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _never_measured_on_its_own_finetuning_text(self) -> SweepConfig:
+        ft = self.finetune_data.embedded
+        if ft == "scripture" and any(source.embedded == ft for source in self.eval_data):
+            raise ValueError("a scripture fine-tune trains on scripture's held-out chapters: measure forgetting on docs or code")
+        return self
+
+    @model_validator(mode="after")
     def _budgets_hold_a_sequence(self) -> SweepConfig:
         for name in ("eval_tokens", "ft_eval_tokens"):
             if getattr(self, name) < self.seq_len:

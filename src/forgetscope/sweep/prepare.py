@@ -52,8 +52,7 @@ def _documents(source: DataSource, split: str) -> dict[str, list[str]]:
     if source.embedded is not None:
         from forgetscope.tiny import corpora
 
-        splits = corpora.load(source.embedded)
-        documents = getattr(splits, split) or splits.pretrain
+        documents = corpora.finetune_documents(source.embedded) if split == "finetune" else getattr(corpora.load(source.embedded), split)
         return {source.embedded: documents}
     return read_domains(source.files, source.text_column)
 

@@ -28,6 +28,13 @@ DOMAINS = ("scripture", "docs", "code")
 HELDOUT_FRACTION = 0.1
 FINETUNE_FRACTION = {"code": 0.5}
 """Share of each domain's non-held-out documents reserved for fine-tuning, never pretrained on."""
+FINETUNE_SOURCE = {"code": "finetune", "scripture": "heldout", "docs": "pretrain"}
+"""The split a sweep fine-tunes on (`finetune_documents`). Only code has a split of its own.
+Scripture's held-out chapters (98k tokens) are text the base never saw, so a scripture
+fine-tune uses them and cannot also measure forgetting on scripture. Docs' held-out part is
+too small to fine-tune on (10k tokens), so a docs fine-tune is continued training on the
+paragraphs the base was pretrained on. Changing the splits themselves would change the
+shipped base's recipe."""
 
 
 class Splits(NamedTuple):
@@ -77,6 +84,11 @@ def _unit_hashes(document: str) -> tuple[float, float]:
     """Two independent, stable numbers in [0, 1) from a document's content."""
     digest = hashlib.sha256(document.encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "little") / 2**32, int.from_bytes(digest[4:8], "little") / 2**32
+
+
+def finetune_documents(domain: str) -> list[str]:
+    """The documents a sweep fine-tunes on in `domain` (see `FINETUNE_SOURCE`)."""
+    return getattr(load(domain), FINETUNE_SOURCE[domain])
 
 
 def load(domain: str) -> Splits:

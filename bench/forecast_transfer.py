@@ -1,0 +1,175 @@
+"""Do forecasts transfer? Pilot sweeps forecast the larger and longer runs made after them.
+
+Each scenario in `bench/forecast_transfer/NAME/` is a pilot sweep (`pilot.yaml`: ranks 1 to
+8, 100 steps, two seeds per configuration) and target runs made afterwards (`targets.yaml`:
+ranks up to 8x the pilot's largest, 400 steps). The scenarios differ in the fine-tuning
+domain, the learning rate, the module set and LoRA against rsLoRA. Their records are stored
+beside the configs, so the benchmark replays in seconds without training:
+
+    python bench/forecast_transfer.py              # fit every pilot, forecast every target, print the tables
+    python bench/forecast_transfer.py --run        # first (re)make the sweeps that are missing (resumable)
+    python bench/forecast_transfer.py --scenario code-rslora-all --json
+
+A target is a target run's measurement at the pilot's last step (when its rank is beyond the
+pilot's) and at 2x and 4x the pilot's steps. The pilot is fitted with `fit`'s defaults and
+forecast with `predict`'s machinery (`--extrapolate`, so every target gets a forecast);
+`validated` says whether `predict` would have answered without it. A scenario's table
+gives, per target, the forecast KL with its 95% interval and the measured KL, then the
+median and largest error, the coverage of the intervals and their median width (high / low).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent / "forecast_transfer"
+TARGETS = {"median_error": 0.20, "coverage": 0.80, "median_width": 2.5}
+"""What the issue asks of the whole benchmark: median error, coverage of the 95% intervals,
+median interval width (high / low)."""
+
+
+def scenarios() -> list[str]:
+    return sorted(p.name for p in ROOT.iterdir() if (p / "pilot.yaml").is_file())
+
+
+def make(name: str) -> None:
+    """Run (or resume) a scenario's pilot and target sweeps into `ROOT/NAME/pilot|targets`."""
+    from forgetscope.sweep.config import load_config
+    from forgetscope.sweep.run import run_sweep
+
+    for kind in ("pilot", "targets"):
+        started = time.time()
+        result = run_sweep(load_config(ROOT / name / f"{kind}.yaml"), ROOT / name / kind)
+        print(f"{name}/{kind}: {len(result.ran)} ran, {len(result.skipped)} done before, {time.time() - started:.0f} s",
+              file=sys.stderr)
+
+
+def last_records(directory: Path) -> dict[str, list[dict]]:
+    """Each finished point's records, in step order."""
+    from forgetscope.records import sweep_records
+
+    records, _ = sweep_records(directory)
+    runs: dict[str, list[dict]] = {}
+    for r in records:
+        runs.setdefault(r["point_id"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["step"]) for k, v in runs.items()}
+
+
+def target_points(pilot: dict, runs: dict[str, list[dict]]) -> list[dict]:
+    """The measurements each target run is judged at: 1x (rank beyond the pilot's), 2x and 4x
+    the pilot's steps."""
+    steps = pilot["steps"]
+    out = []
+    for point_id, records in runs.items():
+        first = records[0]
+        arm_ranks = pilot["ranks"].get(_arm(first, pilot), [])
+        beyond = bool(arm_ranks) and first["rank"] > max(arm_ranks)
+        for factor in ((1, 2, 4) if beyond else (2, 4)):
+            at = [r for r in records if r["step"] == factor * steps]
+            if at:
+                out.append({"point_id": point_id, "rank": first["rank"], "arm": _arm(first, pilot), "step": factor * steps,
+                            "P": first["trainable_params"], "learning_rate": first["learning_rate"], "kl": at[0]["kl"],
+                            "rank_factor": first["rank"] / max(arm_ranks) if arm_ranks else float("nan"), "step_factor": factor})
+    return out
+
+
+def _arm(record: dict, pilot: dict) -> str:
+    modules = record["target_modules"]
+    name = modules if isinstance(modules, str) else ",".join(modules)
+    return name + ((" rsLoRA" if record["rslora"] else " LoRA") if pilot["both_scalings"] else "")
+
+
+def pilot_summary(directory: Path) -> dict:
+    runs = last_records(directory)
+    firsts = [v[0] for v in runs.values()]
+    both = len({r["rslora"] for r in firsts}) > 1
+    summary = {"steps": max(r["step"] for v in runs.values() for r in v), "both_scalings": both, "ranks": {}}
+    for r in firsts:
+        summary["ranks"].setdefault(_arm(r, summary), []).append(r["rank"])
+    return summary
+
+
+def replay(name: str, n_bootstrap: int = 200) -> dict:
+    """Fit the scenario's pilot (into a scratch copy) and forecast each of its targets."""
+    import shutil
+    import tempfile
+
+    from forgetscope.laws.forecast import Query, forecasts
+    from forgetscope.laws.select import fit_sweep
+
+    pilot_dir = ROOT / name / "pilot"
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "pilot"
+        shutil.copytree(pilot_dir, copy, ignore=shutil.ignore_patterns("fits.json", "report*", "*.png", ".lock"))
+        started = time.perf_counter()
+        fits = fit_sweep(copy, n_bootstrap=n_bootstrap)
+        fit_seconds = time.perf_counter() - started
+    pilot = pilot_summary(pilot_dir)
+    rows = []
+    for t in target_points(pilot, last_records(ROOT / name / "targets")):
+        arms = fits.get("range", {}).get("arms", {})
+        query = Query(P=t["P"], arm=t["arm"] if t["arm"] in arms else None, learning_rate=t["learning_rate"], extrapolate=True)
+        kl = forecasts(fits, query, t["step"])["kl"]
+        rows.append(t | {"forecast": kl["value"], "low": kl["low"], "high": kl["high"], "validated": kl["validated"],
+                         "error": abs(kl["value"] - t["kl"]) / t["kl"], "inside": kl["low"] <= t["kl"] <= kl["high"],
+                         "width": kl["high"] / kl["low"]})
+    return {"scenario": name, "law": fits["kl"].get("label"), "fit_seconds": fit_seconds, "targets": rows,
+            "summary": summarise(rows)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    if not rows:
+        return {"n": 0}
+    errors = np.array([r["error"] for r in rows])
+    return {"n": len(rows), "median_error": float(np.median(errors)), "max_error": float(errors.max()),
+            "coverage": float(np.mean([r["inside"] for r in rows])), "median_width": float(np.median([r["width"] for r in rows])),
+            "validated": int(sum(r["validated"] for r in rows))}
+
+
+def line(label: str, s: dict) -> str:
+    if not s.get("n"):
+        return f"{label:<26} no targets"
+    return (f"{label:<26} {s['n']:>3} {s['median_error']:>8.1%} {s['max_error']:>8.1%} {s['coverage']:>9.0%} "
+            f"{s['median_width']:>7.2f} {s['validated']:>10}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="store_true", help="run (or resume) the sweeps first; about 1 h 40 min for all on 2 cores")
+    parser.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of each pilot's fit")
+    parser.add_argument("--json", action="store_true", help="print every target as JSON instead of the tables")
+    args = parser.parse_args()
+    names = args.scenario or scenarios()
+    if args.run:
+        for name in names:
+            make(name)
+    results = [replay(name, args.bootstrap) for name in names if (ROOT / name / "targets" / "records.jsonl").is_file()]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    header = f"{'':<26} {'n':>3} {'median':>8} {'max':>8} {'coverage':>9} {'width':>7} {'validated':>10}"
+    for result in results:
+        print(f"\n{result['scenario']}: law {result['law']}, fitted in {result['fit_seconds']:.1f} s")
+        print(f"  {'target':<22} {'step':>5} {'forecast [95%]':>26} {'measured':>9} {'error':>7}")
+        for t in result["targets"]:
+            interval = f"{t['forecast']:.3f} [{t['low']:.3f}, {t['high']:.3f}]"
+            mark = "" if t["inside"] else "  outside"
+            print(f"  {t['arm'] + ' r' + str(t['rank']):<22} {t['step']:>5} {interval:>26} {t['kl']:>9.3f} {t['error']:>7.1%}{mark}")
+    print(f"\n{header}")
+    for result in results:
+        print(line(result["scenario"], result["summary"]))
+    every = [t for r in results for t in r["targets"]]
+    print(line("all", summarise(every)))
+    print(line("target", {"n": 0} | {}) if False else
+          f"{'target':<26} {'':>3} {TARGETS['median_error']:>8.0%} {'':>8} {TARGETS['coverage']:>9.0%} {TARGETS['median_width']:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
