@@ -1,6 +1,7 @@
 """How long fitting a law takes: 200 measurements (10 runs x 20 steps), 1,000 bootstrap
 resamples of whole runs. The batched bootstrap (`forgetscope.laws.fit.bootstrap`) against
-the baseline of refitting each resample one by one (L-BFGS-B + polish, as `fit_law`), measured in the same run.
+the baseline of refitting each resample one by one (L-BFGS-B + polish, `fit_law(optimizer="lbfgsb")`), measured in
+the same run; then `fit` on whole stored sweeps (the forecast benchmark's pilots) against a 5 s budget.
 
     python bench/fit_bootstrap.py [--resamples 1000]
 """
@@ -52,12 +53,37 @@ def main() -> None:
         for count in counts:
             rows = np.concatenate([np.flatnonzero(runs == r) for r in range(10) for _ in range(int(count[r]))])
             looped.append(fit_law(form, P[rows], N[rows], y[rows], shift, starts=[fit.theta],
-                                  arm=None if arm is None else arm[rows]).theta)
+                                  arm=None if arm is None else arm[rows], optimizer="lbfgsb").theta)
         loop_seconds = time.perf_counter() - started
         gap = float(np.max(np.abs(np.percentile(batched, [2.5, 97.5], axis=0) - np.percentile(looped, [2.5, 97.5], axis=0))))
         print(f"{label:<21} {fit_seconds:>8.2f} {batched_seconds:>14.2f} {loop_seconds:>18.2f} "
               f"{loop_seconds / batched_seconds:>8.1f}x {gap:>14.4f}")
     print(f"\n{args.resamples} resamples of 10 runs; last column: largest difference of the 95% interval ends.")
+    whole_sweeps(args.resamples)
+
+
+def whole_sweeps(resamples: int, budget: float = 5.0) -> None:
+    """`fit` on whole sweeps, as the command runs it: the forecast benchmark's stored pilots
+    (every candidate, every split, `resamples` bootstrap resamples), against a budget of
+    `budget` seconds for the demo's size of sweep (about 100 records)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from forgetscope.laws.select import fit_sweep
+
+    root = Path(__file__).resolve().parent / "forecast_transfer"
+    pilots = sorted(p for p in root.glob("*/pilot") if (p / "records.jsonl").is_file())
+    print(f"\n{'fit DIR (whole sweep)':<34} {'records':>8} {'wall (s)':>9} {'cpu (s)':>8} {'/ budget':>9}")
+    for pilot in pilots:
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = Path(scratch) / "pilot"
+            shutil.copytree(pilot, copy, ignore=shutil.ignore_patterns("fits.json", ".lock"))
+            wall, cpu = time.perf_counter(), time.process_time()
+            fits = fit_sweep(copy, n_bootstrap=resamples)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(f"{pilot.parent.name:<34} {fits['n_records']:>8} {wall:>9.2f} {cpu:>8.2f} {wall / budget:>8.2f}x")
+    print(f"budget: {budget:.0f} s for a sweep of the demo's size (issue 23)")
 
 
 if __name__ == "__main__":

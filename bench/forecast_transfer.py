@@ -29,13 +29,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent / "forecast_transfer"
+CORPUS_ORDER = ROOT / "_corpus_order"
+"""Scenarios made before sweeps sampled their fine-tuning documents (kept for comparison):
+`--root bench/forecast_transfer/_corpus_order`."""
 TARGETS = {"median_error": 0.20, "coverage": 0.80, "median_width": 2.5}
 """What the issue asks of the whole benchmark: median error, coverage of the 95% intervals,
 median interval width (high / low)."""
 
 
 def scenarios() -> list[str]:
-    return sorted(p.name for p in ROOT.iterdir() if (p / "pilot.yaml").is_file())
+    return sorted(p.name for p in ROOT.iterdir() if (p / "pilot.yaml").is_file() or (p / "pilot" / "records.jsonl").is_file())
 
 
 def make(name: str) -> None:
@@ -120,7 +123,33 @@ def replay(name: str, n_bootstrap: int = 200) -> dict:
                          "error": abs(kl["value"] - t["kl"]) / t["kl"], "inside": kl["low"] <= t["kl"] <= kl["high"],
                          "width": kl["high"] / kl["low"]})
     return {"scenario": name, "law": fits["kl"].get("label"), "fit_seconds": fit_seconds, "targets": rows,
-            "summary": summarise(rows)}
+            "summary": summarise(rows), "in_run": in_run(fits, pilot, last_records(ROOT / name / "targets"))}
+
+
+def in_run(fits: dict, pilot: dict, runs: dict[str, list[dict]]) -> list[dict]:
+    """The callback's forecast of each target run's last KL from its first 25% and 50%, with
+    the pilot's law as a prior and without (`forecast_run`)."""
+    try:
+        from forgetscope.laws.forecast import Query, forecast_run, run_prior
+    except ImportError:  # a forgetscope from before priors (PYTHONPATH=OLD/src, to compare): no in-run rows
+        return []
+    out = []
+    for records in runs.values():
+        first, last = records[0], records[-1]
+        arm = _arm(first, pilot)
+        prior = run_prior(fits, Query(P=first["trainable_params"], arm=arm if arm in fits["range"]["arms"] else None,
+                                      learning_rate=first["learning_rate"], extrapolate=True))
+        for share in (0.25, 0.5):
+            seen = [r for r in records if r["step"] <= share * last["step"]]
+            steps, kl = [r["step"] for r in seen], [r["kl"] for r in seen]
+            row = {"arm": arm, "rank": first["rank"], "share": share, "kl": last["kl"]}
+            for label, given in (("prior", prior), ("alone", None)):
+                f = forecast_run(steps, kl, last["step"], prior=given)
+                if f is not None:
+                    row[label] = {"value": f["kl"], "error": abs(f["kl"] - last["kl"]) / last["kl"],
+                                  "inside": f["low"] <= last["kl"] <= f["high"], "width": f["high"] / f["low"]}
+            out.append(row)
+    return out
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -140,12 +169,15 @@ def line(label: str, s: dict) -> str:
 
 
 def main() -> None:
+    global ROOT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="run (or resume) the sweeps first; about 1 h 40 min for all on 2 cores")
     parser.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of each pilot's fit")
     parser.add_argument("--json", action="store_true", help="print every target as JSON instead of the tables")
+    parser.add_argument("--root", type=Path, default=ROOT, help="folder of scenarios (default: the benchmark's)")
     args = parser.parse_args()
+    ROOT = args.root
     names = args.scenario or scenarios()
     if args.run:
         for name in names:
@@ -167,8 +199,15 @@ def main() -> None:
         print(line(result["scenario"], result["summary"]))
     every = [t for r in results for t in r["targets"]]
     print(line("all", summarise(every)))
-    print(line("target", {"n": 0} | {}) if False else
-          f"{'target':<26} {'':>3} {TARGETS['median_error']:>8.0%} {'':>8} {TARGETS['coverage']:>9.0%} {TARGETS['median_width']:>7.2f}")
+    print(f"{'target':<26} {'':>3} {TARGETS['median_error']:>8.0%} {'':>8} {TARGETS['coverage']:>9.0%} {TARGETS['median_width']:>7.2f}")
+    print(f"\nin-run forecast of each target run's last KL (median error, coverage, median width):")
+    for share in (0.25, 0.5):
+        for label in ("prior", "alone"):
+            got = [row[label] for r in results for row in r["in_run"] if row["share"] == share and label in row]
+            if got:
+                print(f"  from the first {share:.0%}, {'with the pilot law as prior' if label == 'prior' else 'without a prior':<30} "
+                      f"{np.median([g['error'] for g in got]):>7.1%} {np.mean([g['inside'] for g in got]):>6.0%} "
+                      f"{np.median([g['width'] for g in got]):>8.2f}  ({len(got)} runs)")
 
 
 if __name__ == "__main__":

@@ -32,11 +32,13 @@ def test_the_law_with_a_factor_per_module_set_is_chosen_and_recovers_the_truth(k
         assert kl["params"][name] == pytest.approx(value, rel=0.05), name
 
 
-def test_held_out_forecasts_are_within_5_percent_in_time_and_in_size(known):
-    fits = load_fits(known)
+def test_held_out_forecasts_of_the_last_steps_are_within_8_percent_in_time_and_in_size(known):
+    fits = load_fits(known)  # 3% noise on each measurement, and one last step per held-out run
     for target in ("kl", "forgetting_ce", "ft_loss"):
         for split in ("in_time", "in_size"):
-            assert fits[target]["validation"][split]["median_ape"] < 0.05, (target, split)
+            assert fits[target]["validation"][split]["median_ape"] < 0.08, (target, split)
+    for split in ("in_size_far", "joint"):  # 4x beyond in P, and 2x beyond in P and in steps at once
+        assert fits["kl"]["validation"][split]["median_ape"] < 0.08, split
 
 
 def test_interval_coverage_is_near_nominal_over_repeated_draws(tmp_path):

@@ -22,6 +22,7 @@ from forgetscope.laws.fit import (
     time_split,
 )
 from forgetscope.laws.forms import FORMS
+from forgetscope.laws.select import REPORTED, SPLITS
 from forgetscope.sweep.config import parse_config
 from forgetscope.sweep.run import run_sweep
 from sweep_helpers import tiny_sweep_config
@@ -165,28 +166,31 @@ def test_fit_writes_fits_json_with_the_contract_keys(sweep_dir, capsys):
         selected = entry["forms"][entry["label"]]["validation"]["selection"]["median_ape"]
         assert all(selected <= v["validation"]["selection"]["median_ape"] for v in entry["forms"].values()
                    if np.isfinite(v["validation"]["selection"]["median_ape"]))  # chosen on the selection split
-    pooled = {"mult/fixed", "mult/free", "add/fixed", "add/free", "broken/fixed", "broken/free"}
+    pooled = {f"{form}/fixed" for form in ("mult", "add", "broken", "rescaled", "steps")} | {"mult/free"}
     assert set(fits["forgetting_ce"]["forms"]) == pooled | {f"{label}+arms" for label in pooled}  # two module sets
     interval = fits["kl"]["interval"]
-    assert interval["residual_q"] >= 0 and set(interval["coverage"]) == {"in_time", "in_size"}
+    assert interval["floor"] >= 0 and interval["slope"] >= 0 and set(interval["coverage"]) <= set(REPORTED)
     for coverage in interval["coverage"].values():
         assert 0 <= coverage["bootstrap"] <= coverage["with_model_error"] <= 1 and coverage["n"] > 0
     for entry in (fits["kl"], *fits["kl"]["forms"].values()):
-        assert set(entry["validation"]) == {"in_time", "in_size", "selection"}
+        assert set(entry["validation"]) == set(SPLITS)
         assert {"median_ape", "max_ape", "mape", "log_rmse", "n"} <= set(entry["validation"]["in_time"])
+    for entry in (fits["ft_loss"], fits["forgetting_ce"]):  # the far and joint tests are KL's
+        assert set(entry["validation"]) == set(SPLITS) - {"in_size_far", "joint"}
     assert fits["kl"]["params"]["E"] == 0.0
     assert {"slope", "intercept", "r2"} <= set(fits["linear"])
 
 
 def test_predict_forecasts_with_an_interval_and_answers_a_budget(sweep_dir, capsys):
     run_cli(["fit", sweep_dir, "--bootstrap", 100], capsys)
-    code, out, err = run_cli(["predict", sweep_dir, "--rank", 2, "--target-modules", "all-linear", "--steps", 24, "--json"], capsys)
+    code, out, err = run_cli(["predict", sweep_dir, "--rank", 2, "--target-modules", "all-linear", "--steps", 24, "--extrapolate",
+                              "--json"], capsys)
     assert code == 0, err
     kl = json.loads(out)["kl"]
     assert kl["low"] <= kl["value"] <= kl["high"] and kl["value"] > 0
     assert kl["low"] <= kl["bootstrap_low"] and kl["bootstrap_high"] <= kl["high"]  # widened by the form's own error
-    code, out, err = run_cli(["predict", sweep_dir, "--rank", 2, "--target-modules", "all-linear", "--budget", kl["value"], "--json"],
-                             capsys)
+    code, out, err = run_cli(["predict", sweep_dir, "--rank", 2, "--target-modules", "all-linear", "--budget", kl["value"],
+                              "--extrapolate", "--json"], capsys)
     assert code == 0, err
     allowed = json.loads(out)
     assert allowed["steps"] == pytest.approx(24, rel=1e-3)  # the budget of the forecast at 24 steps is 24 steps
@@ -284,7 +288,7 @@ def test_a_new_law_form_is_one_file_that_fit_then_tries(sweep_dir, tmp_path, cap
     assert code == 0, err
     fits = json.loads(out)
     assert {"product", "mult", "add"} <= set(fits["kl"]["forms"])
-    assert {"product/fixed", "product/free"} <= set(fits["forgetting_ce"]["forms"])
+    assert "product/fixed" in fits["forgetting_ce"]["forms"]
     assert set(fits["kl"]["forms"]["product"]["params"]) == {"E", "A", "alpha"}
 
 

@@ -15,7 +15,8 @@ from forgetscope.callback import ForgettingCallback, log_spaced_steps
 from forgetscope.data import group_into_blocks, load_eval_blocks
 from forgetscope.errors import UserInputError
 from forgetscope.metric import METRIC_KEYS
-from forgetscope.train import LoraSettings, TrainSettings, count_trainable_params, finetune
+from forgetscope.models import count_trainable_params
+from forgetscope.train import LoraSettings, TrainSettings, finetune
 
 SEQ_LEN = 32
 

@@ -28,8 +28,9 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
-from forgetscope.laws.forecast import forecast_run
+from forgetscope.laws.forecast import Query, RunPrior, forecast_run, run_prior
 from forgetscope.metric import METRIC_KEYS, mean_loss, measure_forgetting
+from forgetscope.models import count_trainable_params
 from forgetscope.records import Record
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ class ForgettingCallback(TrainerCallback):
             be crossed, also logged as `forgetting/forecast_kl` and friends.
         stop_on_budget: `measured` stops the run when a measured KL exceeds `budget`,
             `forecast` when the forecast's lower bound at the last step does, `never` not.
+        law: a sweep's fitted laws (`fits.json`, as `forgetscope.laws.select.load_fits` reads
+            it): the forecast then takes the sweep's law of KL for this run's `P`, module set
+            (`law_arm`, as the sweep names it; needed when it has several) and learning rate
+            as a prior, and fits only this run's own factor (`forecast_run(prior=)`). Each
+            measurement then forecasts the last step's KL, with or without a `budget`.
         progress: show a bar on stderr while a measurement runs (training waits for it).
 
     Which of these is used is decided once, at the start of training, by
@@ -106,6 +112,8 @@ class ForgettingCallback(TrainerCallback):
         base_predictions: BasePredictions | None = None,
         budget: float | None = None,
         stop_on_budget: str = "never",
+        law: Mapping | None = None,
+        law_arm: str | None = None,
         progress: bool = False,
     ):
         if not eval_blocks:
@@ -123,6 +131,9 @@ class ForgettingCallback(TrainerCallback):
         self.schedule = schedule
         self.budget = budget
         self.stop_on_budget = stop_on_budget
+        self.law, self.law_arm = law, law_arm
+        self.prior: RunPrior | None = None
+        """The sweep's law for this run, from `law`, set when training begins."""
         self.progress = progress
         self.stopped_by_budget: str | None = None
         """Why the budget stopped training, when it did."""
@@ -167,11 +178,11 @@ class ForgettingCallback(TrainerCallback):
 
     def _forecast(self, step: int, kl: float) -> dict | None:
         """The KL forecast at the last step from the records so far (with a budget only)."""
-        if self.budget is None or self._max_steps is None or step >= self._max_steps:
+        if (self.budget is None and self.prior is None) or self._max_steps is None or step >= self._max_steps:
             return None
         steps = [r["step"] for r in self.records] + [step]
         kls = [r["kl"] for r in self.records] + [kl]
-        return forecast_run(steps, kls, self._max_steps, self.budget)
+        return forecast_run(steps, kls, self._max_steps, self.budget, prior=self.prior)
 
     def _budget_crossed(self, record: Record) -> str | None:
         """Why this record should stop training under `stop_on_budget`, or None."""
@@ -196,6 +207,9 @@ class ForgettingCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return  # under DDP / accelerate only the main process measures (no collectives are involved)
         self._max_steps = state.max_steps
+        if self.law is not None:
+            self.prior = run_prior(dict(self.law), Query(P=count_trainable_params(model), arm=self.law_arm, learning_rate=args.learning_rate,
+                                                         extrapolate=True))
         if self.eval_steps is None:
             self.eval_steps = SCHEDULES[self.schedule](state.max_steps, self.n_eval_points)
         self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions,

@@ -249,6 +249,7 @@ def train(
     device: Device = "auto",
     report_to: Annotated[str, typer.Option(help="Trainer integrations, comma-separated (tensorboard, wandb, mlflow) or none.")] = "none",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds (by default only an earlier run with the same settings is replaced).")] = False,
+    law: Annotated[Path | None, typer.Option(metavar="DIR", help="A fitted sweep (DIR/fits.json): its law of KL is the prior of the forecast of this run's last KL, which then fits only this run's own factor.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:
     """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
@@ -272,6 +273,11 @@ def train(
         report_to=[] if report_to == "none" else report_to.split(","),
     )
     check_out_dir(out, run_identity(lora, settings), overwrite)  # before anything is loaded or written
+    fits = None
+    if law is not None:
+        from forgetscope.laws.select import load_fits
+
+        fits = load_fits(law)
     if settings.needs_replay and not replay_data:
         raise UserInputError("--replay-fraction and --kl-weight need a replay corpus: give --replay-data")
     check_files_exist([*train_data, *eval_data, *(ft_eval_data or []), *(replay_data or [])], "data file")
@@ -292,7 +298,7 @@ def train(
         if len(replay) == 0:
             raise UserInputError(f"--replay-data is shorter than one sequence of {seq_len} tokens")
     records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=True,  # bars on stderr: --json keeps stdout for the JSON
-                       replay_blocks=replay, overwrite=overwrite)
+                       replay_blocks=replay, overwrite=overwrite, law=fits)
     if as_json:
         print(json.dumps(records))
     else:

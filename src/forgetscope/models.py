@@ -231,3 +231,12 @@ def load_pair(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def count_trainable_params(model: torch.nn.Module) -> int:
+    """Parameters being trained, not counting input or output embeddings (the law's `P`)."""
+    embedding_ids = set()
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            embedding_ids.update(id(p) for p in module.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embedding_ids)

@@ -19,16 +19,8 @@ from forgetscope.base_cache import BasePredictions
 from forgetscope.callback import ForgettingCallback
 from forgetscope.errors import UserInputError
 from forgetscope.files import write_atomically
+from forgetscope.models import count_trainable_params
 from forgetscope.settings import LoraSettings, TrainSettings
-
-
-def count_trainable_params(model: torch.nn.Module) -> int:
-    """Parameters being trained, not counting input or output embeddings (the law's `P`)."""
-    embedding_ids = set()
-    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
-        if module is not None:
-            embedding_ids.update(id(p) for p in module.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embedding_ids)
 
 
 def apply_lora(model: torch.nn.Module, lora: LoraSettings):
@@ -54,6 +46,17 @@ def _quiet_progress_callback():
     return QuietProgress()
 
 
+def law_arm(fits: Mapping, lora: LoraSettings) -> str | None:
+    """The arm of a sweep's laws (`fits.json`'s `range.arms`) that `lora` belongs to: its
+    module set, as a sweep names it, and its scaling where the sweep has both."""
+    modules = lora.target_modules if isinstance(lora.target_modules, str) else ",".join(lora.target_modules)
+    arms = (fits.get("range") or {}).get("arms", {})
+    for name in (modules, f"{modules} {'rsLoRA' if lora.rslora else 'LoRA'}"):
+        if name in arms:
+            return name
+    return None
+
+
 def finetune(
     model: torch.nn.Module,
     tokenizer,
@@ -69,6 +72,7 @@ def finetune(
     base_predictions: BasePredictions | None = None,
     replay_blocks: torch.Tensor | None = None,
     overwrite: bool = False,
+    law: Mapping | None = None,
 ) -> list[dict]:
     """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
 
@@ -166,6 +170,8 @@ def finetune(
         batch_size=settings.eval_batch_size,
         on_record=record_sink,
         base_predictions=base_predictions,
+        law=law,
+        law_arm=None if law is None else law_arm(law, lora),
         progress=progress,
     )
     trainer.add_callback(callback)

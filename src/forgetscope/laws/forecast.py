@@ -102,13 +102,13 @@ def query_reach(fits: dict, where: Resolved, T: float) -> tuple[float, float]:
     return float(in_P), float(max(np.log2(T / ranges["max_T"]), 0.0)) if ranges.get("max_T") else 0.0
 
 
-def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> float:
-    """1 inside the validated range; beyond it (with `extrapolate`), how much wider the
-    interval is than at the edge of what the validation tested; without `extrapolate`, a
-    one-line refusal."""
+def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> tuple[bool, float]:
+    """`(validated, factor)`: inside the validated range `(True, 1)`; beyond it (with
+    `extrapolate`), `False` and how much wider the interval is than at the edge of what the
+    validation tested; without `extrapolate`, a one-line refusal."""
     ranges = fits.get("range")
     if ranges is None:
-        return 1.0  # fits.json from before validated ranges: nothing to check against
+        return True, 1.0  # fits.json from before validated ranges: nothing to check against
     reasons = []
     if T > ranges["validated_T"]:
         reasons.append(f"{T:.4g} steps-equivalent is beyond the {ranges['validated_T']:.4g} the in-time test validated")
@@ -128,13 +128,14 @@ def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> float:
     if reasons and not extrapolate:
         raise UserInputError("; ".join(reasons) + " (pass --extrapolate for a forecast with a wider interval)")
     if not reasons:
-        return 1.0
+        return True, 1.0
     if tested is None:  # fits.json from before issue 23: the old rule, by how much further than the validation
         factor = np.log(T / ranges["max_T"]) / max(np.log(ranges["time_factor"]), 1e-9) if T > ranges["validated_T"] else 1.0
-        return float(max(factor, in_P / max(np.log2(ranges["size_factor"]), 1e-9), 1.0))
+        return False, float(max(factor, in_P / max(np.log2(ranges["size_factor"]), 1e-9), 1.0))
     interval = fits["kl"].get("interval", {})
-    edge = half_width(interval.get("floor", 0.0), interval.get("slope", 0.0), max(tested["P"] + tested["N"], tested["joint"]))
-    return float(max(half_width(interval.get("floor", 0.0), interval.get("slope", 0.0), in_P + in_N) / max(edge, 1e-12), 1.0))
+    edge_reach = (tested["P"] if in_P > 0 else 0.0) + (tested["N"] if in_N > 0 else 0.0)  # as far, in the same directions
+    edge = half_width(interval.get("floor", 0.0), interval.get("slope", 0.0), edge_reach)
+    return False, float(max(half_width(interval.get("floor", 0.0), interval.get("slope", 0.0), in_P + in_N) / max(edge, 1e-12), 1.0))
 
 
 def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen_by: float) -> tuple[np.ndarray, ...]:
@@ -150,7 +151,7 @@ def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen_by: flo
         boot_low, boot_high = value, value
     interval = entry.get("interval", {})
     falling = entry.get("column", target) == "ft_loss"  # a falling law: its log-space band sits around E + g
-    if "slope" in interval:  # the half-width grows with how far the query reaches beyond the data
+    if "slope" in interval and fits.get("range"):  # the half-width grows with how far the query reaches beyond the data
         in_P = query_reach(fits, where, 1.0)[0]
         in_N = np.maximum(np.log2(np.asarray(T, dtype=float) / fits["range"]["max_T"]), 0.0)
         half = half_width(interval["floor"], interval["slope"], in_P + in_N)
@@ -170,11 +171,11 @@ def forecasts(fits: dict, query: Query, steps: float) -> dict[str, dict]:
         raise UserInputError(f"--steps must be non-negative, got {steps}")
     where = resolve(fits, query)
     T = steps * where.T_per_step
-    widened = widening(fits, where, T, query.extrapolate)
+    validated, widened = widening(fits, where, T, query.extrapolate)
     base = fits.get("base", {})
     H = base.get("forgetting_ce", fits["forgetting_ce"].get("shift_value") or 0.0)
     cap = np.log(fits["vocab_size"]) if fits.get("vocab_size") else np.inf  # the cross-entropy of a uniform prediction
-    common = {"P": where.P, "N": steps, "module_set": where.arm, "validated": widened == 1.0, "interval_widening": widened,
+    common = {"P": where.P, "N": steps, "module_set": where.arm, "validated": validated, "interval_widening": widened,
               "reach_doublings": dict(zip(("P", "steps"), query_reach(fits, where, T)))}
     if steps == 0:  # the base itself
         start = {"kl": 0.0, "forgetting_ce": H, "ft_loss": base.get("ft_loss", float(fits["ft_loss"]["params"]["E"]))}
@@ -203,7 +204,7 @@ def budget_steps(fits: dict, query: Query, budget: float, target: str = "kl") ->
     ranges = fits.get("range") or {}
     top = ranges.get("validated_T", 1e6) if not query.extrapolate else 1e4 * ranges.get("max_T", 1e2)
     T = np.geomspace(min(1.0, top), top, 400)
-    widened = widening(fits, where, T[-1], query.extrapolate)  # without extrapolate T stays validated: checks P
+    widened = widening(fits, where, T[-1], query.extrapolate)[1]  # without extrapolate T stays validated: checks P
     value, low, high = _band(fits, target, where, T, widened)[:3]
 
     def first_crossing(curve: np.ndarray) -> float | None:
