@@ -330,3 +330,29 @@ def _listening(process, psutil) -> list:
         return [c for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     except psutil.Error:
         return []  # a worker that has just exited
+
+
+def test_a_shorter_budget_trains_on_a_sample_of_the_longer_ones_text_not_its_first_documents(llama_dir, eval_files):
+    from forgetscope.data import group_into_blocks, read_domains
+    from forgetscope.models import load_tokenizer
+    from forgetscope.sweep.prepare import prepare
+
+    def train_rows(steps: int) -> set[tuple]:
+        config = parse_config(tiny_sweep_config(llama_dir, eval_files, steps=steps, ft_eval_tokens=32))
+        return {tuple(row) for row in prepare(config, str(llama_dir), record_base=False).train_blocks.tolist()}
+
+    pilot, longer = train_rows(2), train_rows(12)
+    assert len(pilot - longer) <= 1  # the pilot's text is the longer run's (but the one block each holds out)
+    documents = [d for docs in read_domains([str(eval_files[1])]).values() for d in docs]
+    first = group_into_blocks(documents, load_tokenizer(str(llama_dir)), 32, 2 * 4 * 32 + 32)
+    assert pilot - {tuple(row) for row in first.tolist()}  # a sample, not the corpus's first documents
+
+
+def test_a_scripture_fine_tune_trains_on_held_out_chapters_so_it_cannot_also_be_measured_on_them():
+    from forgetscope.tiny import corpora
+
+    assert corpora.FINETUNE_SOURCE == {"code": "finetune", "scripture": "heldout", "docs": "pretrain"}
+    config = {"finetune_data": {"embedded": "scripture"}, "eval_data": [{"embedded": "scripture"}], "grid": {"rank": [1]}}
+    with pytest.raises(UserInputError, match="held-out chapters"):
+        parse_config(config)
+    parse_config(config | {"eval_data": [{"embedded": "docs"}]})

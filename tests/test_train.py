@@ -258,3 +258,33 @@ def test_the_in_run_forecast_extrapolates_a_power_law_exactly():
     assert forecast["kl"] == pytest.approx(0.002 * 100**0.8, rel=1e-9)
     assert forecast["budget_step"] == pytest.approx((0.05 / 0.002) ** (1 / 0.8), rel=1e-9)
     assert forecast_run([0, 1, 2], [0, 0.1, 0.2], 100) is None  # two trained points: too few
+
+
+def test_with_a_sweeps_law_as_prior_the_in_run_forecast_fits_only_the_runs_own_factor(tmp_path):
+    from forgetscope.laws.forecast import Query, forecast_run, run_prior
+    from forgetscope.laws.select import fit_sweep
+    from law_helpers import ARMS, write_sweep
+
+    fits = fit_sweep(write_sweep(tmp_path / "s", noise=0.0, arms=("all-linear",)), n_bootstrap=0)
+    P = 8 * ARMS["all-linear"][1]
+    prior = run_prior(fits, Query(P=P, arm="all-linear", extrapolate=True))
+    steps = [0, 1, 4, 10, 20, 33, 47]
+    this_run = [0.0, *(1.7 * prior.kl(s) for s in steps[1:])]  # this run forgets 1.7x what the sweep's law says
+    forecast = forecast_run(steps, this_run, planned_steps=200, prior=prior)
+    assert forecast["prior"] and forecast["factor"] == pytest.approx(1.7, rel=1e-6)
+    assert forecast["kl"] == pytest.approx(1.7 * float(prior.kl(200)), rel=1e-6)
+    assert forecast["low"] < forecast["kl"] < forecast["high"]
+
+
+def test_train_law_gives_the_callback_the_sweeps_law_and_every_forecast_uses_it(llama_dir, eval_files, tmp_path, capsys):
+    from forgetscope.laws.select import fit_sweep
+    from law_helpers import write_sweep
+
+    sweep = write_sweep(tmp_path / "sweep", arms=("all-linear",))
+    fit_sweep(sweep, n_bootstrap=0)
+    code, out, err = run_cli(["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0],
+                              "--out", tmp_path / "run", "--steps", 12, "--eval-points", 6, "--seq-len", SEQ_LEN,
+                              "--law", sweep, "--json"], capsys)
+    assert code == 0, err
+    forecasts = [r["forecast"] for r in json.loads(out) if "forecast" in r]
+    assert forecasts and all(f["prior"] and f["planned_steps"] == 12 for f in forecasts)
