@@ -15,7 +15,10 @@ pilot's) and at 2x and 4x the pilot's steps. The pilot is fitted with `fit`'s de
 forecast with `predict`'s machinery (`--extrapolate`, so every target gets a forecast);
 `validated` says whether `predict` would have answered without it. A scenario's table
 gives, per target, the forecast KL with its 95% interval and the measured KL, then the
-median and largest error, the coverage of the intervals and their median width (high / low).
+median and largest error, the coverage of the intervals, their median width (high / low),
+and how many forecasts `predict` would have given without `--extrapolate` (with their median
+error). Then the in-run forecast (the callback's) of each target run's last KL from its
+first 25% and 50%, with the pilot's law as a prior and without.
 """
 
 from __future__ import annotations
@@ -156,16 +159,18 @@ def summarise(rows: list[dict]) -> dict:
     if not rows:
         return {"n": 0}
     errors = np.array([r["error"] for r in rows])
+    validated = [r["error"] for r in rows if r["validated"]]
     return {"n": len(rows), "median_error": float(np.median(errors)), "max_error": float(errors.max()),
             "coverage": float(np.mean([r["inside"] for r in rows])), "median_width": float(np.median([r["width"] for r in rows])),
-            "validated": int(sum(r["validated"] for r in rows))}
+            "validated": len(validated), "validated_median_error": float(np.median(validated)) if validated else None}
 
 
 def line(label: str, s: dict) -> str:
     if not s.get("n"):
         return f"{label:<26} no targets"
+    validated = f"{s['validated']} ({s['validated_median_error']:.0%})" if s["validated"] else "0"
     return (f"{label:<26} {s['n']:>3} {s['median_error']:>8.1%} {s['max_error']:>8.1%} {s['coverage']:>9.0%} "
-            f"{s['median_width']:>7.2f} {s['validated']:>10}")
+            f"{s['median_width']:>7.2f} {validated:>16}")
 
 
 def main() -> None:
@@ -186,7 +191,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=1))
         return
-    header = f"{'':<26} {'n':>3} {'median':>8} {'max':>8} {'coverage':>9} {'width':>7} {'validated':>10}"
+    header = f"{'':<26} {'n':>3} {'median':>8} {'max':>8} {'coverage':>9} {'width':>7} {'validated (error)':>16}"
     for result in results:
         print(f"\n{result['scenario']}: law {result['law']}, fitted in {result['fit_seconds']:.1f} s")
         print(f"  {'target':<22} {'step':>5} {'forecast [95%]':>26} {'measured':>9} {'error':>7}")

@@ -15,6 +15,8 @@ from forgetscope.errors import UserInputError
 from forgetscope.laws.forms import Form
 
 HUBER_DELTA = 1e-3
+CONVERGED = 1e-6
+"""`refine` stops a member after five steps in a row that lower its objective by less than this share."""
 
 
 @dataclass
@@ -185,7 +187,7 @@ def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights:
         kept = active[better]
         theta[kept], value[kept], r[kept], jac[kept] = trial[better], trial_value[better], trial_r[better], (g / pred[..., None])[better]
         damping[active] = np.clip(np.where(better, damping[active] / 3, damping[active] * 4), 1e-6, 1e10)  # floor: a one-P resample is singular
-        stalled[active] = np.where((gain < 1e-7) | (np.abs(step).max(axis=1) < 1e-10), stalled[active] + 1, 0)
+        stalled[active] = np.where((gain < CONVERGED) | (np.abs(step).max(axis=1) < 1e-10), stalled[active] + 1, 0)
     return theta, value
 
 
