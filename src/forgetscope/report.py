@@ -407,16 +407,23 @@ def _laws_part(directory: Path, table, fits: dict) -> tuple[dict[str, str], str,
         images["downstream.png"] = "Downstream drop of each task against forgetting L_f, one dot per point (± paired SE)"
     kl = fits["kl"]
     validation, coverage = kl["validation"], kl.get("interval", {}).get("coverage", {})
+    names = {"in_time": "in time", "in_size": "in size", "in_size_far": "in size, the two largest P held out",
+             "joint": "in size and time at once"}
     headline = "; ".join(
-        f"{split.replace('_', ' ')}: median error {_pct(validation[split]['median_ape'])}"
-        + (f", {coverage[split]['with_model_error']:.0%} of {coverage[split]['n']} held-out points inside the 95% interval" if split in coverage else "")
-        for split in ("in_time", "in_size"))
+        f"{names[split]}: median error {_pct(validation[split]['median_ape'])}"
+        + (f", {coverage[split]['with_model_error']:.0%} of {coverage[split]['n']} inside the 95% interval" if split in coverage else "")
+        for split in names if validation.get(split, {}).get("n"))
+    tested = (fits.get("range") or {}).get("tested")
+    reach = "" if tested is None else (
+        f" <code>predict</code> answers without <code>--extrapolate</code> up to {2 ** tested['P']:g}x beyond the largest P of"
+        f" each module set and {2 ** tested['N']:g}x beyond the steps measured: as far as a test reached with a median error"
+        " of 25% or less.")
     arms = ", ".join(html.escape(a) for a in sorted(table.arm_name.unique()))
     intro = f"""<p>{fits['n_points']} runs ({arms}), {fits['n_records']} measurements. Forgetting L_f is the cross-entropy of the fine-tuned model's
 next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>
-<p><b>How far the KL law can be trusted</b> ({html.escape(kl.get('label', kl['form']))}, chosen on a selection split):
-forecasting in time (each run fitted up to {1 - fits.get('holdout', 0.5):.0%} of its steps) and in size (the largest P of each
-module set held out): {headline}.</p>
+<p><b>How far the KL law can be trusted</b> ({html.escape(kl.get('label', kl['form']))}, chosen on nested selection splits):
+forecasts of each held-out run's last step, fitted without it (in time: each run up to {1 - fits.get('holdout', 0.5):.0%} of its
+steps; in size: the largest P of each module set held out): {headline}.{reach}</p>
 {_claims_html(fits)}"""
     tables = f"""<h2>Fitted laws</h2>{''.join(_fit_table(t, fits[t]) for t in ('kl', 'forgetting_ce', 'ft_loss'))}
 <h2>Forgetting at matched fine-tuning gain</h2>{_matched_html(fits)}

@@ -253,12 +253,13 @@ def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, poi
     last `points`): the curves are steeper over the first steps, so the latest slope
     extrapolates best. The 95% prediction interval is from the t distribution.
 
-    With a `prior` (a sweep's law for this run, `run_prior`), only this run's own factor is
-    fitted: `KL = k * law(N)`, `log k` the mean of `log(KL / law)` over the same latest
-    measurements, so the shape of the curve ahead comes from the sweep and the level from
-    the run. Its interval adds, in quadrature, the spread of those log ratios (t-based) and
-    the law's own error per doubling of time ahead. Returns None until there are enough
-    measurements. `budget_step`: the step at which the forecast crosses `budget`.
+    With a `prior` (a sweep's law for this run, `run_prior`), the run's level is its own and
+    the slope ahead is a precision-weighted mean of the run's own slope (with its standard
+    error) and the law's slope from the last measurement to the planned step (with the law's
+    calibrated error per doubling of time as its standard error): where the sweep's law has
+    held in time it steers the forecast, and where it has not the run's own slope does. Two
+    measurements are enough with a prior. Returns None until there are enough measurements.
+    `budget_step`: the step at which the forecast crosses `budget`.
     """
     steps, kl = np.asarray(steps, dtype=float), np.asarray(kl, dtype=float)
     keep = (steps > 0) & (kl > 0)
@@ -290,19 +291,30 @@ def _forecast_with_prior(steps: np.ndarray, kl: np.ndarray, planned_steps: int, 
                          prior: RunPrior) -> dict | None:
     if len(steps) < 2:
         return None
-    law = np.maximum(prior.kl(steps), 1e-300)
-    ratios = np.log(kl) - np.log(law)
-    log_k = float(ratios.mean())
-    spread = float(np.std(ratios, ddof=1)) * stats.t.ppf(0.975, len(ratios) - 1) * np.sqrt(1 + 1 / len(ratios))
-    ahead = max(np.log2(planned_steps / steps[-1]), 0.0)
-    half = float(np.hypot(spread, prior.slope * ahead))
-    value = float(np.exp(log_k) * prior.kl(planned_steps))
+    x, y, x0 = np.log(steps), np.log(kl), np.log(planned_steps)
+    ahead = max(x0 - x[-1], 1e-9)
+    # The law's own slope from the last measurement to the planned step, and how uncertain it
+    # is: its calibrated 95% error per doubling of time, as a standard error of a log slope.
+    law_slope = float(np.log(prior.kl(planned_steps) / prior.kl(steps[-1])) / ahead)
+    law_se = max(prior.slope, 1e-6) / (1.96 * np.log(2.0))
+    weights = {"law": 1.0 / law_se**2}
+    if len(steps) >= 3 and len(np.unique(steps)) >= 3:  # the run's own slope, when it has one
+        line = stats.linregress(x, y)
+        weights["run"] = 1.0 / max(line.stderr, 1e-9) ** 2
+        slope = (law_slope * weights["law"] + line.slope * weights["run"]) / sum(weights.values())
+    else:
+        slope = law_slope
+    # The run's level at its last measurement: its measurements against the law's shape.
+    ratios = y - np.log(np.maximum(prior.kl(steps), 1e-300))
+    level = float(ratios.mean() + np.log(prior.kl(steps[-1])))
+    dof = max(len(x) - 1, 1)
+    s = float(np.std(ratios, ddof=1)) if len(x) > 1 else 0.0
+    mean = level + slope * ahead
+    half = stats.t.ppf(0.975, dof) * np.sqrt(s**2 * (1 + 1 / len(x)) + ahead**2 / sum(weights.values()))
+    value = float(np.exp(mean))
     out = {"from_step": int(steps[-1]), "planned_steps": int(planned_steps), "kl": value,
-           "low": value * float(np.exp(-half)), "high": value * float(np.exp(half)), "factor": float(np.exp(log_k)),
-           "prior": True}
-    if budget is not None:
-        grid = np.geomspace(max(steps[-1], 1.0), 100.0 * planned_steps, 400)
-        over = np.flatnonzero(np.exp(log_k) * prior.kl(grid) > budget)
-        if len(over):
-            out["budget_step"] = float(grid[over[0]])
+           "low": float(np.exp(mean - half)), "high": float(np.exp(mean + half)), "slope": float(slope),
+           "law_slope": law_slope, "prior": True}
+    if budget is not None and slope > 0:
+        out["budget_step"] = float(np.exp(x[-1] + (np.log(budget) - level) / slope))
     return out

@@ -389,19 +389,30 @@ HELD = 0.25
 def sweep_ranges(table: pd.DataFrame, fraction: float, kl: dict | None = None) -> dict:
     """What a forecast may be asked about: each arm's `P` per rank and measured `P`, and how
     far beyond the data the validation of KL (`kl`, its `fit_target` entry) tested and held,
-    in doublings of `P` and of time (`tested`): a query is validated up to as far beyond
-    the whole sweep's data, and, beyond in both at once, only where the joint test held."""
+    in doublings of `P` and of time (`tested`): in each direction, the furthest reach up to
+    which every test held. A query is validated up to as far beyond the whole sweep's data,
+    and, beyond in both at once, only where the joint test held too."""
     arms = {}
     for name, rows in table.groupby("arm_name"):
         sizes = np.sort(rows.P.unique().astype(float))
         per_rank = (rows.P / rows["rank"]).median() if "rank" in rows else float("nan")
         arms[name] = {"P": sizes.tolist(), "params_per_rank": float(per_rank)}
-    tested = {"P": 0.0, "N": 0.0, "joint": 0.0}
-    for split, v in (kl or {}).get("validation", {}).items():
-        if split in REPORTED and v.get("n") and v["median_ape"] <= HELD:
-            tested["P"], tested["N"] = max(tested["P"], v["reach_P"]), max(tested["N"], v["reach_N"])
-            if v["reach_P"] > 0 and v["reach_N"] > 0:
-                tested["joint"] = max(tested["joint"], v["reach_P"] + v["reach_N"])
+    tests = [v for split, v in (kl or {}).get("validation", {}).items() if split in REPORTED and v.get("n")]
+
+    def held_up_to(direction: list[dict], key: str) -> float:
+        """The furthest reach such that every test in this direction up to it held."""
+        reached = 0.0
+        for v in sorted(direction, key=lambda v: v[key]):
+            if v["median_ape"] > HELD:
+                break
+            reached = v[key]
+        return reached
+
+    tested = {"P": held_up_to([v for v in tests if v["reach_N"] == 0], "reach_P"),
+              "N": held_up_to([v for v in tests if v["reach_P"] == 0], "reach_N"), "joint": 0.0}
+    joint = [v for v in tests if v["reach_P"] > 0 and v["reach_N"] > 0]
+    if tested["P"] > 0 and tested["N"] > 0:
+        tested["joint"] = held_up_to([{**v, "reach": v["reach_P"] + v["reach_N"]} for v in joint], "reach")
     for arm in arms.values():
         arm["validated_P"] = [arm["P"][0] / 2 ** tested["P"], arm["P"][-1] * 2 ** tested["P"]]
     max_T = float(table["T"].max())
