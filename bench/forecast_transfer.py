@@ -205,7 +205,7 @@ def main() -> None:
     every = [t for r in results for t in r["targets"]]
     print(line("all", summarise(every)))
     print(f"{'target':<26} {'':>3} {TARGETS['median_error']:>8.0%} {'':>8} {TARGETS['coverage']:>9.0%} {TARGETS['median_width']:>7.2f}")
-    print(f"\nin-run forecast of each target run's last KL (median error, coverage, median width):")
+    print("\nin-run forecast of each target run's last KL (median error, coverage, median width):")
     for share in (0.25, 0.5):
         for label in ("prior", "alone"):
             got = [row[label] for r in results for row in r["in_run"] if row["share"] == share and label in row]

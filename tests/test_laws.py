@@ -165,7 +165,7 @@ def test_fit_writes_fits_json_with_the_contract_keys(sweep_dir, capsys):
         assert all(np.isfinite(v["heldout_mape"]) for v in entry["forms"].values())
         with_size = all(np.isfinite(v["validation"]["selection_size"]["median_ape"]) for v in entry["forms"].values())
 
-        def score(v: dict) -> float:  # the nested splits, in time and (where every candidate has one) in size
+        def score(v: dict, with_size: bool = with_size) -> float:  # the nested splits, in time and in size where all have one
             time_error = v["validation"]["selection"]["median_ape"]
             return (time_error + v["validation"]["selection_size"]["median_ape"]) / 2 if with_size else time_error
 
