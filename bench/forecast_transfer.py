@@ -98,6 +98,7 @@ def pilot_summary(directory: Path) -> dict:
     summary = {"steps": max(r["step"] for v in runs.values() for r in v), "both_scalings": both, "ranks": {}}
     for r in firsts:
         summary["ranks"].setdefault(_arm(r, summary), []).append(r["rank"])
+        summary.setdefault("P", {})[_arm(r, summary)] = max(summary.get("P", {}).get(_arm(r, summary), 0), r["trainable_params"])
     return summary
 
 
@@ -119,18 +120,19 @@ def fit_pilot(name: str, n_bootstrap: int = 200) -> tuple[dict, float]:
 def forecast_targets(name: str, fits: dict, transfer_slope: float | None = None) -> list[dict]:
     """Each target's forecast, as `predict --extrapolate` gives it. With `transfer_slope`, the
     interval's slope is at least that (`BENCHMARK_SLOPE`, measured without this scenario)."""
-    from forgetscope.laws.forecast import Query, forecasts, query_reach, resolve
+    from forgetscope.laws.forecast import Query, forecasts
 
     interval = fits["kl"]["interval"]
     if transfer_slope is not None and "slope_calibrated" in interval:
         fits = {**fits, "kl": {**fits["kl"], "interval": {**interval, "slope": max(interval["slope_calibrated"], transfer_slope)}}}
     rows = []
-    for t in target_points(pilot_summary(ROOT / name / "pilot"), last_records(ROOT / name / "targets")):
+    pilot = pilot_summary(ROOT / name / "pilot")
+    for t in target_points(pilot, last_records(ROOT / name / "targets")):
         arms = fits.get("range", {}).get("arms", {})
         query = Query(P=t["P"], arm=t["arm"] if t["arm"] in arms else None, learning_rate=t["learning_rate"], extrapolate=True)
         kl = forecasts(fits, query, t["step"])["kl"]
-        where = resolve(fits, query)
-        reach = sum(query_reach(fits, where, t["step"] * where.T_per_step))
+        # doublings beyond the pilot: in P (its arm's largest) and in steps (one learning rate a scenario)
+        reach = max(np.log2(t["P"] / pilot["P"][t["arm"]]), 0.0) + np.log2(t["step"] / pilot["steps"])
         log_error = abs(np.log(kl["value"] / t["kl"]))
         floor = fits["kl"]["interval"].get("floor", 0.0)
         rows.append(t | {"forecast": kl["value"], "low": kl["low"], "high": kl["high"], "validated": kl["validated"],
