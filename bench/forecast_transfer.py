@@ -136,8 +136,8 @@ def forecast_targets(name: str, fits: dict, transfer_slope: float | None = None)
         log_error = abs(np.log(kl["value"] / t["kl"]))
         floor = fits["kl"]["interval"].get("floor", 0.0)
         rows.append(t | {"forecast": kl["value"], "low": kl["low"], "high": kl["high"], "validated": kl["validated"],
-                         "error": abs(kl["value"] - t["kl"]) / t["kl"], "inside": kl["low"] <= t["kl"] <= kl["high"],
-                         "width": kl["high"] / kl["low"], "reach": reach,
+                         "error": abs(kl["value"] - t["kl"]) / t["kl"], "inside": bool(kl["low"] <= t["kl"] <= kl["high"]),
+                         "width": kl["high"] / kl["low"], "reach": float(reach),
                          "needed_slope": float(np.sqrt(max(log_error**2 - floor**2, 0.0)) / max(reach, 0.5))})
     return rows
 
@@ -192,7 +192,7 @@ def in_run(fits: dict, pilot: dict, runs: dict[str, list[dict]]) -> list[dict]:
                 f = forecast_run(steps, kl, last["step"], prior=given)
                 if f is not None:
                     row[label] = {"value": f["kl"], "error": abs(f["kl"] - last["kl"]) / last["kl"],
-                                  "inside": f["low"] <= last["kl"] <= f["high"], "width": f["high"] / f["low"]}
+                                  "inside": bool(f["low"] <= last["kl"] <= f["high"]), "width": f["high"] / f["low"]}
             out.append(row)
     return out
 

@@ -62,5 +62,6 @@ def test_the_in_run_forecast_of_every_target_run_is_made_with_and_without_the_pi
         assert np.isfinite(row["prior"]["error"]) and row["prior"]["width"] >= 1
 
 
-MEASURED = {"median_error": 1.0, "coverage": 0.0, "median_width": 100.0}
-"""Filled in from the benchmark's run on the stored records."""
+MEASURED = {"median_error": 0.551, "coverage": 0.96, "median_width": 24.8}
+"""`python bench/forecast_transfer.py` on the stored records (54 targets in 7 scenarios). The
+issue's targets (20%, 80%, 2.5) are not met: these guard what was reached, not what was asked."""

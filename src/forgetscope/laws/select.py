@@ -202,7 +202,7 @@ beyond in `P` and `N` at once). The form is chosen on the two nested inside them
 `selection` (the in-time split again, inside the in-time training part) and
 `selection_size` (the in-size split again, among the runs the in-size test fits)."""
 REPORTED = ("in_time", "in_size", "in_size_far", "joint")
-BENCHMARK_SLOPE = 0.0
+BENCHMARK_SLOPE = 0.53
 """The smallest model-error slope of an interval (95% log half-width per doubling of reach):
 what the forecast benchmark's targets needed (`bench/forecast_transfer.py` prints it), since a
 pilot's own tests, reaching one or two doublings, understate the error further out."""
@@ -260,7 +260,7 @@ def seed_noise(rows: pd.DataFrame, column: str) -> dict:
     return {"log_sd": float(np.sqrt(squares / dof)) if dof else None, "dof": dof}
 
 
-def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
+def _interval(best: dict, target: str, n_bootstrap: int, seed: int, transfer_slope: float = BENCHMARK_SLOPE) -> dict:
     """The model-error term of the prediction intervals, as a function of how far a forecast
     reaches, and the intervals' coverage on what each reported split held out.
 
@@ -268,7 +268,8 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
     `P` and of time). Its 95% half-width in log space is `sqrt(floor^2 + (slope * reach)^2)`:
     `floor` is 1.96 times the seed-to-seed noise of one run (`seed_noise`), which a single
     run shows whatever the law; `slope` is calibrated on the reported splits' forecasts at the
-    last steps: the smallest slope under which all but 5% of them (rounded down) lie inside.
+    last steps: the smallest slope under which all but 5% of them (rounded down) lie inside,
+    and at least `transfer_slope` (by default what the forecast benchmark needed).
     Coverage of each split is checked with the slope calibrated on the other splits alone,
     so that no forecast judges an interval it helped to size; the interval is the bootstrap
     band over runs of the fit that never saw the held-out runs, widened by the half-width.
@@ -295,7 +296,7 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
         return float(pooled[max(len(pooled) - 1 - int(0.05 * len(pooled)), 0)]) if len(pooled) else 0.0
 
     own = calibrated(reported)
-    slope = max(own, BENCHMARK_SLOPE)
+    slope = max(own, transfer_slope)
     out: dict = {"floor": floor, "slope": slope, "slope_calibrated": own, "seed_noise": noise, "coverage": {},
                  "n_calibration": int(sum(len(r) for r in ratios.values())),
                  "residual_q": float(np.hypot(floor, slope))}  # at one doubling (read by fits.json of before issue 23)
@@ -306,7 +307,7 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
         samples = bootstrap(fit, groups[train], P[train], N[train], y[train], min(n_bootstrap, 100), seed,
                             arm=arm[train] if fit.arms else None, replay=_at(replay, train))
         band = np.percentile(fit.predict(P[held], N[held], samples, arm=arm[held], replay=_at(replay, held)), [2.5, 97.5], axis=0)
-        half = half_width(floor, max(calibrated([s for s in reported if s != split]), BENCHMARK_SLOPE), doublings[split])
+        half = half_width(floor, max(calibrated([s for s in reported if s != split]), transfer_slope), doublings[split])
         low, high = widen(value[split], band[0], band[1], half)
         inside = (band[0] <= y[held]) & (y[held] <= band[1])
         widened = (low <= y[held]) & (y[held] <= high)
@@ -322,7 +323,7 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int) -> dict:
 
 
 def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5,
-               growing: list[str] | None = None) -> dict:
+               growing: list[str] | None = None, transfer_slope: float = BENCHMARK_SLOPE) -> dict:
     """Every candidate form of one target, the one with the lowest median error on the
     selection split chosen, with bootstrap intervals for its parameters."""
     tried, refused = {}, []
@@ -373,7 +374,7 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
         "validation": best["validation"],
         "column": column,
         "start": base_values(table)[target],
-        "interval": _interval(best, column, n_bootstrap, seed),
+        "interval": _interval(best, column, n_bootstrap, seed, transfer_slope),
         "heldout_mape": best["heldout_mape"],
         "heldout_log_rmse": best["heldout_log_rmse"],
         "r2": best["r2"],
@@ -389,12 +390,13 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
 
 HELD = 0.25
 """A reported split's forecasts held when their median error at the last steps is at most this."""
-BENCHMARK_HELD = {"P": 2.0, "N": 0.0}
+BENCHMARK_HELD = {"P": 1.0, "N": 0.0}
 """How far, in doublings, forecasts held on the forecast benchmark (`bench/forecast_transfer.py`:
 pilot sweeps forecasting runs made after them), beyond the pilots' largest `P` at their own
 steps, and beyond their steps. A sweep's own tests validate no further than this: there,
-forecasts 2x and 4x beyond the pilots' steps missed by more than `HELD` in most scenarios,
-though the pilots' own in-time tests had held."""
+forecasts of 2x the pilots' largest `P` at their steps held (median error 12% over 8 targets),
+8x did not (27%), and 2x and 4x beyond their steps did not (45% to 158%), though some
+pilots' own in-time tests had held."""
 
 
 def sweep_ranges(table: pd.DataFrame, fraction: float, kl: dict | None = None) -> dict:
