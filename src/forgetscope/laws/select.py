@@ -436,18 +436,21 @@ def sweep_ranges(table: pd.DataFrame, fraction: float, kl: dict | None = None) -
             "replay_fractions": sorted(float(f) for f in table.replay_fraction.unique())}
 
 
-def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5) -> dict:
+def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5,
+              transfer_slope: float = BENCHMARK_SLOPE) -> dict:
     """Fit every target and the analyses, write `DIR/fits.json` (whole or not at all: an
-    earlier one stays intact when fitting fails), and return what it holds."""
+    earlier one stays intact when fitting fails), and return what it holds.
+    `transfer_slope`: the intervals' smallest model-error slope (`BENCHMARK_SLOPE`; 0 leaves
+    them to the sweep's own tests)."""
     if not 0 < fraction < 1:
         raise UserInputError(f"--holdout must be between 0 and 1 (the share of each run's steps forecast), got {fraction}")
     table = read_table(directory)
-    fits = {"kl": fit_target(table, "kl", n_bootstrap, seed, fraction)}
+    fits = {"kl": fit_target(table, "kl", n_bootstrap, seed, fraction, transfer_slope=transfer_slope)}
     # L_f and the fine-tuning gain try the multiplicative law and KL's chosen form, not every
     # form again: L_f's forecasts are H_base + KL's, and the paper finds L_f linear in the
     # fine-tuning loss, so the same shape is expected. It keeps `fit` quick as forms are added.
     growing = sorted({"mult", fits["kl"]["form"]})
-    fits |= {target: fit_target(table, target, n_bootstrap, seed, fraction, growing) for target in ("forgetting_ce", "ft_loss")}
+    fits |= {target: fit_target(table, target, n_bootstrap, seed, fraction, growing, transfer_slope) for target in ("forgetting_ce", "ft_loss")}
     fits = {target: fits[target] for target in TARGETS}
     fits["linear"] = linear_relation(table)
     fits["matched_loss"] = matched_loss_analysis(table)
