@@ -94,8 +94,8 @@ def fit_law(
     `optimizer="lm"` runs all the starts at once through `refine` (batched, damped
     Gauss-Newton on the IRLS weights of the Huber loss). `"lbfgsb"` runs scipy's L-BFGS-B
     from each start, then polishes with `refine`: the reference the tests compare against.
-    It found the same minima on the benchmark's pilots, but its Fortran core took 0.8 ms a
-    call here, 85 of 90 s of fitting one pilot, against 2 s for the batched path."""
+    It found the same minima on a benchmark pilot, but its Fortran core took 0.8 ms a call
+    here: 85 of the 90 s that fitting that pilot took under load (the batched path: 3 s idle)."""
     P, N, y = (np.asarray(v, dtype=float) for v in (P, N, y))
     arm = None if arm is None else np.asarray(arm, dtype=int)
     log_y = np.log(y)
@@ -218,14 +218,14 @@ def time_split(N, groups, fraction: float = 0.5) -> np.ndarray:
 
 def size_split(P, modules, top: int = 1) -> np.ndarray:
     """True for what the in-size test holds out: the runs with the `top` largest `P` of each
-    module set that keeps at least two `P` to fit (fit the smaller runs' full curves,
-    forecast the largest)."""
+    module set (fit the smaller runs' full curves, forecast the largest). A module set needs
+    two `P` for one to be held out, and two left to fit for more."""
     P, modules = np.asarray(P, dtype=float), np.asarray(modules)
     held = np.zeros(len(P), dtype=bool)
     for m in np.unique(modules):
         rows = modules == m
         sizes = np.unique(P[rows])
-        if len(sizes) >= top + 1 and (top == 1 or len(sizes) >= top + 2):
+        if len(sizes) >= (2 if top == 1 else top + 2):
             held[rows] = P[rows] >= sizes[-top]
     return held
 

@@ -28,7 +28,7 @@ class Steps(Form):
         log_a, beta1, bend, log_nc = params
         x = logN - log_nc
         soft, gate = _softplus(x), _sigmoid(x)
-        term = np.where(trained, np.exp(log_a + beta1 * logN - bend * soft) + 0.0 * logP, 0.0)
+        term = np.where(trained, np.exp(log_a + beta1 * logN - bend * soft), 0.0)
         return [term], [term, term * logN, -term * soft, term * bend * gate]
 
     def bounds(self):
