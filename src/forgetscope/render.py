@@ -276,7 +276,7 @@ def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
         validation = kl.get("validation", {})
         console.print(
             f"law of KL: {kl.get('label', kl['form'])} ({params}; R^2 {kl['r2']:.3f})\n"
-            f"  forecast error (median over held-out points): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
+            f"  forecast error (median at the held-out runs' last steps): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
             f"in size {_pct(validation.get('in_size', {}).get('median_ape'))}\n"
             + (f"  {_coverage_text(kl['interval'])}\n" if kl.get("interval", {}).get("coverage") else "") +
             f"L_f = {_line(line, 3)} (R^2 {line['r2']:.3f})"
