@@ -71,7 +71,7 @@ def _bounds(form: Form, shift: float | None, y: np.ndarray, arm=None, replay=Non
     return inner if shift is not None else [(0.0, float(np.min(y)) * (1 - 1e-9)), *inner]
 
 
-def _starts(form: Form, shift: float | None, y: np.ndarray, arm=None, replay=None) -> list[np.ndarray]:
+def grid_starts(form: Form, shift: float | None, y: np.ndarray, arm=None, replay=None) -> list[np.ndarray]:
     """The form's starting grid around the data's level (arm factors at 1, the replay knob's
     B at 1), times a few shifts when E is free."""
     level = np.log(max(float(np.median(y) - (shift or 0.0)), 1e-12))
@@ -102,7 +102,7 @@ def fit_law(
     replay = None if replay is None else np.asarray(replay, dtype=float)
     bounds = _bounds(form, shift, y, arm, replay)
     low, high = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
-    starts = [np.clip(s, low, high) for s in (starts if starts is not None else _starts(form, shift, y, arm, replay))]
+    starts = [np.clip(s, low, high) for s in (starts if starts is not None else grid_starts(form, shift, y, arm, replay))]
     if len(starts) > n_optimized:
         pred = np.maximum(form.value_and_grad(np.array(starts), P, N, shift, arm, replay)[0], 1e-300)
         scores = np.nan_to_num(_huber(np.log(pred) - log_y, delta).sum(axis=1), nan=np.inf)

@@ -33,6 +33,7 @@ from forgetscope.laws.fit import (
     check_enough_data,
     extrapolation_errors,
     fit_law,
+    grid_starts,
     half_width,
     last_steps,
     log_metrics,
@@ -164,7 +165,7 @@ def _score(form, shift, rows: pd.DataFrame, target: str, train: np.ndarray, held
               and (arm is None or set(arm[held]) <= set(arm[fitted])))  # an arm's factor needs its own runs
     if not enough:
         return empty, None, held & False
-    starts = None if start is None else [start.theta, *_grid_starts(form, shift, y[train], arm, replay)]
+    starts = None if start is None else [start.theta, *grid_starts(form, shift, y[train], arm, replay)]  # the full fit's optimum, and the form's grid
     partial = fit_law(form, P[train], T[train], y[train], shift, starts=starts, arm=_at(arm, train), arms=arms,
                       replay=_at(replay, train), n_optimized=2 if start is not None else 4)
     pred = partial.predict(P[held], T[held], arm=_at(arm, held), replay=_at(replay, held))
@@ -172,13 +173,6 @@ def _score(form, shift, rows: pd.DataFrame, target: str, train: np.ndarray, held
     in_P, in_N = reach(P, T, rows.arm_name.to_numpy(), fitted, held)
     errors |= {"reach_P": float(in_P.max()), "reach_N": float(in_N.max())}
     return errors, partial, held
-
-
-def _grid_starts(form, shift, y, arm, replay) -> list[np.ndarray]:
-    """The form's own starting grid: a split's fit tries it besides the full fit's optimum."""
-    from forgetscope.laws.fit import _starts
-
-    return _starts(form, shift, y, arm, replay)
 
 
 def _growth(rows: pd.DataFrame, column: str, held: np.ndarray, y: np.ndarray, pred: np.ndarray):
