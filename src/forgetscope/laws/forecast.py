@@ -233,8 +233,11 @@ class RunPrior:
     slope: float
 
     def kl(self, steps) -> np.ndarray:
+        """The law's KL at `steps` (its value only: the prior needs no bootstrap band)."""
+        fit = fit_from(self.fits["kl"])
+        arm = fit.arms.index(self.where.arm) if fit.arms and self.where.arm in fit.arms else 0
         T = np.asarray(steps, dtype=float) * self.where.T_per_step
-        return np.asarray(_band(self.fits, "kl", self.where, T, 1.0)[0], dtype=float)
+        return np.asarray(fit.predict(self.where.P, T, arm=arm, replay=self.where.replay), dtype=float)
 
 
 def run_prior(fits: dict, query: Query) -> RunPrior:
