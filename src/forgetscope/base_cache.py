@@ -158,10 +158,11 @@ def record_base_predictions(
     finally:
         model.train(was_training)
     if path is not None:
+        from forgetscope.files import atomic_path
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_suffix(".tmp")
-        save_file(hidden, str(tmp), metadata={"key": key, "format": FORMAT_VERSION, "dtype": str(storage_dtype)})
-        tmp.replace(path)
+        with atomic_path(Path(path)) as tmp:  # a scratch name per process: two recorders never share one
+            save_file(hidden, str(tmp), metadata={"key": key, "format": FORMAT_VERSION, "dtype": str(storage_dtype)})
     return BasePredictions(hidden, key)
 
 

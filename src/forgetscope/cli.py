@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
+import os
 import sys
 import warnings
 from enum import Enum
@@ -21,7 +21,7 @@ import typer
 
 from forgetscope import render
 from forgetscope.errors import UserInputError
-from forgetscope.settings import LoraSettings, MitigationSettings, Settings, TrainSettings
+from forgetscope.settings import CommandOptions, LoraSettings, MitigationSettings, Settings, TrainSettings
 
 app = typer.Typer(
     help="Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes.",
@@ -69,9 +69,16 @@ class TrainDtype(str, Enum):
     bfloat16 = "bfloat16"
 
 
-def setting(settings: type[Settings], name: str, *flags: str) -> typer.models.OptionInfo:
-    """A CLI option for one run setting, with that setting's help text."""
-    return typer.Option(*flags, help=settings.help(name))
+def setting(settings: type[Settings], name: str, *flags: str, check: bool = True, **option) -> typer.models.OptionInfo:
+    """A CLI option for one setting, with that setting's help text, validated by that
+    setting's definition (type, bounds, finiteness) as it is parsed."""
+
+    def validate(param: typer.CallbackParam, value):
+        if value is not None:
+            settings.check(name, value.value if isinstance(value, Enum) else value, param.opts[0])
+        return value
+
+    return typer.Option(*flags, help=option.pop("help", settings.help(name)), callback=validate if check else None, **option)
 
 
 # The options several commands share, defined once.
@@ -83,8 +90,8 @@ InferenceDtype = Annotated[Dtype, typer.Option(help="float32, bfloat16 or float1
 EvalData = Annotated[list[Path], typer.Option(metavar="FILE", help="Held-out pretraining-like text: .txt, .jsonl or .parquet; repeat for several files.")]
 SeqLen = Annotated[int, setting(TrainSettings, "seq_len")]
 EvalTokens = Annotated[int, setting(TrainSettings, "eval_tokens", "--eval-tokens", "--max-tokens")]
-Bootstrap = Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")]
-Seed = Annotated[int, typer.Option(help="Seed of the bootstrap.")]
+Bootstrap = Annotated[int, setting(CommandOptions, "bootstrap")]
+Seed = Annotated[int, setting(CommandOptions, "seed")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
@@ -112,10 +119,6 @@ def measure(
     from forgetscope.metric import measure_forgetting
     from forgetscope.models import check_files_exist, check_seq_len, load_pair
 
-    if batch_size < 1:
-        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if bootstrap < 0:
-        raise UserInputError(f"--bootstrap must be >= 0, got {bootstrap}")
     if sequences is not None and sequences.is_dir():
         raise UserInputError(f"--sequences {sequences} is a directory: give a file path")
     if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
@@ -159,11 +162,11 @@ def mitigate(
     ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out fine-tuning text, for ft_loss.")] = None,
     sweep: Annotated[Path | None, typer.Option(help="Instead of --base/--adapter/--eval-data/--ft-eval-data: a sweep directory with save_adapters, whose config gives them.")] = None,
     point: Annotated[str, typer.Option(help="With --sweep: a point id, or largest (the largest unmitigated point).")] = "largest",
-    scales: Annotated[str, setting(MitigationSettings, "scales")] = _listed(MitigationSettings.default("scales")),
-    intruder_scales: Annotated[str, setting(MitigationSettings, "intruder_scales")] = _listed(MitigationSettings.default("intruder_scales")),
+    scales: Annotated[str, setting(MitigationSettings, "scales", check=False)] = _listed(MitigationSettings.default("scales")),
+    intruder_scales: Annotated[str, setting(MitigationSettings, "intruder_scales", check=False)] = _listed(MitigationSettings.default("intruder_scales")),
     intruder_threshold: Annotated[float, setting(MitigationSettings, "intruder_threshold")] = MitigationSettings.default("intruder_threshold"),
     intruder_top_k: Annotated[int, setting(MitigationSettings, "intruder_top_k")] = MitigationSettings.default("intruder_top_k"),
-    budget: Annotated[float | None, typer.Option(help="Forgetting budget (KL, nats/token): pick the setting with the lowest ft_loss within it.")] = None,
+    budget: Annotated[float | None, setting(CommandOptions, "budget", help="Forgetting budget (KL, nats/token): pick the setting with the lowest ft_loss within it.")] = None,
     save: Annotated[Path | None, typer.Option(help="With --budget: write the chosen setting here as an ordinary PEFT adapter (or full model).")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the JSON (and the plot beside it, .png); default mitigation.json, or SWEEP/mitigation/ID.json.")] = None,
     eval_tokens: EvalTokens = TrainSettings.default("eval_tokens"),
@@ -182,8 +185,6 @@ def mitigate(
 
     settings = MitigationSettings(scales=_scales(scales, "--scales"), intruder_scales=_scales(intruder_scales, "--intruder-scales"),
                                           intruder_threshold=intruder_threshold, intruder_top_k=intruder_top_k)
-    if budget is not None and not budget > 0:
-        raise UserInputError(f"--budget is a KL in nats per token and must be positive, got {budget}")
     if save is not None and budget is None:
         raise UserInputError("--save writes the setting chosen within --budget: give --budget too")
     if save is not None and save.exists() and any(save.iterdir()):
@@ -346,16 +347,14 @@ def sweep(
 @app.command()
 def fit(
     directory: Annotated[Path, typer.Argument(help="Sweep directory (its records.jsonl is all that is read).")],
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of whole runs for the intervals.")] = 1000,
-    holdout: Annotated[float, typer.Option(help="Share of each run's training steps the in-time test forecasts (0.5: fit up to N_max/2).")] = 0.5,
+    bootstrap: Bootstrap = CommandOptions.default("bootstrap"),
+    holdout: Annotated[float, setting(CommandOptions, "holdout")] = CommandOptions.default("holdout"),
     seed: Seed = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print fits.json instead of tables.")] = False,
 ) -> None:
     """Fit the scaling laws of forgetting on a sweep; writes DIR/fits.json."""
     from forgetscope.laws.select import fit_sweep
 
-    if bootstrap < 0 or not 0 < holdout < 1:
-        raise UserInputError("--bootstrap must be >= 0 and --holdout in (0, 1)")
     fits = fit_sweep(directory, bootstrap, seed, holdout)
     skipped = fits["skipped_records"]
     if skipped["unfinished_points"]:
@@ -372,14 +371,14 @@ def fit(
 @app.command()
 def predict(
     directory: Annotated[Path, typer.Argument(help="Sweep directory with fits.json (run `forgetscope fit` first).")],
-    params: Annotated[float | None, typer.Option(help="Trainable non-embedding parameters P of the planned fine-tune.")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank of the planned fine-tune (P worked out from the sweep's module set).")] = None,
+    params: Annotated[float | None, setting(CommandOptions, "params")] = None,
+    rank: Annotated[int | None, setting(CommandOptions, "rank")] = None,
     target_modules: Annotated[str | None, typer.Option(help="Module set the forecast is for, as the sweep names it (needed when it has several).")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Learning rate of the planned fine-tune (default: the sweep's median).")] = None,
-    steps: Annotated[float | None, typer.Option(help="Planned update steps N.")] = None,
-    budget: Annotated[float | None, typer.Option(help="Forgetting budget (KL, nats/token): the largest N within it.")] = None,
+    learning_rate: Annotated[float | None, setting(CommandOptions, "learning_rate")] = None,
+    steps: Annotated[float | None, setting(CommandOptions, "steps")] = None,
+    budget: Annotated[float | None, setting(CommandOptions, "budget", help="Forgetting budget (KL, nats/token): the largest N within it.")] = None,
     extrapolate: Annotated[bool, typer.Option(help="Forecast beyond the range the validation tested, with a wider interval.")] = False,
-    replay_fraction: Annotated[float, typer.Option(help="Replay fraction of the planned fine-tune (laws fitted with the replay knob only).")] = 0.0,
+    replay_fraction: Annotated[float, setting(CommandOptions, "replay_fraction")] = 0.0,
     as_json: Json = False,
 ) -> None:
     """Forecast forgetting for a configuration not yet run, or the steps a forgetting budget allows."""
@@ -388,10 +387,6 @@ def predict(
 
     if (steps is None) == (budget is None):
         raise UserInputError("give exactly one of --steps (forecast forgetting) or --budget (forecast steps)")
-    for flag, value in (("--params", params), ("--steps", steps), ("--budget", budget), ("--learning-rate", learning_rate),
-                        ("--replay-fraction", replay_fraction)):
-        if value is not None and not math.isfinite(value):
-            raise UserInputError(f"{flag} must be a finite number, got {value}")
     fits = load_fits(directory)
     query = Query(P=params, rank=rank, arm=target_modules, learning_rate=learning_rate, extrapolate=extrapolate,
                   replay_fraction=replay_fraction)
@@ -407,13 +402,11 @@ def predict(
 @app.command()
 def report(
     directory: Annotated[Path, typer.Argument(help="Sweep directory.")],
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples, only when the laws must be fitted first (no fits.json yet).")] = 1000,
+    bootstrap: Bootstrap = CommandOptions.default("bootstrap"),
 ) -> None:
     """Write DIR/report.html (self-contained) and its PNG plots from DIR/fits.json (fitted first if missing)."""
     from forgetscope.report import write_report
 
-    if bootstrap < 0:
-        raise UserInputError(f"--bootstrap must be >= 0, got {bootstrap}")
     render.console.print(f"report: {write_report(directory, bootstrap)}")
 
 
@@ -446,9 +439,9 @@ def eval_command(
     finetuned: Finetuned = None,
     adapter: Adapter = None,
     suite: Annotated[str, typer.Option(help="knowledge (MMLU), reasoning (ARC, HellaSwag, WinoGrande, PIQA), safety (refusals), tiny (offline), or comma-separated lm-eval task names.")] = "tiny",
-    limit: Annotated[int | None, typer.Option(help="At most this many examples per task.")] = None,
-    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples in each prompt (default: each task's own).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 8,
+    limit: Annotated[int | None, setting(CommandOptions, "limit")] = None,
+    num_fewshot: Annotated[int | None, setting(CommandOptions, "num_fewshot")] = None,
+    batch_size: Annotated[int, setting(CommandOptions, "requests_per_batch", "--batch-size")] = CommandOptions.default("requests_per_batch"),
     harmful: Annotated[Path | None, typer.Option(help="Harmful instructions for the safety suite (.txt one a line, or .csv with a goal column); default AdvBench from the hub.")] = None,
     judge: Annotated[str | None, typer.Option(help="Refusal judge module:function(prompt, response) -> bool; default refusal phrases.")] = None,
     dtype: InferenceDtype = Dtype.float32,
@@ -471,7 +464,7 @@ def eval_command(
 def synthetic(
     config: Annotated[Path | None, typer.Option(help="Experiment config (YAML); default: the shipped cpu.yaml. `paper` names the shipped paper-scale one.")] = None,
     out: Annotated[Path, typer.Option(help="Where to write results.json, the PNGs and index.html.")] = Path("synthetic-out"),
-    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    seed: Annotated[int | None, setting(CommandOptions, "seed", help="Override the config's seed.")] = None,
     as_json: Json = False,
 ) -> None:
     """In-context regression: pretrain on a task mixture, fine-tune on the discrete pool, measure forgetting and conjugate prompting."""
@@ -499,10 +492,10 @@ def conjugate_probe(
     sentences: Annotated[Path | None, typer.Option(help="Sentences for the conflict tasks, one a line (default: built-in ones).")] = None,
     harmful: Annotated[Path | None, typer.Option(help="Harmful instructions for the refusal probe (.csv with a goal column, e.g. AdvBench, or one a line).")] = None,
     judge: Annotated[str | None, typer.Option(help="Refusal judge module:function(instruction, response) -> bool (default: refusal phrases).")] = None,
-    tasks_per_kind: Annotated[int, typer.Option(help="Conflict tasks per (task, final input) pair; 4 pairs.")] = 8,
-    refusal_tokens: Annotated[int, typer.Option(help="Tokens generated per harmful instruction.")] = 32,
+    tasks_per_kind: Annotated[int, setting(CommandOptions, "tasks_per_kind")] = CommandOptions.default("tasks_per_kind"),
+    refusal_tokens: Annotated[int, setting(CommandOptions, "refusal_tokens")] = CommandOptions.default("refusal_tokens"),
     bootstrap: Bootstrap = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the tasks and the bootstrap.")] = 0,
+    seed: Annotated[int, setting(CommandOptions, "seed", help="Seed of the tasks and the bootstrap.")] = 0,
     dtype: InferenceDtype = Dtype.float32,
     device: Device = "auto",
     as_json: Json = False,
@@ -514,8 +507,6 @@ def conjugate_probe(
     from forgetscope.judges import load_judge, read_instructions
     from forgetscope.models import load_pair
 
-    if tasks_per_kind < 1 or refusal_tokens < 1:
-        raise UserInputError("--tasks-per-kind and --refusal-tokens must be at least 1")
     # Everything cheap is checked before a large model is loaded.
     texts = read_sentences(sentences) if sentences is not None else DEFAULT_SENTENCES
     instructions = read_instructions(harmful) if harmful is not None else None
@@ -536,7 +527,7 @@ def conjugate_probe(
 def conjugate_miniature(
     transform: Annotated[str, typer.Option(help="Language of the miniature: piglatin or leetspeak.")] = "piglatin",
     finetune: Annotated[str, typer.Option(help="Domain the miniature fine-tunes on: code, scripture or docs.")] = "scripture",
-    seed: Annotated[int, typer.Option(help="Seed of pretraining, fine-tuning and the data.")] = 0,
+    seed: Annotated[int, setting(CommandOptions, "seed", help="Seed of pretraining, fine-tuning and the data.")] = 0,
     as_json: Json = False,
 ) -> None:
     """The offline miniature experiment: a tiny model pretrained here, plain against transformed held-out text."""
@@ -556,7 +547,7 @@ def conjugate_miniature(
 def tiny_pretrain(
     out: Annotated[Path, typer.Option(help="An empty or new directory for the pretrained model.")],
     miniature: Annotated[bool, typer.Option("--miniature", help="The conjugate miniature's base instead of the demo's.")] = False,
-    stop_after: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps, the schedule unchanged (to check the recipe's first steps).")] = None,
+    stop_after: Annotated[int | None, setting(CommandOptions, "stop_after")] = None,
 ) -> None:
     """Pretrain the default tiny (or miniature) base from its recipe and say whether it matches the shipped one bit for bit."""
     from forgetscope.conjugate.miniature import MiniatureConfig, pretrain_miniature
@@ -574,29 +565,67 @@ def tiny_pretrain(
 
 
 def main() -> None:
-    """Entry point: map bad input to exit 2 with one line, and keep tracebacks for bugs."""
+    """Entry point: the one boundary between forgetscope and the shell.
+
+    Bad input (`UserInputError`, a usage error) and the environment's refusals (`OSError`: a
+    read-only or full disk, no permission, a path under a file, a symlink loop) are one line
+    `error: ...` and exit code 2. Anything else is a bug: exit code 1, one line that says so,
+    and the traceback in a log file (printed too with `--debug` or FORGETSCOPE_DEBUG=1)."""
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers 5 vs peft
+    debug = "--debug" in sys.argv[1:] or os.environ.get("FORGETSCOPE_DEBUG", "") not in ("", "0")
     if not sys.stderr.isatty():  # scripts and CI: no weight-loading bars around the output
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     try:
-        code = app(standalone_mode=False)
+        code = app(args=[a for a in sys.argv[1:] if a != "--debug"], standalone_mode=False)
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc), 2)
+    except OSError as exc:
+        _fail(describe_os_error(exc), 2)
     except (typer.Abort, KeyboardInterrupt):
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", 130)
     except Exception as exc:
         # Usage errors (a missing or malformed option) are click exceptions; typer vendors
         # its own click, so recognise them by their interface rather than their class.
         if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            print(f"error: {exc.format_message()}", file=sys.stderr)
-            sys.exit(2)
-        raise
+            _fail(exc.format_message(), 2)
+        if debug:
+            raise
+        log = _save_traceback()
+        _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)} (a bug in forgetscope; the traceback is in {log}, "
+              "or run again with --debug)", 1)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`PATH: reason` for what the operating system refused (the reason in its own words)."""
+    reason = exc.strerror or _first_line(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else f"{type(exc).__name__}: {reason}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, always
+    sys.exit(code)
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"forgetscope-error-{os.getpid()}.log"
+    try:
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return "(unwritable: run again with --debug)"
+    return str(path)
 
 
 if __name__ == "__main__":

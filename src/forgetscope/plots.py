@@ -11,6 +11,8 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from forgetscope.files import atomic_path
+
 
 def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 4.5), **kwargs):
     """`(figure, axes)` like `pyplot.subplots`, without pyplot."""
@@ -19,9 +21,10 @@ def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 
 
 
 def save(fig: Figure, path: Path) -> None:
-    """Lay out and write `fig` as a PNG."""
+    """Lay out and write `fig` as a PNG, whole or not at all (`files.atomic_path`)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as scratch:
+        fig.savefig(scratch, dpi=110, format="png")
 
 
 def colors(values) -> dict:

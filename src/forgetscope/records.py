@@ -7,11 +7,15 @@ Keys may be added, never removed; anything that writes records in this shape can
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TypedDict
 
-from forgetscope.errors import UserInputError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from forgetscope.errors import UserInputError, describe
+from forgetscope.files import plain_name
 
 
 class DomainMetrics(TypedDict):
@@ -69,8 +73,54 @@ FIT_KEYS = ("point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_l
 """What every record must hold for the laws to be fitted."""
 
 
+class RecordSchema(BaseModel):
+    """What a record's known keys may hold (others are allowed: keys may be added). Numbers
+    may be NaN (a diverged run; `fit` leaves those out with a note) but never of the wrong
+    sign, and never strings or booleans."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    point_id: str | None = None
+    step: int | None = Field(None, ge=0)
+    trainable_params: int | None = Field(None, ge=0)
+    vocab_size: int | None = Field(None, ge=1)
+    eval_tokens: int | None = Field(None, ge=0)
+    kl: float | None = None
+    forgetting_ce: float | None = None
+    ft_loss: float | None = None
+    train_loss: float | None = None
+    domains: dict[str, dict[str, float | int | None]] | None = None
+    rank: int | None = Field(None, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)
+    learning_rate: float | None = Field(None, gt=0)
+    seed: int | None = Field(None, ge=0)
+    rslora: bool | None = None
+    target_modules: list[str] | str | None = None
+    layers: list[int] | None = None
+    replay_fraction: float | None = Field(None, ge=0, lt=1)
+    kl_weight: float | None = Field(None, ge=0)
+    l2_weight: float | None = Field(None, ge=0)
+
+    @field_validator("point_id")
+    @classmethod
+    def _a_name(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else plain_name(value, "point_id")
+        except UserInputError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("kl", "forgetting_ce")
+    @classmethod
+    def _never_below_zero(cls, value: float | None) -> float | None:
+        if value is not None and value < -1e-6:  # a NaN passes: `fit` counts and skips it
+            raise ValueError(f"is negative ({value}); a divergence is never below 0")
+        return value
+
+
 def read_records(path: str | Path) -> list[Record]:
-    """Every complete record of a `records.jsonl`; a torn last line (a crash mid-write) is skipped."""
+    """Every complete record of a `records.jsonl`, each checked against `RecordSchema`; a torn
+    last line (a crash mid-write) is skipped. A bad record is one `UserInputError` naming the
+    file, the line and the field."""
     records = []
     try:
         lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
@@ -87,8 +137,20 @@ def read_records(path: str | Path) -> list[Record]:
             raise UserInputError(f"{path}: line {number} is not valid JSON") from None
         if not isinstance(record, dict):
             raise UserInputError(f"{path}: line {number} is a JSON {type(record).__name__}, not a record (an object)")
+        try:
+            RecordSchema.model_validate(record)
+        except ValidationError as exc:
+            raise UserInputError(describe(exc, f"{path}: line {number}")) from None
         records.append(record)
     return records
+
+
+def digest(records: list[Record]) -> str:
+    """A SHA-256 of `records` in order: what `fits.json` keeps of the records it was fitted on."""
+    h = hashlib.sha256()
+    for record in records:
+        h.update(json.dumps(record, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def finished_points(directory: str | Path) -> set[str]:

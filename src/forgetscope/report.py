@@ -19,7 +19,6 @@ import html
 from pathlib import Path
 
 import numpy as np
-import yaml
 from matplotlib.ticker import LogLocator, NullFormatter
 
 from forgetscope.errors import UserInputError
@@ -332,7 +331,7 @@ def _fit_table(target: str, entry: dict) -> str:
 
 
 def _claims_html(fits: dict) -> str:
-    rows = "".join(f"<tr><td>{html.escape(c['claim'])}</td><td class='{c['verdict']}'>{c['verdict']}</td>"
+    rows = "".join(f"<tr><td>{html.escape(c['claim'])}</td><td class='{html.escape(c['verdict'])}'>{html.escape(c['verdict'])}</td>"
                    f"<td>{html.escape(c['evidence'])}</td></tr>" for c in fits.get("claims", []))
     return ("<h2>The paper's claims on this sweep</h2><table class='claims'><tr><th>claim</th><th>verdict</th><th>the numbers</th></tr>"
             f"{rows}</table>") if rows else ""
@@ -376,10 +375,12 @@ def _domains_html(fits: dict) -> str:
 
 
 def _sweep_title(directory: Path) -> str:
+    from forgetscope.sweep.store import read_config_data
+
     config = directory / "config.yaml"
-    data = yaml.safe_load(config.read_text()) if config.is_file() else {}
-    name = (data or {}).get("name") or directory.name
-    base = Path(str((data or {}).get("base_model", ""))).name
+    data = read_config_data(config) if config.is_file() else {}
+    name = str(data.get("name") or directory.name)
+    base = Path(str(data.get("base_model", ""))).name
     return f"{name}" + (f" on {base}" if base else "")
 
 
@@ -432,17 +433,26 @@ steps; in size: the largest P of each module set held out): {headline}.{reach}</
     return images, intro, tables
 
 
-def _mitigation_part(directory: Path) -> tuple[dict[str, str], str]:
-    """The trade-off plot and tables of a sweep's mitigated runs and of every post-hoc
-    `mitigate --sweep` result kept in `DIR/mitigation/` (nothing when there is neither)."""
+def _mitigation_inputs(directory: Path) -> tuple[list[dict], dict[str, dict]] | None:
+    """`(records, {point_id: post-hoc result})` when the sweep has mitigated runs or kept
+    `mitigate --sweep` results in `DIR/mitigation/` (each checked), else None."""
     from forgetscope.mitigate import tradeoff
     from forgetscope.records import is_mitigated, sweep_records
     from forgetscope.sweep.store import read_artifacts
 
-    records, _ = sweep_records(directory)
-    _, posthoc = read_artifacts(directory, "mitigation")
+    records = sweep_records(directory)[0] if (directory / "records.jsonl").is_file() else []
+    _, posthoc = read_artifacts(directory, "mitigation", schema=tradeoff.MitigationFile)
     if not posthoc and not any(is_mitigated(r) for r in records):
-        return {}, ""
+        return None
+    return records, posthoc
+
+
+def _mitigation_part(directory: Path, records: list[dict], posthoc: dict[str, dict]) -> tuple[dict[str, str], str]:
+    """The trade-off plot and tables of a sweep's mitigated runs and of every post-hoc
+    `mitigate --sweep` result kept in `DIR/mitigation/`."""
+    from forgetscope.mitigate import tradeoff
+    from forgetscope.records import is_mitigated
+
     # Compare like with like: the runs of the size the mitigated runs (or the post-hoc fine-tune) have.
     sizes = {r["trainable_params"] for r in records if is_mitigated(r) or r["point_id"] in posthoc}
     curves = tradeoff.training_curves([r for r in records if r["trainable_params"] in sizes])
@@ -481,14 +491,24 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     `forgetscope fit` wrote it (never rewritten here). Without one, the laws are fitted first
     with `fit`'s defaults (and `n_bootstrap`, `seed`), and `fits.json` is written as `fit` would."""
     directory = Path(directory)
-    mitigation_images, mitigation_html = _mitigation_part(directory)
+    title = html.escape(_sweep_title(directory))
+    # Every file is read and checked before anything is drawn: a bad one fails the report
+    # with nothing written.
     try:
         table = read_table(directory)
         fits = load_fits(directory) if (directory / "fits.json").is_file() else fit_sweep(directory, n_bootstrap, seed)
+        if fits.get("records_sha256") not in (None, table.attrs["records_sha256"]):  # older files have no digest
+            raise UserInputError(f"{directory / 'fits.json'} was fitted on other records than {directory / 'records.jsonl'} holds "
+                                 f"(another sweep's, or an older state of this one): run `forgetscope fit {directory}` again")
+        not_fitted = None
     except UserInputError as exc:
-        if not mitigation_html:
-            raise
-        images, laws_html = {}, f"<h2>Laws</h2><p>Not fitted on this sweep: {html.escape(str(exc))}.</p>"
+        not_fitted = exc
+    mitigation = _mitigation_inputs(directory)
+    if not_fitted is not None and mitigation is None:
+        raise not_fitted
+    mitigation_images, mitigation_html = _mitigation_part(directory, *mitigation) if mitigation else ({}, "")
+    if not_fitted is not None:
+        images, laws_html = {}, f"<h2>Laws</h2><p>Not fitted on this sweep: {html.escape(str(not_fitted))}.</p>"
         intro = "<p>Forgetting L_f is the cross-entropy of the fine-tuned model's next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>"
     else:
         images, intro, laws_html = _laws_part(directory, table, fits)
@@ -498,7 +518,6 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
         f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, caption in images.items()
     )
-    title = html.escape(_sweep_title(directory))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>forgetscope: {title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 1em .5em 0;display:inline-table;vertical-align:top}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}}th{{background:#f3f3f3}}td:first-child{{text-align:left}}

@@ -10,36 +10,39 @@ defaults), so names and defaults agree everywhere. Bad values are one-line `User
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, describe
 
 TargetModules = list[str] | Literal["all-linear"]
+MODULE_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
+"""A module name or dotted suffix (`q_proj`, `self_attn.q_proj`): never a path."""
 
 
-UNNAMED = ("", "-")
-"""Tags of a union's branches that error paths leave out (`SweepConfig.grid`'s one grid or list)."""
-
-
-def describe(error: ValidationError, source: str = "", prefix: str = "") -> str:
-    """The first error of `error` on one line: `` source: `field.path`: what is wrong ``."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part not in UNNAMED)
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source + ': ' if source else ''}{f'`{where}`: ' if where else ''}{message}{more}"
+SEED_MAX = 2**32 - 1
+"""numpy's and torch's generators take seeds in [0, 2**32)."""
 
 
 class Settings(BaseModel):
-    """Strict settings: unknown fields are errors, and constructing with bad values raises a
-    one-line `UserInputError` naming the field."""
+    """Strict settings: unknown fields are errors, numbers are finite and never booleans, and
+    constructing with bad values raises a one-line `UserInputError` naming the field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads `rank: true` as 1; a YAML `true` for a number is a mistake.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+                    raise ValueError(f"`{name}` takes a number, got {value}")
+        return data
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -61,11 +64,28 @@ class Settings(BaseModel):
     def default(cls, name: str) -> Any:
         return cls.model_fields[name].get_default(call_default_factory=True)
 
+    @classmethod
+    def check(cls, name: str, value: Any, label: str | None = None) -> Any:
+        """`value` validated as the setting `name` alone (type, bounds, finiteness, the field's
+        own validators): the CLI's options check their values here, as they are parsed; a bad
+        one is a `UserInputError` naming `label` (the option)."""
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[name].annotation):
+            raise UserInputError(f"{label or name} takes a number, got {value}")
+        try:
+            checked = cls.__pydantic_validator__.validate_assignment(cls.model_construct(), name, value)
+        except ValidationError as exc:
+            raise UserInputError(f"{label or name}: {describe(exc).split('`: ', 1)[-1]}") from None
+        return getattr(checked, name)
+
+
+def _admits_bool(annotation: Any) -> bool:
+    return annotation is bool or "bool" in str(annotation)
+
 
 class LoraSettings(Settings):
     """Which parameters are fine-tuned, and how the adapter is scaled (PEFT's `LoraConfig`)."""
 
-    rank: int = Field(8, ge=1, description="LoRA rank r (at least 1).")
+    rank: int = Field(8, ge=1, le=65_536, description="LoRA rank r (at least 1, at most the narrower side of every adapted layer).")
     lora_alpha: float = Field(16.0, gt=0, description="Scale numerator: the update B A is scaled by alpha / r, or alpha / sqrt(r) with rsLoRA.")
     target_modules: TargetModules = Field("all-linear", description="Module names (or suffixes) to adapt, or all-linear for every linear layer but the head.")
     layers: list[int] | None = Field(None, min_length=1, description="Indices of the transformer blocks to adapt; none adapts all.")
@@ -77,6 +97,10 @@ class LoraSettings(Settings):
     def _some_modules(cls, value: TargetModules) -> TargetModules:
         if not value:
             raise ValueError("target_modules is empty")
+        if value != "all-linear":
+            for name in value:  # module names become part of point ids, hence of file names
+                if not MODULE_NAME.fullmatch(name):
+                    raise ValueError(f"{name!r} is not a module name (letters, digits, `_`, `-` and `.` between names)")
         return value
 
     @field_validator("layers")
@@ -110,17 +134,17 @@ class LoraSettings(Settings):
 class TrainSettings(Settings):
     """The optimisation budget and the forgetting-measurement schedule of one run."""
 
-    steps: int = Field(200, ge=1, description="Optimizer steps.")
+    steps: int = Field(200, ge=1, le=10_000_000, description="Optimizer steps.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (1e-3 suits the embedded tiny models; pretrained models usually want 1e-4 to 2e-4).")
-    batch_size: int = Field(8, ge=1, description="Sequences per step.")
-    seq_len: int = Field(128, ge=2, description="Tokens per sequence, for training and for the eval text.")
+    batch_size: int = Field(8, ge=1, le=65_536, description="Sequences per step.")
+    seq_len: int = Field(128, ge=2, le=1_048_576, description="Tokens per sequence, for training and for the eval text.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     scheduler: str = Field("constant_with_warmup", description="Any transformers scheduler name; constant keeps step counts comparable across budgets.")
-    eval_points: int = Field(8, ge=2, description="Forgetting measurements, step 0 included, spaced by eval_schedule.")
+    eval_points: int = Field(8, ge=2, le=10_000, description="Forgetting measurements, step 0 included, spaced by eval_schedule.")
     eval_schedule: Literal["log", "dense-late"] = Field("log", description="log: log-spaced steps; dense-late: a third log-spaced up to a fifth of the run, the rest evenly spaced after it, for fitting laws past the bend.")
-    eval_tokens: int = Field(4096, ge=2, description="Eval tokens per forgetting domain at each measurement, in whole sequences (the default keeps 8 measurements near 6% of a run's time).")
-    eval_batch_size: int = Field(16, ge=1, description="Sequences per forward pass when measuring.")
-    seed: int = Field(0, description="Seed of the adapter init and the data order.")
+    eval_tokens: int = Field(4096, ge=2, le=1_000_000_000, description="Eval tokens per forgetting domain at each measurement, in whole sequences (the default keeps 8 measurements near 6% of a run's time).")
+    eval_batch_size: int = Field(16, ge=1, le=65_536, description="Sequences per forward pass when measuring.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the adapter init and the data order.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32, or bfloat16 for mixed-precision (autocast) training.")
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations (tensorboard, wandb, mlflow, ...) that also receive forgetting.")
     kl_budget: float | None = Field(None, gt=0, description="Forgetting budget (KL, nats/token): each measurement logs the forecast KL at the last step and the step the budget will be crossed.")
@@ -129,6 +153,16 @@ class TrainSettings(Settings):
     replay_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training sequences drawn from the replay corpus (pretraining-data injection, Bethune et al. 2025); needs replay text.")
     kl_weight: float = Field(0.0, ge=0.0, description="Weight of a KL(base || model) penalty on a batch of replay text each step (self-distillation toward the base); needs replay text.")
     l2_weight: float = Field(0.0, ge=0.0, description="Weight of an L2 pull of the LoRA update toward zero: sum over layers of ||s B A||_F^2.")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        from transformers import SchedulerType
+
+        known = [s.value for s in SchedulerType]
+        if value not in known:
+            raise ValueError(f"unknown scheduler {value!r} (known: {', '.join(known)})")
+        return value
 
     @field_validator("report_to")
     @classmethod
@@ -166,3 +200,30 @@ class MitigationSettings(Settings):
         if bad:
             raise ValueError(f"scales must lie in [0, 1], got {bad[0]}")
         return values
+
+    @model_validator(mode="after")
+    def _some_setting(self) -> MitigationSettings:
+        if not self.scales and not self.intruder_scales:
+            raise ValueError("both scales and intruder_scales are none: there is nothing to measure")
+        return self
+
+
+class CommandOptions(Settings):
+    """The options of commands that are not settings of a run, each defined once with its
+    bounds: the CLI validates every numeric option through a `Settings` class."""
+
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="Bootstrap resamples for the 95% intervals (0: none).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the bootstrap.")
+    holdout: float = Field(0.5, gt=0, lt=1, description="Share of each run's training steps the in-time test forecasts (0.5: fit up to N_max/2).")
+    params: float | None = Field(None, gt=0, description="Trainable non-embedding parameters P of the planned fine-tune.")
+    rank: int | None = Field(None, ge=1, le=65_536, description="LoRA rank of the planned fine-tune (P worked out from the sweep's module set).")
+    learning_rate: float | None = Field(None, gt=0, description="Learning rate of the planned fine-tune (default: the sweep's median).")
+    steps: float | None = Field(None, gt=0, description="Planned update steps N.")
+    budget: float | None = Field(None, gt=0, description="Forgetting budget (KL, nats/token).")
+    replay_fraction: float = Field(0.0, ge=0, lt=1, description="Replay fraction of the planned fine-tune (laws fitted with the replay knob only).")
+    limit: int | None = Field(None, ge=1, description="At most this many examples per task.")
+    num_fewshot: int | None = Field(None, ge=0, le=1000, description="Few-shot examples in each prompt (default: each task's own).")
+    requests_per_batch: int = Field(8, ge=1, le=65_536, description="Requests per forward pass.")
+    tasks_per_kind: int = Field(8, ge=1, le=100_000, description="Conflict tasks per (task, final input) pair; 4 pairs.")
+    refusal_tokens: int = Field(32, ge=1, le=100_000, description="Tokens generated per harmful instruction.")
+    stop_after: int | None = Field(None, ge=1, description="Stop after this many steps, the schedule unchanged (to check the recipe's first steps).")

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from forgetscope.errors import UserInputError
-from forgetscope.files import write_atomically
+from forgetscope.files import check_schema, read_json, write_atomically
 from forgetscope.laws.analyses import claims, domain_analysis, linear_relation, matched_loss_analysis
 from forgetscope.laws.fit import (
     Fit,
@@ -43,7 +44,8 @@ from forgetscope.laws.fit import (
     widen,
 )
 from forgetscope.laws.forms import FORMS, candidate_forms
-from forgetscope.records import FIT_KEYS, is_mitigated, sweep_records
+from forgetscope.laws.schema import FitsFile
+from forgetscope.records import FIT_KEYS, digest, is_mitigated, sweep_records
 
 TARGETS = ("forgetting_ce", "kl", "ft_loss")
 
@@ -62,6 +64,11 @@ def read_table(directory: str | Path) -> pd.DataFrame:
         missing = set(FIT_KEYS) - set(record)
         if missing:
             raise UserInputError(f"{path}: record {number} (point {record.get('point_id', '?')}) lacks {', '.join(sorted(missing))}")
+    twice = next((key for key, n in Counter((r["point_id"], r["step"]) for r in records).items() if n > 1), None)
+    if twice is not None:
+        raise UserInputError(f"{path} holds two records of point {twice[0]} at step {twice[1]}: "
+                             "records of two runs with one id, or a file appended twice")
+    fitted = digest(records)
     # Replay is a knob of the laws (`+replay` candidates); other training mitigations are not.
     records = [r for r in records if not is_mitigated({**r, "replay_fraction": 0})]
     if not records:
@@ -71,6 +78,7 @@ def read_table(directory: str | Path) -> pd.DataFrame:
         raise UserInputError(f"cannot fit: no record in {path} has finite values of {', '.join(FIT_KEYS[1:])}")
     table = pd.DataFrame(finite).rename(columns={"trainable_params": "P", "step": "N"})
     table.attrs["skipped"] = {"unfinished_points": unfinished, "non_finite": len(records) - len(finite)}
+    table.attrs["records_sha256"] = fitted
     table["replay_fraction"] = table.get("replay_fraction", pd.Series(0.0, index=table.index)).fillna(0.0).astype(float)
     table["arm_name"] = arm_names(table)
     arms = sorted(table.arm_name.unique())
@@ -456,21 +464,23 @@ def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fra
     fits["base"] = base_values(table)
     fits["vocab_size"] = int(table.vocab_size.max()) if "vocab_size" in table and table.vocab_size.notna().any() else None
     fits["claims"] = claims(fits)
+    fits["records_sha256"] = table.attrs["records_sha256"]
     path = Path(directory) / "fits.json"
     write_atomically(path, json.dumps(fits, indent=2))
     return fits
 
 
 def load_fits(directory: str | Path) -> dict:
-    """`DIR/fits.json` as `fit` wrote it."""
+    """`DIR/fits.json` as `fit` wrote it, checked against its schema (`laws.schema`)."""
     path = Path(directory) / "fits.json"
     if not path.is_file():
         raise UserInputError(f"{path} not found: run `forgetscope fit {directory}` first")
-    try:
-        fits = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserInputError(f"{path} is not valid JSON: run `forgetscope fit {directory}` again") from None
+    fits = read_json(path, "fits", None)
     missing = [t for t in TARGETS if not isinstance(fits, dict) or t not in fits]
     if missing:
         raise UserInputError(f"{path} lacks the fits of {', '.join(missing)}: run `forgetscope fit {directory}` again")
+    check_schema(fits, FitsFile, f"fits {path}")
+    for target in TARGETS:
+        if fits[target]["form"] not in FORMS:
+            raise UserInputError(f"fits {path}: `{target}.form`: unknown law form {fits[target]['form']!r} (known: {', '.join(FORMS)})")
     return fits

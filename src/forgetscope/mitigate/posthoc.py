@@ -21,6 +21,7 @@ import torch
 
 from forgetscope.base_cache import BaseSource, record_base_predictions
 from forgetscope.errors import UserInputError
+from forgetscope.files import atomic_directory
 from forgetscope.metric import base_chunk_log_probs, mean_loss, measure_forgetting
 from forgetscope.mitigate.methods import METHODS, Edit
 from forgetscope.settings import MitigationSettings
@@ -53,12 +54,10 @@ class MitigationGrid:
         """Write the fine-tune edited at `row`'s setting to `directory` (an ordinary PEFT
         adapter, or a full model for WiSE-FT), with the tokenizer when given."""
         directory = Path(directory)
-        if directory.exists() and any(directory.iterdir()):
-            raise UserInputError(f"--save {directory} is not empty: give a new directory")
-        directory.mkdir(parents=True, exist_ok=True)
-        self.edits[row["method"]].save(row["setting"], directory)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(directory)
+        with atomic_directory(directory) as scratch:  # whole or not at all
+            self.edits[row["method"]].save(row["setting"], scratch)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(scratch)
         return directory
 
 

@@ -13,8 +13,30 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 METHOD_LABELS = {"scale": "post-hoc: update scale", "intruder": "post-hoc: intruder scale"}
+
+
+class MitigationRow(BaseModel):
+    """One measured setting of a `mitigate` result, as far as the trade-off reads it."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    method: str
+    setting: float = Field(ge=0, le=1)
+    kl: float
+    ft_loss: float
+    ft_gain: float
+
+
+class MitigationFile(BaseModel):
+    """A `mitigate` result file (`mitigation.json`, `DIR/mitigation/ID.json`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    rows: list[MitigationRow] = Field(min_length=1)
+    base_ft_loss: float
 
 
 def training_label(record: dict) -> str:

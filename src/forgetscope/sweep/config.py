@@ -28,12 +28,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
-from forgetscope.files import read_text_file
+from forgetscope.files import plain_name, read_text_file
 from forgetscope.settings import LoraSettings, Settings, TargetModules, TrainSettings, describe
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSource(Strict):
@@ -72,17 +72,19 @@ class Grid(Strict):
     kl_weight: list[float] = _axis(TrainSettings, "kl_weight")
     l2_weight: list[float] = _axis(TrainSettings, "l2_weight")
 
-    @field_validator("*")
+    @field_validator("*", mode="before")
     @classmethod
-    def _each_value_is_a_valid_setting(cls, values: list, info: ValidationInfo) -> list:
+    def _each_value_is_a_valid_setting(cls, values: object, info: ValidationInfo) -> object:
+        if not isinstance(values, list):
+            return values  # the field's type says what is wrong
         if not values:
             raise ValueError("empty list: the grid would have no points")
         owner = LoraSettings if info.field_name in LoraSettings.model_fields else TrainSettings
-        for value in values:
+        for value in values:  # as written: `true` is no rank, though pydantic would read it as 1
             try:
-                owner(**{info.field_name: value})
-            except UserInputError as exc:  # "LoraSettings: `rank`: what is wrong"
-                raise ValueError(f"{value!r}: {str(exc).split('`: ', 1)[-1]}") from None
+                owner.check(info.field_name, value)
+            except UserInputError as exc:  # "rank: what is wrong"
+                raise ValueError(f"{value!r}: {str(exc).split(': ', 1)[-1]}") from None
         return values
 
 
@@ -100,7 +102,7 @@ class SweepConfig(Strict):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = "sweep"
+    name: str = Field("sweep", description="The sweep's name: its directory is sweeps/NAME unless --out is given.")
     base_model: str = Field("tiny", description="`tiny` (the embedded default), a model directory or a hub id.")
     tokenizer: str | None = Field(None, description="Tokenizer directory or hub id, if not the base model's.")
     finetune_data: DataSource
@@ -144,6 +146,21 @@ class SweepConfig(Strict):
     def section(self, name: str) -> BaseModel | None:
         """One evaluator's section, or None when the sweep does not enable it."""
         return self.sections().get(name)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        try:
+            return plain_name(value, "name")
+        except UserInputError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("grid")
+    @classmethod
+    def _some_grid(cls, value: Grid | list[Grid]) -> Grid | list[Grid]:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list of grids: the sweep would have no points")
+        return value
 
     @model_validator(mode="after")
     def _replay_has_a_corpus(self) -> SweepConfig:

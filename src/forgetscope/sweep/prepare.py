@@ -8,8 +8,10 @@ to wherever points run.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,6 +36,40 @@ class SweepInputs:
     base_predictions: BasePredictions | None = None
     replay_blocks: torch.Tensor | None = None
     """The replay corpus of the training mitigations (`replay_data`), if the sweep has one."""
+
+
+def save_inputs(inputs: SweepInputs, path: Path) -> None:
+    """Write `inputs` for points in other processes as one safetensors file (tensors, and the
+    paths and the base key as JSON metadata): unlike a pickle, loading it runs no code, so a
+    replaced file in a shared job folder can corrupt numbers at worst, never run a program."""
+    from safetensors.torch import save_file
+
+    from forgetscope.files import atomic_path
+
+    tensors = {"train_blocks": inputs.train_blocks, "ft_eval_blocks": inputs.ft_eval_blocks}
+    tensors |= {f"eval/{name}": blocks for name, blocks in inputs.eval_blocks.items()}
+    if inputs.replay_blocks is not None:
+        tensors["replay_blocks"] = inputs.replay_blocks
+    meta = {"base_path": inputs.base_path, "tokenizer_path": inputs.tokenizer_path, "eval": list(inputs.eval_blocks),
+            "base_key": None if inputs.base_predictions is None else inputs.base_predictions.key}
+    if inputs.base_predictions is not None:
+        tensors |= {f"base/{name}": hidden for name, hidden in inputs.base_predictions.hidden.items()}
+    with atomic_path(path) as scratch:
+        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(scratch), metadata={"forgetscope": json.dumps(meta)})
+
+
+def load_inputs(path: str | Path) -> SweepInputs:
+    """What `save_inputs` wrote."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["forgetscope"])
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    base = None
+    if meta["base_key"] is not None:
+        base = BasePredictions({name: tensors[f"base/{name}"] for name in meta["eval"]}, meta["base_key"])
+    return SweepInputs(meta["base_path"], meta["tokenizer_path"], tensors["train_blocks"], tensors["ft_eval_blocks"],
+                       {name: tensors[f"eval/{name}"] for name in meta["eval"]}, base, tensors.get("replay_blocks"))
 
 
 def point_device(config: SweepConfig) -> torch.device:

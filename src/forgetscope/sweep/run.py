@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from forgetscope.records import finished_points
 from forgetscope.sweep.config import SweepConfig, parse_config
 from forgetscope.sweep.evaluators import EVALUATORS
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext
 from forgetscope.sweep.grid import Point, expand
 from forgetscope.sweep.point import PointResult
 from forgetscope.sweep.prepare import check_modules, point_device, point_threads, prepare, resolve_base
-from forgetscope.sweep.store import SweepStore
+from forgetscope.sweep.store import SweepStore, check_resumable
 
 
 @dataclass
@@ -44,7 +45,12 @@ def run_sweep(
     check_modules(config, points, base_path)  # a config error must not leave a sweep directory behind
     for name, settings in config.sections().items():
         EVALUATORS.get(name).check(settings)
-    with SweepStore(out, config.canonical(), identity=lambda data: parse_config(data).identity()) as store:
+    identity = lambda data: parse_config(data).identity()  # noqa: E731
+    check_resumable(Path(out), config.canonical(), identity)
+    # Bad data is refused here, before the sweep directory is written (a resume of a finished
+    # sweep needs no inputs).
+    inputs = prepare(config, base_path) if any(p.point_id not in finished_points(out) for p in points) else None
+    with SweepStore(out, config.canonical(), identity=identity) as store:
         done, failed = store.finished(), store.failed()
         if retry_failed:
             for point_id in failed:
@@ -52,8 +58,8 @@ def run_sweep(
             failed = {}
         todo = [p for p in points if p.point_id not in done and p.point_id not in failed]
         skipped = [p.point_id for p in points if p not in todo]
-        if todo:  # bad data is refused here, before anything but a skeleton is written
-            context.inputs = prepare(config, base_path)
+        if todo:
+            context.inputs = inputs or prepare(config, base_path)
         _evaluate_base(config, base_path, store)
         if todo:
             with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:

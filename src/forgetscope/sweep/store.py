@@ -27,21 +27,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from forgetscope.errors import UserInputError
-from forgetscope.files import write_atomically
+from forgetscope.files import plain_name, read_json, read_text_file, write_atomically
 from forgetscope.records import Record, finished_points, read_records
 
 
-def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None = None) -> tuple[object, dict[str, object]]:
+class AnyObject(BaseModel):
+    """The least an artifact must be: a JSON object."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def read_artifacts(directory: str | Path, kind: str, finished: set[str] | None = None,
+                   schema: type[BaseModel] = AnyObject) -> tuple[object, dict[str, object]]:
     """`(base, {point_id: artifact})` of one kind from `DIR/KIND/`, for the finished points only
-    (`finished` defaults to what `DIR/points/` says)."""
+    (`finished` defaults to what `DIR/points/` says), each checked against `schema`."""
     if finished is None:
         finished = finished_points(directory)
-    folder = Path(directory) / kind
+    folder = Path(directory) / plain_name(kind, "artifact kind")
     base_path = folder / "base.json"
-    base = json.loads(base_path.read_text()) if base_path.is_file() else None
-    points = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))
+    base = read_json(base_path, f"{kind} result", schema) if base_path.is_file() else None
+    points = {path.stem: read_json(path, f"{kind} result", schema) for path in sorted(folder.glob("*.json"))
               if path.stem != "base" and path.stem in finished}
     return base, points
 
@@ -56,21 +64,13 @@ class SweepStore:
         self.dir = Path(directory)
         self.records_path = self.dir / "records.jsonl"
         self.points_dir = self.dir / "points"
-        if self.dir.exists() and not self.dir.is_dir():
-            raise UserInputError(f"--out {self.dir} is a file: give a directory")
         config_path = self.dir / "config.yaml"
-        if self.dir.is_dir() and not config_path.is_file() and not _is_skeleton(self.dir):
-            raise UserInputError(f"{self.dir} is not empty and holds no sweep config.yaml: use another --out directory")
+        check_resumable(self.dir, config, identity)
         self._lock = _lock(self.dir)
         try:
+            _remove_scratch(self.dir)  # of writers killed mid-write: the lock says none is alive
             if config_path.is_file() and not _is_skeleton(self.dir):
-                existing = yaml.safe_load(config_path.read_text()) or {}
-                if identity(existing) != identity(config):
-                    changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
-                    raise UserInputError(
-                        f"{self.dir} holds a sweep with a different config (differs in: {', '.join(changed)}): "
-                        "use another --out directory"
-                    )
+                check_resumable(self.dir, config, identity)  # again, now that no other process can change it
             else:
                 write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
             self.points_dir.mkdir(exist_ok=True)
@@ -111,7 +111,7 @@ class SweepStore:
 
     def mark(self, point_id: str, status: str, labels: dict, **extra) -> None:
         """Record that a point ended; "finished" makes its records count."""
-        write_atomically(self.points_dir / f"{point_id}.json", json.dumps({"status": status, **labels, **extra}, indent=2))
+        write_atomically(self.points_dir / f"{plain_name(point_id, 'point id')}.json", json.dumps({"status": status, **labels, **extra}, indent=2))
 
     def forget_point(self, point_id: str) -> None:
         """Drop a point's status (to run it again) and any records it left."""
@@ -128,18 +128,19 @@ class SweepStore:
     def save_artifact(self, kind: str, name: str, artifact: object) -> None:
         """Store an evaluator's result for `name` (a point id, or "base") as `DIR/KIND/NAME.json`,
         replacing any earlier one."""
-        (self.dir / kind).mkdir(exist_ok=True)
-        write_atomically(self.dir / kind / f"{name}.json", json.dumps(artifact))
+        folder = self.dir / plain_name(kind, "artifact kind")
+        folder.mkdir(exist_ok=True)
+        write_atomically(folder / f"{plain_name(name, 'artifact name')}.json", json.dumps(artifact))
 
     def save_adapter(self, point_id: str, files: dict[str, bytes]) -> Path:
         """Store a point's adapter files as `DIR/adapters/ID/`, whole or not at all (written
         beside it, then renamed into place)."""
-        target = self.dir / "adapters" / point_id
+        target = self.dir / "adapters" / plain_name(point_id, "point id")
         scratch = target.with_name(f".{point_id}.tmp")
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         for name, data in files.items():
-            (scratch / name).write_bytes(data)
+            (scratch / plain_name(name, "adapter file")).write_bytes(data)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(scratch, target)
         return target
@@ -187,11 +188,40 @@ class SweepStore:
                 self._records = open(self.records_path, "a")
 
 
+def check_resumable(directory: Path, config: dict, identity: Callable[[dict], object] = lambda data: data) -> None:
+    """Refuse, writing nothing, a directory a sweep of `config` cannot start or resume in: a
+    file, a directory that holds something else, or a sweep of another config."""
+    if directory.exists() and not directory.is_dir():
+        raise UserInputError(f"--out {directory} is a file: give a directory")
+    if not directory.is_dir() or _is_skeleton(directory):
+        return
+    config_path = directory / "config.yaml"
+    if not config_path.is_file():
+        raise UserInputError(f"{directory} is not empty and holds no sweep config.yaml: use another --out directory")
+    existing = read_config_data(config_path)
+    if identity(existing) != identity(config):
+        changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
+        raise UserInputError(f"{directory} holds a sweep with a different config (differs in: {', '.join(changed)}): "
+                             "use another --out directory")
+
+
+def read_config_data(path: Path) -> dict:
+    """The mapping a sweep directory's `config.yaml` holds, as written (not yet validated)."""
+    text = read_text_file(path, "sweep config")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"sweep config {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"sweep config {path} holds a {type(data).__name__}, not a mapping of settings")
+    return data
+
+
 def _is_skeleton(directory: Path) -> bool:
     """True if `directory` holds no result: nothing but a config, the lock, an empty
     `points/` and an empty records file (what a start killed or refused early leaves)."""
     for entry in directory.iterdir():
-        if entry.name in ("config.yaml", ".lock") and entry.is_file():
+        if entry.name in ("config.yaml", ".lock") and entry.is_file() or _is_scratch(entry):
             continue
         if entry.name == "points" and entry.is_dir() and not any(entry.iterdir()):
             continue
@@ -199,6 +229,21 @@ def _is_skeleton(directory: Path) -> bool:
             continue
         return False
     return True
+
+
+def _is_scratch(path: Path) -> bool:
+    """A scratch file of `files.write_atomically` (`.NAME.PID.tmp`): a writer killed mid-write
+    leaves one; once the directory's lock is ours, no live writer owns it."""
+    parts = path.name.split(".")
+    return path.name.startswith(".") and len(parts) >= 4 and parts[-1] == "tmp" and parts[-2].isdigit()
+
+
+def _remove_scratch(directory: Path) -> None:
+    for folder in (directory, directory / "points"):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if _is_scratch(entry) and entry.is_file():
+                    entry.unlink(missing_ok=True)
 
 
 def _lock(directory: Path):

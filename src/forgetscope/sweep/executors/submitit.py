@@ -1,6 +1,8 @@
 """`submitit`: one job per point through submitit (github.com/facebookincubator/submitit),
 the way research clusters run Python on Slurm. The shared inputs are saved once into the
-job folder; each job loads them, runs its point and returns its `PointResult` to the driver.
+job folder as safetensors (no pickle: loading them runs no code); each job loads them, runs
+its point and returns its `PointResult` to the driver. submitit's own job files in that
+folder are pickles, so the folder must be one only trusted users can write.
 
 Options (`--executor-option KEY=VALUE`):
 - `cluster`: `slurm`, `local` (subprocesses on this machine: no Slurm needed) or `auto`
@@ -17,18 +19,17 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 from forgetscope.errors import UserInputError
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext, run_remote
 from forgetscope.sweep.grid import Point
 from forgetscope.sweep.point import PointResult
+from forgetscope.sweep.prepare import load_inputs, save_inputs
 
 POLL_SECONDS = 1.0
 
 
 def _run_job(config_data: dict, point: Point, inputs_path: str) -> PointResult:
-    return run_remote(config_data, point, torch.load(inputs_path, weights_only=False))
+    return run_remote(config_data, point, load_inputs(inputs_path))
 
 
 class SubmititExecutor:
@@ -61,8 +62,8 @@ class SubmititExecutor:
         if self.options["partition"]:
             parameters["slurm_partition"] = self.options["partition"]
         self.executor.update_parameters(**parameters)
-        self.inputs_path = folder / "inputs.pt"
-        torch.save(self.context.inputs, self.inputs_path)
+        self.inputs_path = folder / "inputs.safetensors"
+        save_inputs(self.context.inputs, self.inputs_path)
         self.config_data = self.context.config.canonical()
         return self
 
