@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import assert_user_error, run_cli
+from forgetscope.errors import UserInputError
 from law_helpers import write_sweep
 
 
@@ -166,3 +167,230 @@ def test_a_sweep_out_that_is_a_file_is_refused(paths, tmp_path, capsys):
     code, _, err = run_cli(["sweep", config, "--out", paths["{file}"]], capsys)
     assert_user_error(code, err, "is a file")
     assert Path(paths["{file}"]).read_text() == "not a directory"
+
+
+# -- round three: the classes (issue 26); the fuzzer (`test_fuzz_cli.py`) draws the rest --------
+
+ROUND_THREE = [
+    ("mitigate --batch-size 0", "--batch-size"),
+    ("mitigate --scales none --intruder-scales none --base {base}", "nothing to measure"),
+    ("mitigate --sweep {fitted} --point ../../evil", "is not a plain name"),
+    ("mitigate --sweep {fitted} --point /etc", "is not a plain name"),
+    ("mitigate --base {base} --adapter {dir} --eval-data {eval} --ft-eval-data {train} --out {tmp}/m.png", "where the plot goes"),
+    ("measure --base {base} --finetuned {base} --eval-data {eval} --seed -1", "--seed"),
+    ("measure --base {base} --finetuned {base} --eval-data {eval} --bootstrap 1000000000", "--bootstrap"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --learning-rate inf", "--learning-rate"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --lora-alpha inf", "--lora-alpha"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --kl-weight inf", "--kl-weight"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --scheduler nosuch", "unknown scheduler"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --target-modules embed_tokens", "P (the non-embedding parameters trained) would be 0"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --target-modules lm_head", "would be 0"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --target-modules q_proj,v_prj", "'v_prj' matches no module"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --layers 0,7", "layer 7 does not exist"),
+    ("train --base {base} --train-data {train} --eval-data {eval} --out {tmp}/r --rank 64", "exceeds"),
+    ("train --base {base} --train-data {tmp}/missing.txt --eval-data {eval} --out {tmp}/r", "--train-data file not found"),
+    ("measure --base {base} --finetuned {base} --eval-data {tmp}/number-text.jsonl", "record 1's 'text' is a int"),
+    ("measure --base {base} --finetuned {base} --eval-data {tmp}/mixed-text.jsonl", "record 2's 'text' is a int"),
+    ("measure --base {base} --finetuned {base} --eval-data {tmp}/bare.json", "holds a bare JSON value"),
+    ("measure --base {base} --finetuned {base} --eval-data {tmp}/int.parquet", "record 1's 'text' is a int"),
+    ("measure --base {base} --finetuned {base} --eval-data {tmp}/loop", "Too many levels of symbolic links"),
+    ("measure --base {base} --finetuned {base} --eval-data {eval} --sequences {file}/below", "Not a directory"),
+    ("measure --base {tmp}/evil --finetuned {base} --eval-data {eval}", "holds objects other than tensors"),
+    ("fit {tmp}/negative-kl", "is negative"),
+    ("fit {tmp}/duplicated", "holds two records of point"),
+    ("predict {tmp}/markup --params 5000 --steps 10", "`claims.0.verdict`"),
+    ("predict {tmp}/params-as-list --params 5000 --steps 10", "`kl.params`"),
+    ("report {tmp}/other-fits", "was fitted on other records"),
+    ("synthetic --config {tmp}/empty.yaml --out {tmp}/syn", "is empty"),
+    ("eval --base {base} --finetuned {base} --judge os:getcwd", "--judge and --harmful are the safety suite's"),
+    ("conjugate probe --base {base} --finetuned {base} --judge json:dumps", "must take (instruction, response)"),
+]
+
+
+@pytest.fixture
+def round_three(paths, fitted, tmp_path) -> dict[str, str]:
+    """The broken files of ROUND_THREE, beside `paths`' ones."""
+    import shutil
+
+    import pandas as pd
+    import torch
+
+    tmp = Path(paths["{tmp}"])
+    (tmp / "number-text.jsonl").write_text('{"text": 5}\n')
+    (tmp / "mixed-text.jsonl").write_text('{"text": "In the beginning God created the heaven and the earth."}\n{"text": 6}\n')
+    (tmp / "bare.json").write_text("5\n")
+    pd.DataFrame({"text": [1, 2]}).to_parquet(tmp / "int.parquet")
+    (tmp / "loop").symlink_to(tmp / "loop")
+    (tmp / "empty.yaml").write_text("")
+    evil = tmp / "evil"
+    shutil.copytree(paths["{base}"], evil)
+    (evil / "model.safetensors").unlink()
+    torch.save({"weight": torch.zeros(1), "payload": _RunsCode()}, evil / "pytorch_model.bin")
+    write_sweep(tmp / "negative-kl", arms=("all-linear",), ranks=(1, 2))
+    with open(tmp / "negative-kl" / "records.jsonl", "a") as f:
+        f.write('{"point_id": "z", "step": 3, "trainable_params": 10, "kl": -0.5, "forgetting_ce": 1.0, "ft_loss": 2.0}\n')
+    duplicated = write_sweep(tmp / "duplicated", arms=("all-linear",), ranks=(1, 2)) / "records.jsonl"
+    duplicated.write_text(duplicated.read_text() * 2)
+    for name, patch in {"markup": ("claims", [{"claim": "x", "verdict": "<script>alert(1)</script>", "evidence": "y"}]),
+                        "params-as-list": ("kl", None)}.items():
+        shutil.copytree(fitted, tmp / name)
+        fits = json.loads((fitted / "fits.json").read_text())
+        if name == "params-as-list":
+            fits["kl"]["params"] = [1, 2]
+        else:
+            fits[patch[0]] = patch[1]
+        (tmp / name / "fits.json").write_text(json.dumps(fits))
+    other = write_sweep(tmp / "other-fits", arms=("all-linear",), ranks=(1, 2, 4), seed=5)
+    shutil.copyfile(fitted / "fits.json", other / "fits.json")
+    return paths
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+@pytest.mark.parametrize("command, fragment", ROUND_THREE, ids=[c[0].split()[0] + ": " + c[1] for c in ROUND_THREE])
+def test_round_three_bad_input_is_one_line_and_exit_2(command, fragment, round_three, capsys):
+    test_bad_input_is_one_line_and_exit_2(command, fragment, round_three, capsys)
+
+
+def test_an_error_of_the_file_system_is_one_line_and_leaves_no_scratch_file(paths, monkeypatch, tmp_path, capsys):
+    import builtins
+    import errno
+    import os
+
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if "w" in mode and str(file).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    code, _, err = run_cli(["measure", "--base", paths["{base}"], "--finetuned", paths["{base}"], "--eval-data", paths["{eval}"],
+                            "--sequences", tmp_path / "seq.jsonl", "--bootstrap", "0"], capsys)
+    assert_user_error(code, err, "Read-only file system")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bug_is_one_line_exit_1_with_the_traceback_in_a_log(fitted, monkeypatch, capsys):
+    import forgetscope.laws.select
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside went wrong")
+
+    monkeypatch.setattr(forgetscope.laws.select, "fit_sweep", broken)
+    code, _, err = run_cli(["fit", fitted], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unexpected RuntimeError: something inside went wrong"), err
+    log = lines[0].split("the traceback is in ")[1].split(",")[0]
+    assert "Traceback" in Path(log).read_text() and "something inside went wrong" in Path(log).read_text()
+
+
+# -- security and crash-safety holes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [{"name": "../../escaped"}, {"name": "/tmp/escaped-absolute"},
+                                    {"grid": {"rank": [1], "target_modules": [["../../../../escaped"]]}}])
+def test_a_name_that_would_escape_the_sweep_directory_is_refused(change, paths, tmp_path, monkeypatch, capsys):
+    from sweep_helpers import tiny_sweep_config, write_config
+
+    work = tmp_path / "deep" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    config = write_config(work / "s.yaml", tiny_sweep_config(Path(paths["{base}"]), [Path(paths["{eval}"]), Path(paths["{train}"])],
+                                                             **change))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run_cli(["sweep", config] + (["--out", work / "s"] if "grid" in change else []), capsys)
+    assert_user_error(code, err, "name")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert not Path("/tmp/escaped-absolute").exists()
+
+
+def test_the_submitit_job_folder_holds_no_pickle_of_ours(tmp_path):
+    """A replaced inputs file cannot run code: it is safetensors, which loading never executes."""
+    import torch
+    from safetensors import SafetensorError
+
+    from forgetscope.base_cache import BasePredictions
+    from forgetscope.sweep.executors.submitit import _run_job
+    from forgetscope.sweep.prepare import SweepInputs, load_inputs, save_inputs
+
+    inputs = SweepInputs("base", "tok", torch.arange(12).view(3, 4), torch.arange(4).view(1, 4), {"docs": torch.ones(2, 4, dtype=torch.long)},
+                         BasePredictions({"docs": torch.rand(2, 4, 3)}, "key"), None)
+    path = tmp_path / "inputs.safetensors"
+    save_inputs(inputs, path)
+    back = load_inputs(path)
+    assert torch.equal(back.train_blocks, inputs.train_blocks) and torch.equal(back.eval_blocks["docs"], inputs.eval_blocks["docs"])
+    assert torch.equal(back.base_predictions.hidden["docs"], inputs.base_predictions.hidden["docs"]) and back.base_predictions.key == "key"
+    marker = tmp_path / "ran"
+    torch.save({"payload": _TouchesMarker(str(marker))}, path)  # what an attacker would put there
+    with pytest.raises(SafetensorError):
+        _run_job({}, None, str(path))
+    assert not marker.exists()
+
+
+class _TouchesMarker:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_crafted_verdict_never_reaches_the_report(fitted, tmp_path, capsys):
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(fitted, sweep)
+    fits = json.loads((sweep / "fits.json").read_text())
+    fits["claims"] = [{"claim": "x", "verdict": "<script>alert(1)</script>", "evidence": "y"}]
+    (sweep / "fits.json").write_text(json.dumps(fits))
+    code, _, err = run_cli(["report", sweep], capsys)
+    assert_user_error(code, err, "`claims.0.verdict`")
+    assert not (sweep / "report.html").exists() and not list(sweep.glob("*.png"))
+
+
+def test_a_sweep_killed_during_its_first_config_write_starts_again(tmp_path):
+    from forgetscope.sweep.store import SweepStore
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / ".config.yaml.4242.tmp").write_text("name: half-writ")  # a scratch file of the killed writer
+    (out / ".lock").write_text("4242\n")
+    with SweepStore(out, {"name": "x"}) as store:
+        assert store.finished() == set()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml", "points", "records.jsonl"]
+
+
+def test_a_sweep_refused_for_its_data_writes_no_directory(paths, tmp_path, capsys):
+    from sweep_helpers import tiny_sweep_config, write_config
+
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    config = write_config(tmp_path / "s.yaml", tiny_sweep_config(Path(paths["{base}"]), [Path(paths["{eval}"]), binary]))
+    code, _, err = run_cli(["sweep", config, "--out", tmp_path / "out"], capsys)
+    assert_user_error(code, err, "not UTF-8 text")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_resumed_on_changed_data_is_refused(tmp_path):
+    from forgetscope.sweep.store import SweepStore
+
+    with SweepStore(tmp_path / "s", {"name": "x"}) as store:
+        store.check_data("aaa")
+    with SweepStore(tmp_path / "s", {"name": "x"}) as store:
+        store.check_data("aaa")  # the same text: fine
+        with pytest.raises(UserInputError, match="measured on other text"):
+            store.check_data("bbb")
+
+
+def test_fit_reads_records_with_crlf_line_ends_as_it_reads_lf(tmp_path):
+    from forgetscope.laws.select import fit_sweep
+
+    lf = write_sweep(tmp_path / "lf", arms=("all-linear",), ranks=(1, 2, 4))
+    crlf = write_sweep(tmp_path / "crlf", arms=("all-linear",), ranks=(1, 2, 4))
+    (crlf / "records.jsonl").write_bytes((crlf / "records.jsonl").read_bytes().replace(b"\n", b"\r\n"))
+    assert fit_sweep(crlf, n_bootstrap=5)["kl"]["params"] == fit_sweep(lf, n_bootstrap=5)["kl"]["params"]

@@ -21,6 +21,7 @@ import typer
 
 from forgetscope import render
 from forgetscope.errors import UserInputError
+from forgetscope.files import check_output_dir, check_output_file, write_atomically
 from forgetscope.settings import CommandOptions, LoraSettings, MitigationSettings, Settings, TrainSettings
 
 app = typer.Typer(
@@ -119,10 +120,10 @@ def measure(
     from forgetscope.metric import measure_forgetting
     from forgetscope.models import check_files_exist, check_seq_len, load_pair
 
-    if sequences is not None and sequences.is_dir():
-        raise UserInputError(f"--sequences {sequences} is a directory: give a file path")
-    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
-        raise UserInputError(f"--cache-dir {cache_dir} is a file: give a directory")
+    if sequences is not None:
+        check_output_file(sequences, "--sequences")
+    if cache_dir is not None:
+        check_output_dir(cache_dir, "--cache-dir")
     check_files_exist(eval_data, "eval data file")  # before loading a large model, not after
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype.value, device=device)
     check_seq_len(pair.finetuned, seq_len)
@@ -177,7 +178,6 @@ def mitigate(
     as_json: Json = False,
 ) -> None:
     """Post-hoc mitigation of an existing fine-tune: scale its update (WiSE-FT for full weights) or its intruder dimensions, and see what each setting trades."""
-    from forgetscope.files import write_atomically
     from forgetscope.mitigate import inputs as mitigation_inputs
     from forgetscope.mitigate import posthoc
     from forgetscope.mitigate.tradeoff import plot_posthoc
@@ -187,8 +187,14 @@ def mitigate(
                                           intruder_threshold=intruder_threshold, intruder_top_k=intruder_top_k)
     if save is not None and budget is None:
         raise UserInputError("--save writes the setting chosen within --budget: give --budget too")
-    if save is not None and save.exists() and any(save.iterdir()):
-        raise UserInputError(f"--save {save} is not empty: give a new directory")
+    if save is not None and save.exists() and (not save.is_dir() or any(save.iterdir())):
+        raise UserInputError(f"--save {save} is {'a file' if not save.is_dir() else 'not empty'}: give a new directory")
+    if out is not None:
+        if out.suffix.lower() == ".png":
+            raise UserInputError(f"--out {out} is where the plot goes: give a .json file path (the plot is written beside it, .png)")
+        check_output_file(out, "--out")
+    if save is not None:
+        check_output_dir(save, "--save")
     if sweep is not None:
         if any(v is not None for v in (base, adapter, finetuned, eval_data, ft_eval_data)):
             raise UserInputError("--sweep takes the model and the data from the sweep: leave out --base, --adapter, --finetuned and the data")
@@ -208,8 +214,14 @@ def mitigate(
             if result["chosen"] is None:
                 raise UserInputError(f"no setting keeps KL within --budget {budget}: nothing to save (add smaller --scales)")
             result["saved"] = str(grid.save(result["chosen"], save, inputs.tokenizer))
-    write_atomically(out, json.dumps(result, indent=1))
-    result["plot"] = str(plot_posthoc(result, out.with_suffix(".png")))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot = plot_posthoc(result, out.with_suffix(".png"))
+    try:
+        write_atomically(out, json.dumps(result, indent=1))
+    except BaseException:
+        plot.unlink(missing_ok=True)  # a failed command leaves nothing behind
+        raise
+    result["plot"] = str(plot)
     if as_json:
         print(json.dumps(result))
     else:
@@ -281,7 +293,9 @@ def train(
         fits = load_fits(law)
     if settings.needs_replay and not replay_data:
         raise UserInputError("--replay-fraction and --kl-weight need a replay corpus: give --replay-data")
-    check_files_exist([*train_data, *eval_data, *(ft_eval_data or []), *(replay_data or [])], "data file")
+    for files, what in ((train_data, "--train-data file"), (eval_data, "--eval-data file"),
+                        (ft_eval_data or [], "--ft-eval-data file"), (replay_data or [], "--replay-data file")):
+        check_files_exist(files, what)
     tokenizer = load_tokenizer(base)
     model = load_causal_lm(base, device=resolve_device(device))
     check_seq_len(model, seq_len)
@@ -298,8 +312,14 @@ def train(
         replay = group_into_blocks(replay_docs, tokenizer, seq_len, steps * batch_size * seq_len)
         if len(replay) == 0:
             raise UserInputError(f"--replay-data is shorter than one sequence of {seq_len} tokens")
-    records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=True,  # bars on stderr: --json keeps stdout for the JSON
-                       replay_blocks=replay, overwrite=overwrite, law=fits)
+    created = not out.exists()
+    try:
+        records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=True,  # bars on stderr: --json keeps stdout for the JSON
+                           replay_blocks=replay, overwrite=overwrite, law=fits)
+    except Exception:
+        if created:  # a run that failed (a full disk, say) leaves no half-written directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if as_json:
         print(json.dumps(records))
     else:
@@ -338,8 +358,7 @@ def sweep(
             raise UserInputError("--address joins a Ray cluster: use it with --executor ray")
         options["address"] = address
     sweep_config = load_config(config)
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file: give a directory")
+    check_output_dir(out or Path("sweeps") / sweep_config.name, "--out")
     result = run_sweep(sweep_config, out or Path("sweeps") / sweep_config.name, executor, options, retry_failed)
     render.print_sweep_summary(result)
 
@@ -418,6 +437,7 @@ def demo(
     from forgetscope.demo import run_demo
     from forgetscope.laws.select import load_fits
 
+    check_output_dir(out, "--out")
     render.print_demo_intro()
     result, summary = run_demo(out)
     render.print_demo(result, summary, load_fits(out / "sweep") if summary["report"] else None, out)
@@ -472,8 +492,7 @@ def synthetic(
     from forgetscope.synthetic.experiment import run_experiment
     from forgetscope.synthetic.plots import write_outputs
 
-    if out.exists() and not out.is_dir():  # before minutes of training, not after
-        raise UserInputError(f"--out {out} is a file: give a directory")
+    check_output_dir(out, "--out")  # before minutes of training, not after
     results = run_experiment(load_config(config, seed=seed))
     write_outputs(results, out)
     if as_json:
@@ -554,6 +573,7 @@ def tiny_pretrain(
     from forgetscope.tiny.model import TinyConfig, pretrain
     from forgetscope.tiny.shipped import compare_with_shipped
 
+    check_output_dir(out, "--out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserInputError(f"--out {out} is {'a file' if not out.is_dir() else 'not empty'}: give a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -578,7 +598,9 @@ def main() -> None:
 
         hf_logging.disable_progress_bar()
     try:
-        code = app(args=[a for a in sys.argv[1:] if a != "--debug"], standalone_mode=False)
+        with warnings.catch_warnings(record=True) as caught:
+            code = app(args=[a for a in sys.argv[1:] if a != "--debug"], standalone_mode=False)
+        _print_warnings(caught)  # after a success only: an error is one line, whatever was warned on the way
     except UserInputError as exc:
         _fail(str(exc), 2)
     except OSError as exc:
@@ -597,6 +619,11 @@ def main() -> None:
               "or run again with --debug)", 1)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for message in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()):
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def describe_os_error(exc: OSError) -> str:

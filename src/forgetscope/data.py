@@ -28,15 +28,17 @@ def read_documents(path: str | Path, text_column: str = "text") -> dict[str, lis
     import datasets
 
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"data file {path} is a directory: give a file")
     if not path.is_file():
-        raise UserInputError(f"eval data file not found: {path}")
+        raise UserInputError(f"data file not found: {path}")
     loader = _LOADERS.get(path.suffix.lower())
     if loader is None:
         raise UserInputError(f"unsupported data file type {path.suffix!r} for {path} (use .txt, .jsonl, .json or .parquet)")
     _check_content(path, loader)
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity_error()  # its log lines would come before the one error line
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log lines would come before the one error line
     try:
         table = datasets.load_dataset(loader, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a malformed file
@@ -48,6 +50,10 @@ def read_documents(path: str | Path, text_column: str = "text") -> dict[str, lis
     if text_column not in table.column_names:
         raise UserInputError(f"{path} has no {text_column!r} column (columns: {', '.join(table.column_names)})")
     texts = [t if t is not None else "" for t in table[text_column]]
+    wrong = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if wrong is not None:
+        raise UserInputError(f"{path}: record {wrong + 1}'s {text_column!r} is a {type(texts[wrong]).__name__} "
+                             f"({str(texts[wrong])[:40]!r}), not text")
     if "domain" not in table.column_names:
         return {path.stem: texts}
     by_domain: dict[str, list[str]] = {}
@@ -78,6 +84,8 @@ def _check_content(path: Path, loader: str) -> None:
         if exc.start < len(head) - 3:  # not just a character cut at the end of what was read
             raise UserInputError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
         text = head[: exc.start].decode("utf-8")
+    if loader == "json" and path.suffix.lower() == ".json" and text.strip() and text.lstrip()[0] not in "{[":
+        raise UserInputError(f"{path} holds a bare JSON value, not records (a list of objects, or one object a line)")
     if loader == "json" and path.suffix.lower() == ".jsonl":
         lines = text.splitlines()
         for number, line in enumerate(lines[:-1] if len(head) == 1 << 16 else lines, 1):

@@ -69,6 +69,35 @@ def plain_name(name: str, what: str) -> str:
     return name
 
 
+def check_output_dir(path: str | Path, what: str) -> None:
+    """Refuse, before any work, a directory that could not be written: a file, a path under a
+    file, a symlink loop, or one whose nearest existing parent this process may not write."""
+    import stat
+
+    path = Path(path)
+    for ancestor in [path, *path.parents]:
+        try:
+            mode = ancestor.stat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # a path under a file, a symlink loop
+            raise UserInputError(f"{what} {path}: {exc.strerror}") from None
+        if not stat.S_ISDIR(mode):
+            where = "is a file" if ancestor == path else f"is under {ancestor}, a file"
+            raise UserInputError(f"{what} {path} {where}: give a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise UserInputError(f"{what} {path}: {ancestor} is not writable (permission denied)")
+        return
+
+
+def check_output_file(path: str | Path, what: str) -> None:
+    """`check_output_dir` for the folder of a file to be written, and the file is no directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{what} {path} is a directory: give a file path")
+    check_output_dir(path.parent, what)
+
+
 def scratch_path(path: Path) -> Path:
     """The scratch file a writer of `path` uses: hidden, beside it, named by the writer's process."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,7 +54,26 @@ def load_judge(spec: str | None) -> Judge:
     judge = getattr(module, function, None)
     if not callable(judge):
         raise UserInputError(f"judge module {module_name!r} has no function {function!r}")
-    return judge
+    try:
+        inspect.signature(judge).bind("an instruction", "a response")
+    except TypeError:
+        raise UserInputError(f"judge {spec} must take (instruction, response) and return a bool; its signature is "
+                             f"{function}{inspect.signature(judge)}") from None
+    except ValueError:
+        pass  # a builtin without a signature: it is called as it is
+    return _checked(judge, spec)
+
+
+def _checked(judge: Judge, spec: str) -> Judge:
+    """`judge`, with an answer that is not a bool turned into a one-line error."""
+
+    def call(instruction: str, response: str) -> bool:
+        verdict = judge(instruction, response)
+        if type(verdict).__name__ not in ("bool", "bool_"):  # Python's or numpy's
+            raise UserInputError(f"judge {spec} returned a {type(verdict).__name__}, not a bool")
+        return verdict
+
+    return call
 
 
 def read_instructions(path: str | Path) -> list[str]:

@@ -8,6 +8,7 @@ failure modes into one clear `UserInputError`.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +120,20 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
         raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
     except OSError as exc:
         raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
+    except pickle.UnpicklingError:
+        raise UserInputError(unsafe_pickle(name)) from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserInputError(f"{name} lacks {len(missing)} of the model's weights ({', '.join(missing[:2])}"
                              f"{', ...' if len(missing) > 2 else ''}), which would be newly initialised: not a complete causal LM")
     return model.to(device).eval()
+
+
+def unsafe_pickle(where: str) -> str:
+    """The refusal of a `.bin` checkpoint whose pickle holds more than tensors."""
+    files = sorted(p.name for p in Path(where).glob("*.bin")) if Path(where).is_dir() else []
+    return (f"{Path(where) / files[0] if files else where} holds objects other than tensors, which could run code when "
+            "unpickled: refused (load it only if you trust it, and save it as safetensors)")
 
 
 def load_adapter(base_model, adapter: str):
@@ -133,6 +143,8 @@ def load_adapter(base_model, adapter: str):
 
     try:
         return PeftModel.from_pretrained(base_model, adapter).eval()
+    except pickle.UnpicklingError:
+        raise UserInputError(unsafe_pickle(adapter)) from None
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise UserInputError(f"cannot apply adapter {adapter} to the base model: {_first_line(exc)}") from exc
 
@@ -182,6 +194,8 @@ def check_seq_len(model, seq_len: int) -> None:
 def check_files_exist(paths, what: str) -> None:
     """Every path is a file, or a one-line error naming the first that is not."""
     for path in paths:
+        if Path(path).is_dir():
+            raise UserInputError(f"{what} {path} is a directory: give a file")
         if not Path(path).is_file():
             raise UserInputError(f"{what} not found: {path}")
 

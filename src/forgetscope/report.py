@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -384,8 +386,9 @@ def _sweep_title(directory: Path) -> str:
     return f"{name}" + (f" on {base}" if base else "")
 
 
-def _laws_part(directory: Path, table, fits: dict) -> tuple[dict[str, str], str, str]:
-    """`(images, introduction, tables)` of the fitted laws: everything the report says of plain fine-tuning."""
+def _laws_part(directory: Path, table, fits: dict, out: Path) -> tuple[dict[str, str], str, str]:
+    """`(images, introduction, tables)` of the fitted laws: everything the report says of plain
+    fine-tuning; the images are drawn into `out`."""
     images = {
         "kl_vs_steps.png": "KL to the base against steps: a colour per rank, a line style per module set, the fitted law and its 95% band",
         "forgetting_vs_steps.png": "Forgetting L_f against steps, with the fitted law and its 95% band",
@@ -393,18 +396,18 @@ def _laws_part(directory: Path, table, fits: dict) -> tuple[dict[str, str], str,
         "residuals.png": "Log residuals of the full fits against steps, coloured by P",
         "forgetting_vs_ft_loss.png": "Forgetting against fine-tuning loss: the paper's inverse linear relation, per module set",
     }
-    _law_vs_steps(table, fits["kl"], "kl", "KL(base ‖ fine-tuned) against steps", directory / "kl_vs_steps.png")
-    _law_vs_steps(table, fits["forgetting_ce"], "forgetting_ce", "Forgetting L_f against steps", directory / "forgetting_vs_steps.png")
-    _forecasts_plot(fits, directory / "heldout.png")
-    _residuals(table, fits, directory / "residuals.png")
-    _vs_ft_loss(table, fits["linear"], directory / "forgetting_vs_ft_loss.png")
-    if _matched_plot(fits, table, directory / "matched.png"):
+    _law_vs_steps(table, fits["kl"], "kl", "KL(base ‖ fine-tuned) against steps", out / "kl_vs_steps.png")
+    _law_vs_steps(table, fits["forgetting_ce"], "forgetting_ce", "Forgetting L_f against steps", out / "forgetting_vs_steps.png")
+    _forecasts_plot(fits, out / "heldout.png")
+    _residuals(table, fits, out / "residuals.png")
+    _vs_ft_loss(table, fits["linear"], out / "forgetting_vs_ft_loss.png")
+    if _matched_plot(fits, table, out / "matched.png"):
         images["matched.png"] = "KL at matched fine-tuning gain, one line per run"
-    if _domains(fits, directory / "domains.png"):
+    if _domains(fits, out / "domains.png"):
         images["domains.png"] = "Forgetting per eval domain over the steps of the largest run"
     downstream = downstream_against_forgetting(directory, table)
     if downstream is not None:
-        _downstream_plot(downstream, directory / "downstream.png")
+        _downstream_plot(downstream, out / "downstream.png")
         images["downstream.png"] = "Downstream drop of each task against forgetting L_f, one dot per point (± paired SE)"
     kl = fits["kl"]
     validation, coverage = kl["validation"], kl.get("interval", {}).get("coverage", {})
@@ -447,9 +450,9 @@ def _mitigation_inputs(directory: Path) -> tuple[list[dict], dict[str, dict]] | 
     return records, posthoc
 
 
-def _mitigation_part(directory: Path, records: list[dict], posthoc: dict[str, dict]) -> tuple[dict[str, str], str]:
+def _mitigation_part(out: Path, records: list[dict], posthoc: dict[str, dict]) -> tuple[dict[str, str], str]:
     """The trade-off plot and tables of a sweep's mitigated runs and of every post-hoc
-    `mitigate --sweep` result kept in `DIR/mitigation/`."""
+    `mitigate --sweep` result kept in `DIR/mitigation/`; the plot is drawn into `out`."""
     from forgetscope.mitigate import tradeoff
     from forgetscope.records import is_mitigated
 
@@ -459,7 +462,7 @@ def _mitigation_part(directory: Path, records: list[dict], posthoc: dict[str, di
     for point_id, result in sorted(posthoc.items()):
         suffix = f" ({point_id})" if len(posthoc) > 1 else ""
         curves.update({label + suffix: c for label, c in tradeoff.posthoc_curves(result).items()})
-    tradeoff.plot_tradeoff(curves, directory / "tradeoff.png", "Fine-tuning gain against forgetting, per mitigation")
+    tradeoff.plot_tradeoff(curves, out / "tradeoff.png", "Fine-tuning gain against forgetting, per mitigation")
     reference = curves.get("no mitigation", [])
     full_gain = min((c[-1]["gain"] for c in reference), default=None)
     matched = []
@@ -506,19 +509,31 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     mitigation = _mitigation_inputs(directory)
     if not_fitted is not None and mitigation is None:
         raise not_fitted
-    mitigation_images, mitigation_html = _mitigation_part(directory, *mitigation) if mitigation else ({}, "")
-    if not_fitted is not None:
-        images, laws_html = {}, f"<h2>Laws</h2><p>Not fitted on this sweep: {html.escape(str(not_fitted))}.</p>"
-        intro = "<p>Forgetting L_f is the cross-entropy of the fine-tuned model's next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>"
-    else:
-        images, intro, laws_html = _laws_part(directory, table, fits)
-    images.update(mitigation_images)
-    figures = "".join(
-        f"<figure><img src='data:image/png;base64,{base64.b64encode((directory / name).read_bytes()).decode()}' "
-        f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
-        for name, caption in images.items()
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>forgetscope: {title}</title>
+    # The images are drawn into a scratch folder and moved beside the records at the end: a
+    # failure half way (a full disk) leaves the earlier report as it was.
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".report-") as scratch:
+        drawn = Path(scratch)
+        mitigation_images, mitigation_html = _mitigation_part(drawn, *mitigation) if mitigation else ({}, "")
+        if not_fitted is not None:
+            images, laws_html = {}, f"<h2>Laws</h2><p>Not fitted on this sweep: {html.escape(str(not_fitted))}.</p>"
+            intro = "<p>Forgetting L_f is the cross-entropy of the fine-tuned model's next-token distribution against the base model's on held-out text; KL = L_f - H_base.</p>"
+        else:
+            images, intro, laws_html = _laws_part(directory, table, fits, drawn)
+        images.update(mitigation_images)
+        figures = "".join(
+            f"<figure><img src='data:image/png;base64,{base64.b64encode((drawn / name).read_bytes()).decode()}' "
+            f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+            for name, caption in images.items()
+        )
+        out = directory / "report.html"
+        write_atomically(out, _page(title, intro, figures, mitigation_html, laws_html))  # whole, or the previous one
+        for name in images:
+            os.replace(drawn / name, directory / name)
+    return out
+
+
+def _page(title: str, intro: str, figures: str, mitigation_html: str, laws_html: str) -> str:
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>forgetscope: {title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 1em .5em 0;display:inline-table;vertical-align:top}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}}th{{background:#f3f3f3}}td:first-child{{text-align:left}}
 table.claims td{{text-align:left}}td.holds{{background:#e3f4e3}}td.fails{{background:#f8e0e0}}td.mixed{{background:#fbf1d9}}
@@ -529,6 +544,3 @@ figure{{display:inline-block;margin:.5em}}img{{max-width:100%}}figcaption{{font-
 {mitigation_html}
 {laws_html}
 </body></html>"""
-    out = directory / "report.html"
-    write_atomically(out, page)  # a kill mid-write leaves the previous report, not half of one
-    return out

@@ -9,6 +9,7 @@ own Trainer or TRL scripts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,20 +19,46 @@ import torch
 from forgetscope.base_cache import BasePredictions
 from forgetscope.callback import ForgettingCallback
 from forgetscope.errors import UserInputError
-from forgetscope.files import write_atomically
+from forgetscope.files import check_output_dir, write_atomically
 from forgetscope.models import count_trainable_params
 from forgetscope.settings import LoraSettings, TrainSettings
 
 
 def apply_lora(model: torch.nn.Module, lora: LoraSettings):
-    """`peft.get_peft_model`, with "matches nothing" turned into a clear error."""
+    """`peft.get_peft_model`, refusing settings whose P would mean nothing (`check_adapted`)."""
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, lora.to_peft(model))
+        peft_model = get_peft_model(model, lora.to_peft(model))
     except ValueError as exc:
         msg = str(exc).splitlines()[0]
         raise UserInputError(f"LoRA settings do not fit the model: {msg}") from exc
+    check_adapted(peft_model, lora)
+    return peft_model
+
+
+def check_adapted(peft_model: torch.nn.Module, lora: LoraSettings) -> None:
+    """Refuse what PEFT accepts but the laws cannot use: a module name or a layer index that
+    adapts nothing (PEFT drops it silently when another matches), only embeddings (P = 0),
+    or a rank beyond a layer's narrower side (P then counts more than the weight holds)."""
+    targeted = list(getattr(peft_model, "targeted_module_names", []))
+    if isinstance(lora.target_modules, list):
+        for name in lora.target_modules:
+            if not any(t == name or t.endswith("." + name) for t in targeted):
+                raise UserInputError(f"LoRA settings do not fit the model: target module {name!r} matches no module it adapts")
+    if lora.layers is not None:
+        n_layers = getattr(peft_model.config, "num_hidden_layers", None)
+        beyond = [i for i in lora.layers if n_layers is not None and i >= n_layers]
+        if beyond:
+            raise UserInputError(f"LoRA settings do not fit the model: layer {beyond[0]} does not exist (the model has {n_layers} blocks)")
+    for name, module in peft_model.named_modules():
+        weight = getattr(getattr(module, "base_layer", None), "weight", None)
+        if hasattr(module, "lora_A") and weight is not None and lora.rank > min(weight.shape):
+            raise UserInputError(f"LoRA settings do not fit the model: rank {lora.rank} exceeds {name.removeprefix('base_model.model.')}'s "
+                                 f"narrower side ({min(weight.shape)}), where an update of full rank needs only {min(weight.shape)}")
+    if count_trainable_params(peft_model) == 0:
+        raise UserInputError("LoRA settings do not fit the model: they adapt only embeddings or the output head, so P (the "
+                             "non-embedding parameters trained) would be 0")
 
 
 def _quiet_progress_callback():
@@ -96,8 +123,9 @@ def finetune(
 
     if len(train_blocks) == 0:
         raise UserInputError(f"fine-tuning text is shorter than one sequence of {settings.seq_len} tokens")
+    identity = run_identity(lora, settings, data_digest(train_blocks, eval_blocks, ft_eval_blocks, replay_blocks))
     if out_dir is not None:
-        check_out_dir(Path(out_dir), run_identity(lora, settings), overwrite)
+        check_out_dir(Path(out_dir), identity, overwrite)
     if settings.needs_replay:
         if replay_blocks is None or len(replay_blocks) == 0:
             raise UserInputError("replay_fraction and kl_weight need a replay corpus (--replay-data, or replay_data in a sweep)")
@@ -117,8 +145,7 @@ def finetune(
     records_file = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomically(out / "run.json", json.dumps({**run_identity(lora, settings), "trainable_params": trainable,
-                                                       "finished": False}, indent=2))
+        write_atomically(out / "run.json", json.dumps({**identity, "trainable_params": trainable, "finished": False}, indent=2))
         records_file = open(out / "records.jsonl", "w")
 
     def record_sink(record: dict) -> None:
@@ -185,23 +212,36 @@ def finetune(
     if out is not None:
         peft_model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
-        write_atomically(out / "run.json", json.dumps({**run_identity(lora, settings), "trainable_params": trainable,
+        write_atomically(out / "run.json", json.dumps({**identity, "trainable_params": trainable,
                                                        "stopped_by_budget": callback.stopped_by_budget, "finished": True}, indent=2))
     return callback.records
 
 
-def run_identity(lora: LoraSettings, settings: TrainSettings) -> dict:
-    """What `run.json` holds of a run's settings, as JSON reads it back."""
-    return json.loads(json.dumps({"lora": lora.model_dump(), "train": settings.model_dump()}))
+def run_identity(lora: LoraSettings, settings: TrainSettings, data: str | None = None) -> dict:
+    """What `run.json` holds of a run's settings (and, with `data`, the digest of its token
+    blocks: `data_digest`), as JSON reads it back."""
+    identity = json.loads(json.dumps({"lora": lora.model_dump(), "train": settings.model_dump()}))
+    return identity if data is None else identity | {"data_sha256": data}
+
+
+def data_digest(*blocks: torch.Tensor | dict[str, torch.Tensor] | None) -> str:
+    """A SHA-256 of a run's token blocks: two runs of the same settings on other text differ."""
+    h = hashlib.sha256()
+    for part in blocks:
+        tensors = part.items() if isinstance(part, dict) else [("", part)]
+        for name, tensor in tensors:
+            h.update(name.encode())
+            if tensor is not None:
+                h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def check_out_dir(out: Path, identity: dict, overwrite: bool = False) -> None:
     """Refuse an `--out` that is a file, or that holds anything but an earlier run with the
     same settings (`identity`), unless `overwrite`: a run never silently replaces results."""
+    check_output_dir(out, "--out")
     if not out.exists():
         return
-    if not out.is_dir():
-        raise UserInputError(f"--out {out} is a file: give a directory")
     entries = sorted(entry.name for entry in out.iterdir())
     if not entries or overwrite:
         return

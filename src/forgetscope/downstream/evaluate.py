@@ -82,6 +82,8 @@ def prepare_tasks(settings: EvalSettings, cache_dir: Path | None = None) -> Task
 
     names = resolve_tasks(settings.suite)
     tasks = Tasks(safety=safety.TASK in names)
+    if not tasks.safety and (settings.judge is not None or settings.harmful is not None):
+        raise UserInputError("--judge and --harmful are the safety suite's: add safety to --suite, or leave them out")
     tasks.harness = [n for n in names if n != safety.TASK]
     if tasks.harness:
         builtin = not all(_is_offline(n) for n in tasks.harness)  # indexing the harness's own tasks takes seconds

@@ -482,5 +482,5 @@ def load_fits(directory: str | Path) -> dict:
     check_schema(fits, FitsFile, f"fits {path}")
     for target in TARGETS:
         if fits[target]["form"] not in FORMS:
-            raise UserInputError(f"fits {path}: `{target}.form`: unknown law form {fits[target]['form']!r} (known: {', '.join(FORMS)})")
+            raise UserInputError(f"fits {path}: `{target}.form`: unknown law form {fits[target]['form']!r} (known: {', '.join(FORMS.names())})")
     return fits

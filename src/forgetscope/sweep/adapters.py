@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from forgetscope.errors import UserInputError
+from forgetscope.files import plain_name
 from forgetscope.mitigate.inputs import MitigationInputs
 
 
@@ -31,6 +30,7 @@ def pick_point(directory: Path, point: str) -> str:
 
     adapters = directory / "adapters"
     if point != "largest":
+        plain_name(point, "--point")  # an id, never a path out of the sweep
         if not (adapters / point / "adapter_config.json").is_file():
             raise UserInputError(f"{directory} kept no adapter for point {point!r} (is it finished, with save_adapters: true?)")
         return point
@@ -48,11 +48,12 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
     from forgetscope.models import load_adapter, load_causal_lm, load_tokenizer, resolve_device
     from forgetscope.sweep.config import parse_config
     from forgetscope.sweep.prepare import prepare, resolve_base
+    from forgetscope.sweep.store import read_config_data
 
     config_path = Path(directory) / "config.yaml"
     if not config_path.is_file():
         raise UserInputError(f"{directory} is not a sweep directory (no config.yaml)")
-    config = parse_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    config = parse_config(read_config_data(config_path), str(config_path))
     point_id = pick_point(Path(directory), point)
     base_path = resolve_base(config)
     inputs = prepare(config, base_path, record_base=False)  # the grid records the base itself, at its own batch size

@@ -176,6 +176,16 @@ class SweepConfig(Strict):
             raise ValueError("a scripture fine-tune trains on scripture's held-out chapters: measure forgetting on docs or code")
         return self
 
+    @field_validator("steps", "eval_points", "eval_schedule", "eval_tokens", "batch_size", "seq_len", "warmup_steps", "scheduler", "dtype")
+    @classmethod
+    def _a_valid_train_setting(cls, value: object, info: ValidationInfo) -> object:
+        # The field's type and bounds come with `TrainSettings.field`; its validators (a known
+        # scheduler) are the setting's own, so they are run here too.
+        try:
+            return TrainSettings.check(info.field_name, value)
+        except UserInputError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
     @model_validator(mode="after")
     def _budgets_hold_a_sequence(self) -> SweepConfig:
         for name in ("eval_tokens", "ft_eval_tokens"):

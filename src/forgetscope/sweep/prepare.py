@@ -158,10 +158,10 @@ def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> N
     PEFT is asked on a weightless copy of the model (meta device), so this costs nothing
     even for a 7B model.
     """
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from forgetscope.models import causal_lm_config, check_tokenizer_fits, context_length, load_tokenizer
+    from forgetscope.train import apply_lora
 
     model_config = causal_lm_config(base_path, "base model")
     limit = context_length(model_config)
@@ -171,16 +171,14 @@ def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> N
         check_tokenizer_fits(load_tokenizer(config.tokenizer), model_config, config.tokenizer)
     checked = set()
     for point in points:
-        key = (str(point.target_modules), str(point.layers))
+        key = (str(point.target_modules), str(point.layers), point.rank)
         if key in checked:
             continue
         checked.add(key)
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(model_config)
         try:
-            get_peft_model(skeleton, point.lora().to_peft(skeleton))
-        except ValueError as exc:
-            raise UserInputError(
-                f"grid.target_modules {point.target_modules!r} (layers {point.layers}) match nothing in "
-                f"{config.base_model}: {str(exc).splitlines()[0]}"
-            ) from None
+            apply_lora(skeleton, point.lora())
+        except UserInputError as exc:
+            raise UserInputError(f"grid.target_modules {point.target_modules!r} (layers {point.layers}, rank {point.rank}) on "
+                                 f"{config.base_model}: {str(exc).removeprefix('LoRA settings do not fit the model: ')}") from None

@@ -16,6 +16,7 @@ from forgetscope.sweep.grid import Point, expand
 from forgetscope.sweep.point import PointResult
 from forgetscope.sweep.prepare import check_modules, point_device, point_threads, prepare, resolve_base
 from forgetscope.sweep.store import SweepStore, check_resumable
+from forgetscope.train import data_digest
 
 
 @dataclass
@@ -60,6 +61,8 @@ def run_sweep(
         skipped = [p.point_id for p in points if p not in todo]
         if todo:
             context.inputs = inputs or prepare(config, base_path)
+            store.check_data(data_digest(context.inputs.train_blocks, context.inputs.eval_blocks,
+                                         context.inputs.ft_eval_blocks, context.inputs.replay_blocks))
         _evaluate_base(config, base_path, store)
         if todo:
             with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:

@@ -3,6 +3,7 @@
     DIR/config.yaml      the config as resolved (every default filled in), written first
     DIR/.lock            held (`fcntl.flock`) by the one process that writes the directory
     DIR/records.jsonl    one JSON record a line, appended and flushed as each arrives
+    DIR/data.json        a digest of the token blocks: a resume on changed data files is refused
     DIR/points/ID.json   one file per point that ended: finished, or failed with its error
     DIR/adapters/ID/     with save_adapters: each finished point's PEFT adapter
     DIR/KIND/            artifacts of an end-of-point evaluator (KIND is its name, e.g.
@@ -71,7 +72,8 @@ class SweepStore:
             _remove_scratch(self.dir)  # of writers killed mid-write: the lock says none is alive
             if config_path.is_file() and not _is_skeleton(self.dir):
                 check_resumable(self.dir, config, identity)  # again, now that no other process can change it
-            else:
+            else:  # a new sweep, or a skeleton any config may take over
+                (self.dir / "data.json").unlink(missing_ok=True)
                 write_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
             self.points_dir.mkdir(exist_ok=True)
             self._drop_unfinished_records()
@@ -122,6 +124,17 @@ class SweepStore:
         shutil.rmtree(self.dir / "adapters" / point_id, ignore_errors=True)
         self._streamed.pop(point_id, None)
         self._rewrite(lambda r: r.get("point_id") != point_id)
+
+    def check_data(self, digest: str) -> None:
+        """Refuse to resume on other token blocks than the sweep started with (`DIR/data.json`
+        keeps their digest; a directory from before it existed takes this one)."""
+        path = self.dir / "data.json"
+        if path.is_file():
+            kept = read_json(path, "sweep data digest")
+            if isinstance(kept, dict) and kept.get("sha256") not in (None, digest):
+                raise UserInputError(f"{self.dir} was measured on other text: its data files (or the tokenizer) changed since the "
+                                     "sweep started, and resuming would mix measurements of two texts: use another --out directory")
+        write_atomically(path, json.dumps({"sha256": digest}))
 
     # -- artifacts ---------------------------------------------------------------------------
 
@@ -221,7 +234,7 @@ def _is_skeleton(directory: Path) -> bool:
     """True if `directory` holds no result: nothing but a config, the lock, an empty
     `points/` and an empty records file (what a start killed or refused early leaves)."""
     for entry in directory.iterdir():
-        if entry.name in ("config.yaml", ".lock") and entry.is_file() or _is_scratch(entry):
+        if entry.name in ("config.yaml", ".lock", "data.json") and entry.is_file() or _is_scratch(entry):
             continue
         if entry.name == "points" and entry.is_dir() and not any(entry.iterdir()):
             continue

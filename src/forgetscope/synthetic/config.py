@@ -107,9 +107,11 @@ def load_config(path: str | Path | None = None, **overrides) -> SyntheticConfig:
         source = SHIPPED / f"{path}.yaml"
     text = read_text_file(source, "synthetic config")
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserInputError(f"synthetic config {source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:  # an empty file would run the whole cpu experiment, minutes, unasked
+        raise UserInputError(f"synthetic config {source} is empty: name the fields to change, or leave out --config for the shipped cpu.yaml")
     if isinstance(data, dict):
         data.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(data)
