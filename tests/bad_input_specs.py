@@ -651,7 +651,7 @@ def run_isolated(case: Case, world: dict[str, str], work: Path, timeout_s: int =
     return outcome, err
 
 
-PROGRESS = re.compile(r"\d+%\|[#█▏-▉ ]*\||━|\d+/\d+ \[")
+PROGRESS = re.compile(r"\d+%\||━|\d+/\d+ \[")
 
 
 def judge(code: int, err_lines: list[str], before: dict, after: dict, must_refuse: bool) -> str:

@@ -194,7 +194,7 @@ ROUND_THREE = [
     ("measure --base {base} --finetuned {base} --eval-data {tmp}/bare.json", "holds a bare JSON value"),
     ("measure --base {base} --finetuned {base} --eval-data {tmp}/int.parquet", "record 1's 'text' is a int"),
     ("measure --base {base} --finetuned {base} --eval-data {tmp}/loop", "Too many levels of symbolic links"),
-    ("measure --base {base} --finetuned {base} --eval-data {eval} --sequences {file}/below", "Not a directory"),
+    ("measure --base {base} --finetuned {base} --eval-data {eval} --sequences {file}/below", "is under"),
     ("measure --base {tmp}/evil --finetuned {base} --eval-data {eval}", "holds objects other than tensors"),
     ("fit {tmp}/negative-kl", "is negative"),
     ("fit {tmp}/duplicated", "holds two records of point"),
@@ -261,17 +261,19 @@ def test_an_error_of_the_file_system_is_one_line_and_leaves_no_scratch_file(path
     import os
 
     real_open = builtins.open
+    out = tmp_path / "out"
+    out.mkdir()
 
     def read_only(file, mode="r", *args, **kwargs):
-        if "w" in mode and str(file).startswith(str(tmp_path)):
+        if "w" in mode and str(file).startswith(str(out)):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", read_only)
     code, _, err = run_cli(["measure", "--base", paths["{base}"], "--finetuned", paths["{base}"], "--eval-data", paths["{eval}"],
-                            "--sequences", tmp_path / "seq.jsonl", "--bootstrap", "0"], capsys)
+                            "--sequences", out / "seq.jsonl", "--bootstrap", "0"], capsys)
     assert_user_error(code, err, "Read-only file system")
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.iterdir()) == []
 
 
 def test_a_bug_is_one_line_exit_1_with_the_traceback_in_a_log(fitted, monkeypatch, capsys):

@@ -133,8 +133,7 @@ def measure(
     result = measure_forgetting(pair.finetuned, blocks, base=source, batch_size=batch_size, n_bootstrap=bootstrap,
                                 seed=seed, progress=True)  # on stderr: --json keeps stdout for the JSON
     if sequences is not None:
-        sequences.parent.mkdir(parents=True, exist_ok=True)
-        sequences.write_text("".join(json.dumps(row) + "\n" for row in result.sequences))
+        write_atomically(sequences, "".join(json.dumps(row) + "\n" for row in result.sequences))
     if as_json:
         print(json.dumps(result.to_dict()))
     else:

@@ -72,10 +72,21 @@ def plain_name(name: str, what: str) -> str:
 def check_output_dir(path: str | Path, what: str) -> None:
     """Refuse, before any work, a directory that could not be written: a file, a path under a
     file, a symlink loop, or one whose nearest existing parent this process may not write."""
+    _check_writable(Path(path), what, [Path(path), *Path(path).parents])
+
+
+def check_output_file(path: str | Path, what: str) -> None:
+    """`check_output_dir` for the folder of a file to be written; the file is no directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{what} {path} is a directory: give a file path")
+    _check_writable(path, what, list(path.parents))
+
+
+def _check_writable(path: Path, what: str, ancestors: list[Path]) -> None:
     import stat
 
-    path = Path(path)
-    for ancestor in [path, *path.parents]:
+    for ancestor in ancestors:
         try:
             mode = ancestor.stat().st_mode
         except FileNotFoundError:
@@ -88,14 +99,6 @@ def check_output_dir(path: str | Path, what: str) -> None:
         if not os.access(ancestor, os.W_OK | os.X_OK):
             raise UserInputError(f"{what} {path}: {ancestor} is not writable (permission denied)")
         return
-
-
-def check_output_file(path: str | Path, what: str) -> None:
-    """`check_output_dir` for the folder of a file to be written, and the file is no directory."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserInputError(f"{what} {path} is a directory: give a file path")
-    check_output_dir(path.parent, what)
 
 
 def scratch_path(path: Path) -> Path:

@@ -194,10 +194,14 @@ def check_seq_len(model, seq_len: int) -> None:
 def check_files_exist(paths, what: str) -> None:
     """Every path is a file, or a one-line error naming the first that is not."""
     for path in paths:
-        if Path(path).is_dir():
+        try:
+            is_dir = Path(path).stat() and Path(path).is_dir()
+        except FileNotFoundError:
+            raise UserInputError(f"{what} not found: {path}") from None
+        except OSError as exc:  # a symlink loop, a path under a file
+            raise UserInputError(f"{what} {path}: {exc.strerror}") from None
+        if is_dir:
             raise UserInputError(f"{what} {path} is a directory: give a file")
-        if not Path(path).is_file():
-            raise UserInputError(f"{what} not found: {path}")
 
 
 @dataclass

@@ -50,6 +50,8 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
     from forgetscope.sweep.prepare import prepare, resolve_base
     from forgetscope.sweep.store import read_config_data
 
+    if point != "largest":
+        plain_name(point, "--point")  # an id, never a path out of the sweep
     config_path = Path(directory) / "config.yaml"
     if not config_path.is_file():
         raise UserInputError(f"{directory} is not a sweep directory (no config.yaml)")

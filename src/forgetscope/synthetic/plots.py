@@ -17,6 +17,7 @@ from pathlib import Path
 
 from matplotlib import colormaps
 
+from forgetscope.files import write_atomically
 from forgetscope.plots import save as _save
 from forgetscope.plots import subplots
 
@@ -178,13 +179,13 @@ def write_outputs(results: dict, out: str | Path) -> Path:
     """Write results.json, the PNGs and index.html into `out`; returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_atomically(out / "results.json", json.dumps(results, indent=1))
     _error_vs_k(results, "continuous", out / "error_vs_k_continuous.png")
     _error_vs_k(results, "discrete", out / "error_vs_k_discrete.png")
     _error_vs_gamma(results, out / "error_vs_gamma.png")
     _forgetting(results, out / "forgetting.png")
     _training_loss(results, out / "training_loss.png")
-    (out / "index.html").write_text(_html(results, out))
+    write_atomically(out / "index.html", _html(results, out))
     return out
 
 
