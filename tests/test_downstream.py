@@ -195,7 +195,7 @@ def test_the_default_judge_matches_refusal_phrases():
         (["--suite", "safety"], "cannot load the task data (offline"),
         (["--suite", "safety", "--harmful", "/no/such.txt"], "harmful instructions file not found"),
         (["--suite", "safety", "--harmful", "x.txt", "--judge", "nomodule"], "--judge must be module:function"),
-        (["--limit", "0"], "--limit must be at least 1"),
+        (["--limit", "0"], "--limit: Input should be greater than or equal to 1"),
         (["--adapter", "/no/adapter"], "give exactly one of --finetuned"),
     ],
 )

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bad_input_specs import COMMANDS, FAULTS, WRITERS, Case, Command, build_world, run_isolated
+from bad_input_specs import COMMANDS, FAULTS, WRITERS, Case, Command, build_world, run_case
 
 EXAMPLES = int(os.environ.get("FORGETSCOPE_FUZZ_EXAMPLES", "4"))
 RANDOM = os.environ.get("FORGETSCOPE_FUZZ_RANDOM", "") not in ("", "0")
@@ -70,7 +70,7 @@ def test_every_drawn_case_is_a_clean_run_or_one_error_line(command, world, tmp_p
     @given(case=cases(command))
     def check(case: Case) -> None:
         work = Path(tempfile.mkdtemp(dir=root))
-        outcome, err = run_isolated(case, world, work)
+        outcome, err = run_case(case, world, work)
         assert outcome == "clean", f"{case.describe()}\n-> {outcome}\n{err[-3000:]}"
 
     check()

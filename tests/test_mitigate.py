@@ -26,7 +26,6 @@ from forgetscope.train import finetune
 from sweep_helpers import tiny_sweep_config, write_config
 
 SEQ_LEN = 32
-NONE = MitigationSettings(scales=[], intruder_scales=[])
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +242,8 @@ def test_replay_that_overlaps_the_eval_text_is_refused(llama_dir, tok, code_bloc
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--replay-fraction", "1.0", "--replay-data", "{eval}"], "replay_fraction"),
-    (["--replay-fraction", "-0.1", "--replay-data", "{eval}"], "replay_fraction"),
+    (["--replay-fraction", "1.0", "--replay-data", "{eval}"], "--replay-fraction"),
+    (["--replay-fraction", "-0.1", "--replay-data", "{eval}"], "--replay-fraction"),
     (["--replay-fraction", "0.1"], "--replay-data"),
     (["--kl-weight", "1", "--replay-data", "missing.txt"], "missing.txt"),
     (["--replay-fraction", "0.1", "--replay-data", "{eval}"], "overlaps"),

@@ -71,9 +71,15 @@ def test_the_readme_train_command_runs_as_written(llama_dir, eval_files, tmp_pat
 
     from cli_helpers import run_cli
 
+    from transformers import AutoTokenizer
+
+    from forgetscope.testing import llama, save_with_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    four_blocks = save_with_tokenizer(llama(len(tokenizer), layers=4), tokenizer, tmp_path / "base")  # the README adapts blocks 0-3
     command = next(c for c in readme_commands() if c.startswith("forgetscope train"))
     args = shlex.split(command.replace("\\\n", " "))[1:]
-    args = [{"./base": str(llama_dir), "my_task.jsonl": str(eval_files[1]), "wiki.txt": str(eval_files[0])}.get(a, a) for a in args]
+    args = [{"./base": str(four_blocks), "my_task.jsonl": str(eval_files[1]), "wiki.txt": str(eval_files[0])}.get(a, a) for a in args]
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli([*args, "--steps", "2", "--seq-len", "32", "--eval-points", "2", "--eval-tokens", "128", "--json"], capsys)
     assert code == 0, err

@@ -142,7 +142,7 @@ def test_a_non_empty_directory_without_a_sweep_is_refused(tmp_path):
         (lambda c: c.update(steps="many"), "`steps`: Input should be a valid integer"),
         (lambda c: c["grid"].update(rank=[]), "`grid.rank`: empty list"),
         (lambda c: c["grid"].update(rank=[0, 4]), "`grid.rank`: 0: Input should be greater than or equal to 1"),
-        (lambda c: c["grid"].update(target_modules=[["no_such_proj"]]), "match nothing"),
+        (lambda c: c["grid"].update(target_modules=[["no_such_proj"]]), "not found in the base model"),
         (lambda c: c.update(finetune_data={}), "`finetune_data`: give exactly one of `files` or `embedded`"),
         (lambda c: c.update(eval_data=[{"embedded": "klingon"}]), "`eval_data.0.embedded`"),
         (lambda c: c.update(eval_tokens=8), "smaller than one sequence"),

@@ -196,11 +196,11 @@ def test_target_modules_that_match_nothing_are_a_user_error(llama_dir, tok, code
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--rank", "0"], "LoraSettings: `rank`: Input should be greater than or equal to 1"),
+        (["--rank", "0"], "--rank: Input should be greater than or equal to 1"),
         (["--target-modules", "no_such_proj"], "do not fit the model"),
         (["--layers", "one,two"], "--layers must be comma-separated integers"),
-        (["--steps", "0"], "TrainSettings: `steps`: Input should be greater than or equal to 1"),
-        (["--eval-points", "1"], "TrainSettings: `eval_points`: Input should be greater than or equal to 2"),
+        (["--steps", "0"], "--steps: Input should be greater than or equal to 1"),
+        (["--eval-points", "1"], "--eval-points: Input should be greater than or equal to 2"),
         (["--dtype", "float16"], "'float16' is not one of 'float32', 'bfloat16'"),
     ],
 )

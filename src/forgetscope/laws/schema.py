@@ -35,8 +35,8 @@ class LawEntry(_Open):
     """One target's law: its form, parameters and their intervals, and how it validated."""
 
     form: str
-    label: str
-    shift_value: float
+    label: str | None = None
+    shift_value: Number = None
     params: dict[str, float]
     ci: dict[str, list[float]] = {}
     theta: list[float] | None = None
