@@ -86,6 +86,10 @@ def build_world(root: Path) -> dict[str, str]:
     tokenizer.save_pretrained(evil)
     _write_evil_pickle(evil / "pytorch_model.bin")
     w["evil_model"] = str(evil)
+    corrupt = root / "corrupt-model"
+    shutil.copytree(w["base"], corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"garbage")
+    w["corrupt_model"] = str(corrupt)
     evil_adapter = root / "evil-adapter"
     shutil.copytree(root / "adapter", evil_adapter)
     (evil_adapter / "adapter_model.safetensors").unlink()
@@ -295,7 +299,7 @@ COMMANDS: list[Command] = [
         Option("--eval-data", [], TEXT_IN),
         Option("--adapter", [], ["{dir}", "{missing}", "{file}", "{evil_adapter}"]),
         Option("--finetuned", [], ["{base}"]),
-        Option("--base", [], ["{missing}", "{file}", "{dir}", "{evil_model}", "{loop}"]),
+        Option("--base", [], ["{missing}", "{file}", "{dir}", "{evil_model}", "{corrupt_model}", "{loop}"]),
     ]),
     Command("mitigate", MITIGATE_ARGS, [
         Option("--scales", ["0,0.5,1", "1"], ["2", "-0.5", "nan", "abc", "0,,x"]),
@@ -342,7 +346,7 @@ COMMANDS: list[Command] = [
         Option("--train-data", ["{broken:short.txt}"], [v for v in TEXT_IN if "short.txt" not in v]),  # more text, however short
         Option("--eval-data", [], TEXT_IN),
         Option("--ft-eval-data", [], TEXT_IN),
-        Option("--base", [], ["{missing}", "{file}", "{evil_model}"]),
+        Option("--base", [], ["{missing}", "{file}", "{evil_model}", "{corrupt_model}"]),
         Option("--law", [], ["{dir}", "{missing}", "{file}"]),
     ], copies={"sweep": "records_sweep"}),
     Command("fit", ["fit", "{work}/sweep", "--bootstrap", "5"], [

@@ -196,6 +196,7 @@ ROUND_THREE = [
     ("measure --base {base} --finetuned {base} --eval-data {tmp}/loop", "Too many levels of symbolic links"),
     ("measure --base {base} --finetuned {base} --eval-data {eval} --sequences {file}/below", "is under"),
     ("measure --base {tmp}/evil --finetuned {base} --eval-data {eval}", "holds objects other than tensors"),
+    ("measure --base {tmp}/corrupt --finetuned {base} --eval-data {eval}", "not a readable safetensors file"),
     ("fit {tmp}/negative-kl", "is negative"),
     ("fit {tmp}/duplicated", "holds two records of point"),
     ("predict {tmp}/markup --params 5000 --steps 10", "`claims.0.verdict`"),
@@ -226,6 +227,8 @@ def round_three(paths, fitted, tmp_path) -> dict[str, str]:
     shutil.copytree(paths["{base}"], evil)
     (evil / "model.safetensors").unlink()
     torch.save({"weight": torch.zeros(1), "payload": _RunsCode()}, evil / "pytorch_model.bin")
+    shutil.copytree(paths["{base}"], tmp / "corrupt")
+    (tmp / "corrupt" / "model.safetensors").write_bytes(b"garbage")
     write_sweep(tmp / "negative-kl", arms=("all-linear",), ranks=(1, 2))
     with open(tmp / "negative-kl" / "records.jsonl", "a") as f:
         f.write('{"point_id": "z", "step": 3, "trainable_params": 10, "kl": -0.5, "forgetting_ce": 1.0, "ft_loss": 2.0}\n')

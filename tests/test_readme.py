@@ -69,10 +69,9 @@ def test_the_readme_train_command_runs_as_written(llama_dir, eval_files, tmp_pat
     the tests' tiny model; only the budget is cut (later options win)."""
     import shlex
 
-    from cli_helpers import run_cli
-
     from transformers import AutoTokenizer
 
+    from cli_helpers import run_cli
     from forgetscope.testing import llama, save_with_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)

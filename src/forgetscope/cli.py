@@ -1,9 +1,9 @@
 """`forgetscope`: a typer front over the same functions Python users call.
 
 Each command parses its options, calls one or two public functions and hands the result to
-`forgetscope.render`. Run settings take their help and defaults from their one definition
-(`forgetscope.settings`); choices are enums. Exit codes: 0 success, 2 bad input (one line
-`error: ...` on stderr), 1 anything unexpected.
+`forgetscope.render`. Every option takes its help, default and bounds from its one definition
+(`forgetscope.settings`) and is validated by it as it is parsed; choices are enums. Exit
+codes: 0 success, 2 bad input or an `OSError` (one line `error: ...` on stderr), 1 a bug.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from forgetscope.files import check_output_dir, check_output_file, write_atomica
 from forgetscope.settings import CommandOptions, LoraSettings, MitigationSettings, Settings, TrainSettings
 
 app = typer.Typer(
-    help="Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes.",
+    help="Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes. Exit codes: 0 done; 2 bad input "
+         "or a refusal of the system (one line `error: ...`); 1 a bug (one line naming a log of the traceback; --debug, "
+         "anywhere on the command line, prints it instead).",
     no_args_is_help=True,
     rich_markup_mode=None,  # plain help: flags without a `<bool>` label, readable through a pipe
     pretty_exceptions_enable=False,

@@ -30,6 +30,18 @@ def read_text_file(path: str | Path, what: str) -> str:
         raise UserInputError(f"{what} {path} is not a UTF-8 text file (byte {exc.start} cannot be decoded)") from None
 
 
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML value of a file a user named as `what`; a file that is not YAML is one
+    `UserInputError` naming the file and the first problem."""
+    import yaml
+
+    text = read_text_file(path, what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def read_json(path: str | Path, what: str, schema: type[BaseModel] | None = None) -> Any:
     """The JSON value of a file forgetscope (or a user) wrote, checked against `schema` (a
     pydantic model; extra keys allowed where the model allows them). A file that is not

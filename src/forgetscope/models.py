@@ -108,6 +108,7 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     """A `transformers` causal LM in eval mode, from a directory, hub id, GGUF file or known
     source (`sources`); a model of another kind, or a checkpoint that lacks some of the
     model's weights, is a `UserInputError`."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     config = causal_lm_config(name)
@@ -118,10 +119,13 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
         if "Unrecognized configuration class" in str(exc):
             raise UserInputError(f"{name} is not a causal language model (its config is {type(config).__name__})") from exc
         raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
-    except OSError as exc:
-        raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
+    except OSError as exc:  # a permission refused says so, not "no such file"
+        reason = f"{exc.filename}: {exc.strerror}" if exc.strerror and exc.filename else _first_line(exc)
+        raise UserInputError(f"cannot load {name}: {reason}") from exc
     except pickle.UnpicklingError:
         raise UserInputError(unsafe_pickle(name)) from None
+    except SafetensorError as exc:
+        raise UserInputError(f"cannot load {name}: its weights are not a readable safetensors file ({_first_line(exc)})") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserInputError(f"{name} lacks {len(missing)} of the model's weights ({', '.join(missing[:2])}"

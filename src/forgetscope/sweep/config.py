@@ -24,11 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
-from forgetscope.files import plain_name, read_text_file
+from forgetscope.files import plain_name, read_yaml
 from forgetscope.settings import LoraSettings, Settings, TargetModules, TrainSettings, describe
 
 
@@ -230,12 +229,7 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep YAML file; relative data paths are taken from its folder."""
     path = Path(path)
-    text = read_text_file(path, "sweep config")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    config = parse_config(data, str(path))
+    config = parse_config(read_yaml(path, "sweep config"), str(path))
     for source in [config.finetune_data, *config.eval_data, *(config.replay_data or [])]:
         if source.files is not None:
             source.files = [f if f.is_absolute() else (path.parent / f).resolve() for f in source.files]

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from forgetscope.errors import UserInputError
-from forgetscope.files import plain_name, read_json, read_text_file, write_atomically
+from forgetscope.files import plain_name, read_json, read_yaml, write_atomically
 from forgetscope.records import Record, finished_points, read_records
 
 
@@ -220,11 +220,7 @@ def check_resumable(directory: Path, config: dict, identity: Callable[[dict], ob
 
 def read_config_data(path: Path) -> dict:
     """The mapping a sweep directory's `config.yaml` holds, as written (not yet validated)."""
-    text = read_text_file(path, "sweep config")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"sweep config {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    data = read_yaml(path, "sweep config")
     if not isinstance(data, dict):
         raise UserInputError(f"sweep config {path} holds a {type(data).__name__}, not a mapping of settings")
     return data

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from forgetscope.errors import UserInputError
-from forgetscope.files import read_text_file
+from forgetscope.files import read_yaml
 from forgetscope.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parent
@@ -105,11 +104,7 @@ def load_config(path: str | Path | None = None, **overrides) -> SyntheticConfig:
     source = Path(path) if path is not None else SHIPPED / "cpu.yaml"
     if path is not None and not source.exists() and (SHIPPED / f"{path}.yaml").exists():
         source = SHIPPED / f"{path}.yaml"
-    text = read_text_file(source, "synthetic config")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"synthetic config {source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(source, "synthetic config")
     if data is None:  # an empty file would run the whole cpu experiment, minutes, unasked
         raise UserInputError(f"synthetic config {source} is empty: name the fields to change, or leave out --config for the shipped cpu.yaml")
     if isinstance(data, dict):
