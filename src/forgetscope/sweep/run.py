@@ -46,12 +46,12 @@ def run_sweep(
     check_modules(config, points, base_path)  # a config error must not leave a sweep directory behind
     for name, settings in config.sections().items():
         EVALUATORS.get(name).check(settings)
-    identity = lambda data: parse_config(data).identity()  # noqa: E731
-    check_resumable(Path(out), config.canonical(), identity)
+    check_resumable(Path(out), config.canonical(), _identity)
     # Bad data is refused here, before the sweep directory is written (a resume of a finished
     # sweep needs no inputs).
-    inputs = prepare(config, base_path) if any(p.point_id not in finished_points(out) for p in points) else None
-    with SweepStore(out, config.canonical(), identity=identity) as store:
+    finished = finished_points(out)
+    inputs = prepare(config, base_path) if any(p.point_id not in finished for p in points) else None
+    with SweepStore(out, config.canonical(), identity=_identity) as store:
         done, failed = store.finished(), store.failed()
         if retry_failed:
             for point_id in failed:
@@ -74,6 +74,11 @@ def run_sweep(
                         _store(store, result)
                         bar.point_done()
         return SweepResult(Path(out), points, [p.point_id for p in todo], skipped, store.failed(), store.records())
+
+
+def _identity(data: dict) -> dict:
+    """What must match for a sweep to resume: its settings that differ from their defaults."""
+    return parse_config(data).identity()
 
 
 def _store(store: SweepStore, result: PointResult) -> None:
