@@ -357,7 +357,7 @@ COMMANDS: list[Command] = [
     ], copies={"sweep": "records_sweep"}),
     Command("predict", ["predict", "{work}/fitted", "--params", "5000", "--steps", "10"], [
         Option("--params", ["100", "1e6"], ["0", "-5", *FLOAT]),
-        Option("--steps", ["5", "1000"], ["0", "-3", *FLOAT]),
+        Option("--steps", ["0", "5", "1000"], ["-3", *FLOAT]),  # step 0 is the base
         Option("--budget", [], ["0.1"]),
         Option("--learning-rate", ["0.001"], ["0", "-1", *FLOAT]),
         Option("--replay-fraction", [], ["1", "-0.1", "0.5", *FLOAT]),

@@ -99,7 +99,7 @@ def query_reach(fits: dict, where: Resolved, T: float) -> tuple[float, float]:
     in_P = 0.0
     if arm is not None:
         in_P = max(np.log2(where.P / arm["P"][-1]), np.log2(arm["P"][0] / where.P), 0.0)
-    return float(in_P), float(max(np.log2(T / ranges["max_T"]), 0.0)) if ranges.get("max_T") else 0.0
+    return float(in_P), float(np.log2(max(T / ranges["max_T"], 1.0))) if ranges.get("max_T") else 0.0  # step 0 reaches nowhere
 
 
 def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> tuple[bool, float]:
@@ -153,7 +153,7 @@ def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen_by: flo
     falling = entry.get("column", target) == "ft_loss"  # a falling law: its log-space band sits around E + g
     if "slope" in interval and fits.get("range"):  # the half-width grows with how far the query reaches beyond the data
         in_P = query_reach(fits, where, 1.0)[0]
-        in_N = np.maximum(np.log2(np.asarray(T, dtype=float) / fits["range"]["max_T"]), 0.0)
+        in_N = np.log2(np.maximum(np.asarray(T, dtype=float) / fits["range"]["max_T"], 1.0))
         half = half_width(interval["floor"], interval["slope"], in_P + in_N)
         if falling:
             return value, boot_low * np.exp(-half), boot_high * np.exp(half), boot_low, boot_high
