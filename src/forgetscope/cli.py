@@ -131,11 +131,17 @@ def measure(
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype.value, device=device)
     check_seq_len(pair.finetuned, seq_len)
     blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, eval_tokens, text_column)
-    source = choose_base_source(pair.finetuned, blocks, base=pair.base, cache_dir=cache_dir, batch_size=batch_size)
-    result = measure_forgetting(pair.finetuned, blocks, base=source, batch_size=batch_size, n_bootstrap=bootstrap,
-                                seed=seed, progress=True)  # on stderr: --json keeps stdout for the JSON
-    if sequences is not None:
-        write_atomically(sequences, "".join(json.dumps(row) + "\n" for row in result.sequences))
+    new_cache = cache_dir is not None and not cache_dir.exists()
+    try:
+        source = choose_base_source(pair.finetuned, blocks, base=pair.base, cache_dir=cache_dir, batch_size=batch_size)
+        result = measure_forgetting(pair.finetuned, blocks, base=source, batch_size=batch_size, n_bootstrap=bootstrap,
+                                    seed=seed, progress=True)  # on stderr: --json keeps stdout for the JSON
+        if sequences is not None:
+            write_atomically(sequences, "".join(json.dumps(row) + "\n" for row in result.sequences))
+    except Exception:
+        if new_cache:  # a command that fails leaves nothing behind, not even the cache it started
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
     if as_json:
         print(json.dumps(result.to_dict()))
     else:
