@@ -38,10 +38,10 @@ def build_world(root: Path) -> dict[str, str]:
     from transformers import AutoTokenizer
 
     from forgetscope.laws.select import fit_sweep
-    from forgetscope.testing import llama, save_with_tokenizer
     from forgetscope.tiny import corpora
     from forgetscope.tiny.model import train_tokenizer
     from law_helpers import write_sweep
+    from model_helpers import llama, save_with_tokenizer
     from sweep_helpers import tiny_sweep_config
 
     root.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from forgetscope.testing import gpt2, llama, save_with_tokenizer  # noqa: E402
 from forgetscope.tiny import corpora  # noqa: E402
 from forgetscope.tiny.model import train_tokenizer  # noqa: E402
+from model_helpers import gpt2, llama, save_with_tokenizer  # noqa: E402
 
 
 def scripture_text(n_chapters: int = 40) -> list[str]:

@@ -8,10 +8,18 @@ import pytest
 
 import forgetscope.conjugate.miniature as miniature
 from cli_helpers import assert_user_error, run_cli
-from forgetscope.conjugate.miniature import MiniatureConfig, build_corpus, ensure_miniature_base, reduced, run_miniature
+from forgetscope.conjugate.miniature import MiniatureConfig, build_corpus, ensure_miniature_base, run_miniature
 from forgetscope.conjugate.transforms import PigLatin
 from forgetscope.errors import UserInputError
 from forgetscope.tiny.model import TinyConfig
+
+
+def reduced(config: MiniatureConfig) -> MiniatureConfig:
+    """A seconds-long version of `config`."""
+    return MiniatureConfig(**{**config.model_dump(), **dict(
+        vocab_size=400, hidden_size=32, layers=1, heads=2, intermediate_size=64, seq_len=64, pretrain_steps=30,
+        pretrain_batch_size=8, finetune_steps=10, finetune_batch_size=4, rank=4, eval_tokens=512, max_documents=60)})
+
 
 SMALL = reduced(MiniatureConfig(seed=0))
 

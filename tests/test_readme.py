@@ -72,7 +72,7 @@ def test_the_readme_train_command_runs_as_written(llama_dir, eval_files, tmp_pat
     from transformers import AutoTokenizer
 
     from cli_helpers import run_cli
-    from forgetscope.testing import llama, save_with_tokenizer
+    from model_helpers import llama, save_with_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)
     four_blocks = save_with_tokenizer(llama(len(tokenizer), layers=4), tokenizer, tmp_path / "base")  # the README adapts blocks 0-3

@@ -273,10 +273,3 @@ def run_miniature(config: MiniatureConfig = MiniatureConfig(), cache_dir: Path |
         "pretrain_seconds_this_run": round(pretrain_seconds, 1),
         "seconds": round(time.time() - started, 1),
     }
-
-
-def reduced(config: MiniatureConfig) -> MiniatureConfig:
-    """A seconds-long version of `config` (for tests and smoke runs)."""
-    return MiniatureConfig(**{**config.model_dump(), **dict(
-        vocab_size=400, hidden_size=32, layers=1, heads=2, intermediate_size=64, seq_len=64, pretrain_steps=30,
-        pretrain_batch_size=8, finetune_steps=10, finetune_batch_size=4, rank=4, eval_tokens=512, max_documents=60)})

@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ConfigDict, Field
@@ -80,10 +81,39 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
 
 
+def llama(
+    vocab_size: int,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate_size: int = 64,
+    max_positions: int = 128,
+    tie_embeddings: bool = False,
+    seed: int = 0,
+    **config: Any,
+):
+    """A freshly initialised `LlamaForCausalLM`, the same weights for the same `seed`: the
+    tiny bases' architecture at any size (the defaults are 2 layers, width 32, untied head)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=tie_embeddings,
+            **config,
+        )
+    )
+
+
 def build_model(config: TinyConfig, vocab_size: int):
     """A freshly initialised tiny Llama (tied head, token 0 the end of text)."""
-    from forgetscope.testing import llama
-
     return llama(
         vocab_size, hidden_size=config.hidden_size, layers=config.layers, heads=config.heads,
         intermediate_size=config.intermediate_size, max_positions=max(256, config.seq_len), tie_embeddings=True,
