@@ -29,3 +29,9 @@ def describe(error: ValidationError, source: str = "", prefix: str = "") -> str:
         message = "unknown field"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"{source + ': ' if source else ''}{f'`{where}`: ' if where else ''}{message}{more}"
+
+
+def first_line(message: object) -> str:
+    """The first non-blank line of `message` (an exception, a warning, any text), stripped;
+    `""` when it has none, so `first_line(exc) or type(exc).__name__` always names something."""
+    return next((line.strip() for line in str(message).splitlines() if line.strip()), "")

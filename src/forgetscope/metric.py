@@ -8,9 +8,12 @@ For eval tokens with base next-token distribution p_t and fine-tuned q_t:
     hard_ce_t       = -log q_t(argmax_v p_t(v))
     base_loss_t, finetuned_loss_t: the ordinary next-token losses of both models.
 
-Everything is computed in float32 whatever the models' dtype (sums over positions in
-float64), over chunks of positions so that a 128k vocabulary does not materialise several
-[tokens, vocab] copies.
+The models, and the output head that turns recorded hidden states into logits, run in the
+model's own dtype (bfloat16 logits for a bfloat16 model). The logits are upcast to float32
+for the softmax; the sums over the vocabulary (the softmax's normaliser, the entropy, the KL)
+add float32 partial sums over blocks of the vocabulary in float64, and every per-position
+value, and every sum over positions, is float64. Positions go in chunks so that a 128k
+vocabulary does not materialise several [tokens, vocab] copies.
 Means are token-weighted; 95% intervals come from a bootstrap over whole sequences.
 """
 

@@ -3,8 +3,8 @@
     broken:  y = E + A * P^alpha * N^beta1 * (1 + N / N_c)^(beta2 - beta1),   N_c = n0 * P^g
 
 Below the knee `N_c` forgetting grows like `N^beta1`, above it like `N^beta2`; the knee moves
-with the number of parameters fine-tuned (`g`), so the exponent in `P` can change with `N` as
-measured on the demo (issue 15). The curves bend down, never up: `beta2 = beta1 - bend` with
+with the number of parameters fine-tuned (`g`), so the exponent in `P` can change with `N`, as
+was measured on the demo's sweep. The curves bend down, never up: `beta2 = beta1 - bend` with
 `bend >= 0` is fitted, since a fitted upturn (the noise of a few late steps) would run away
 when extrapolated. It is the smoothly broken power law of Caballero et al.
 (2023, "Broken Neural Scaling Laws") with one break and smoothness 1, written in log space:

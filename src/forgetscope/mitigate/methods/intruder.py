@@ -1,6 +1,6 @@
 """Scaling down intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An
-Illusion of Equivalence", arXiv:2410.21228), written here from the paper's description
-(its Algorithm 1 and the intervention of its section on forgetting); no library offers it.
+Illusion of Equivalence", arXiv:2410.21228), written by hand from the paper's description
+(its Algorithm 1 and the intervention of its section on forgetting).
 
 For every adapted weight, `W0` (base) and `Wt = W0 + dW` (fine-tuned) are decomposed by SVD.
 Among the top `top_k` left singular vectors `u_j` of `Wt`, an *intruder dimension* is one

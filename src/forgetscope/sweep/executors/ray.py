@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, first_line
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext, run_remote
 from forgetscope.sweep.grid import Point
 from forgetscope.sweep.point import PointResult
@@ -58,7 +58,7 @@ class RayExecutor:
             try:
                 yield self.ray.get(done[0])
             except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost) fails its point only
-                yield PointResult(point, error=f"{type(exc).__name__}: {exc}".strip().splitlines()[0])
+                yield PointResult(point, error=f"{type(exc).__name__}: {first_line(exc)}".strip())
 
 
 def _loopback_only() -> Callable[[], None]:
