@@ -20,8 +20,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
     ["errors"],
-    ["files", "sources"],
-    ["registry", "settings", "records", "data", "models", "plots", "judges", "testing"],
+    ["files", "sources", "registry"],
+    ["extensions"],
+    ["settings"],
+    ["records", "data", "models", "plots", "judges", "testing"],
     ["base_cache", "laws"],
     ["metric"],
     ["callback", "tiny", "mitigate"],
@@ -30,6 +32,7 @@ LAYERS: list[list[str]] = [
     ["sweep"],
     ["report"],
     ["demo", "render"],
+    ["options"],
     ["cli"],
 ]
 

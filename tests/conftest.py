@@ -83,6 +83,7 @@ class Registries:
         registry = next(v for v in vars(package).values() if isinstance(v, Registry))
         self.monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
         self.monkeypatch.setattr(registry, "_items", dict(registry._items))
+        self.monkeypatch.setattr(registry, "_origins", dict(registry._origins))
         self.monkeypatch.setattr(registry, "_discovered", False)
 
 

@@ -17,7 +17,9 @@ from forgetscope.base_cache import BaseSource, final_hidden, record_base_predict
 from forgetscope.data import group_into_blocks, load_eval_blocks
 from forgetscope.errors import UserInputError
 from forgetscope.metric import mean_loss, measure_forgetting
-from forgetscope.mitigate import training
+from forgetscope.data import check_no_overlap
+from forgetscope.mitigate.training.l2 import l2_of_update
+from forgetscope.mitigate.training.replay import with_replay
 from forgetscope.mitigate.methods.intruder import find_intruders
 from forgetscope.mitigate.posthoc import choose, mitigation_grid
 from forgetscope.mitigate.tradeoff import best_gain_within, kl_at_gain
@@ -222,11 +224,11 @@ def test_the_l2_of_the_update_is_the_squared_norm_of_s_b_a(llama_dir):
     from forgetscope.mitigate.methods import lora_layers
 
     expected = sum(float(layer.get_delta_weight(a).detach().pow(2).sum()) for _, layer, a in lora_layers(model))
-    assert float(training.l2_of_update(model).detach()) == pytest.approx(expected, rel=1e-4)
+    assert float(l2_of_update(model).detach()) == pytest.approx(expected, rel=1e-4)
 
 
 def test_replay_makes_that_share_of_the_training_sequences(code_blocks, replay_blocks):
-    mixed = training.with_replay(code_blocks, replay_blocks[:3], 0.2, seed=0)
+    mixed = with_replay(code_blocks, replay_blocks[:3], 0.2, seed=0)
     n_replay = len(mixed) - len(code_blocks)
     assert n_replay / len(mixed) == pytest.approx(0.2, abs=1 / len(mixed))
     assert torch.equal(mixed[: len(code_blocks)], code_blocks)
@@ -238,7 +240,7 @@ def test_replay_that_overlaps_the_eval_text_is_refused(llama_dir, tok, code_bloc
     leaked = torch.cat([replay_blocks, next(iter(eval_blocks.values()))[:1]])
     with pytest.raises(UserInputError, match="overlaps eval domain"):
         train(llama_dir, tok, code_blocks, eval_blocks, leaked, replay_fraction=0.05)
-    training.check_no_overlap(replay_blocks, eval_blocks)  # separate text passes
+    check_no_overlap(replay_blocks, eval_blocks)  # separate text passes
 
 
 @pytest.mark.parametrize("extra, fragment", [
@@ -260,14 +262,15 @@ def test_train_cli_refuses_bad_replay_settings(extra, fragment, llama_dir, eval_
 
 def test_an_unmitigated_point_keeps_the_id_it_had_before_mitigations_existed():
     import hashlib
-    from dataclasses import asdict
 
     from forgetscope.sweep.grid import Point
 
-    point = Point(rank=4, target_modules="all-linear", layers=None, rslora=True, lora_alpha=16.0, learning_rate=1e-3, seed=0)
-    old_fields = {k: v for k, v in asdict(point).items() if k not in ("replay_fraction", "kl_weight", "l2_weight")}
-    assert point.point_id.endswith(hashlib.sha256(json.dumps(old_fields, sort_keys=True).encode()).hexdigest()[:8])
-    assert Point(**{**asdict(point), "replay_fraction": 0.01}).point_id != point.point_id
+    old_fields = {"rank": 4, "target_modules": "all-linear", "layers": None, "rslora": True, "lora_alpha": 16.0,
+                  "learning_rate": 1e-3, "seed": 0}
+    point = Point.of(**old_fields)
+    assert point.point_id == "r4-all-rs-s0-" + hashlib.sha256(json.dumps(old_fields, sort_keys=True).encode()).hexdigest()[:8]
+    replayed = Point.of(**old_fields, replay_fraction=0.01)
+    assert replayed.point_id.startswith("r4-all-rs-s0-replay0.01-") and replayed.point_id != point.point_id
 
 
 def test_a_grid_with_replay_needs_a_replay_corpus(llama_dir, eval_files):

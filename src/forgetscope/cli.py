@@ -23,6 +23,7 @@ import typer
 from forgetscope import render
 from forgetscope.errors import UserInputError
 from forgetscope.files import check_output_dir, check_output_file, write_atomically
+from forgetscope.options import settings_options
 from forgetscope.settings import CommandOptions, LoraSettings, MitigationSettings, Settings, TrainSettings
 
 app = typer.Typer(
@@ -64,13 +65,6 @@ class Dtype(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
-
-
-class TrainDtype(str, Enum):
-    """Training precision: float32, or bfloat16 autocast (float16 training is not offered)."""
-
-    float32 = "float32"
-    bfloat16 = "bfloat16"
 
 
 def setting(settings: type[Settings], name: str, *flags: str, check: bool = True, **option) -> typer.models.OptionInfo:
@@ -148,22 +142,10 @@ def measure(
         render.print_measure_table(result.to_dict())
 
 
-def _listed(values: list[float]) -> str:
-    return ",".join(f"{v:g}" for v in values) or "none"
-
-
-def _scales(text: str, option: str) -> list[float]:
-    """`0,0.5,1` -> floats; `none` (or nothing) -> no settings."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserInputError(f"{option} takes comma-separated numbers in [0, 1], got {text!r}") from None
-
-
 @app.command()
+@settings_options(settings=MitigationSettings)
 def mitigate(
+    *,
     base: Annotated[str | None, typer.Option(help="Base model: a directory, hub id, .gguf file or smollm2.")] = None,
     adapter: Adapter = None,
     finetuned: Annotated[str | None, typer.Option(help="Full fine-tune of --base: WiSE-FT interpolates the weights.")] = None,
@@ -171,10 +153,7 @@ def mitigate(
     ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out fine-tuning text, for ft_loss.")] = None,
     sweep: Annotated[Path | None, typer.Option(help="Instead of --base/--adapter/--eval-data/--ft-eval-data: a sweep directory with save_adapters, whose config gives them.")] = None,
     point: Annotated[str, typer.Option(help="With --sweep: a point id, or largest (the largest unmitigated point).")] = "largest",
-    scales: Annotated[str, setting(MitigationSettings, "scales", check=False)] = _listed(MitigationSettings.default("scales")),
-    intruder_scales: Annotated[str, setting(MitigationSettings, "intruder_scales", check=False)] = _listed(MitigationSettings.default("intruder_scales")),
-    intruder_threshold: Annotated[float, setting(MitigationSettings, "intruder_threshold")] = MitigationSettings.default("intruder_threshold"),
-    intruder_top_k: Annotated[int, setting(MitigationSettings, "intruder_top_k")] = MitigationSettings.default("intruder_top_k"),
+    settings: MitigationSettings,
     budget: Annotated[float | None, setting(CommandOptions, "budget", help="Forgetting budget (KL, nats/token): pick the setting with the lowest ft_loss within it.")] = None,
     save: Annotated[Path | None, typer.Option(help="With --budget: write the chosen setting here as an ordinary PEFT adapter (or full model).")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the JSON (and the plot beside it, .png); default mitigation.json, or SWEEP/mitigation/ID.json.")] = None,
@@ -191,8 +170,6 @@ def mitigate(
     from forgetscope.mitigate.tradeoff import plot_posthoc
     from forgetscope.sweep import adapters as sweep_adapters
 
-    settings = MitigationSettings(scales=_scales(scales, "--scales"), intruder_scales=_scales(intruder_scales, "--intruder-scales"),
-                                          intruder_threshold=intruder_threshold, intruder_top_k=intruder_top_k)
     if save is not None and budget is None:
         raise UserInputError("--save writes the setting chosen within --budget: give --budget too")
     if save is not None and save.exists() and (not save.is_dir() or any(save.iterdir())):
@@ -238,61 +215,27 @@ def mitigate(
 
 
 @app.command()
+@settings_options(lora=LoraSettings, settings=TrainSettings, exclude=("eval_batch_size",),
+                  flags={"lora_alpha": ("--lora-alpha", "--alpha")})
 def train(
     base: Base,
     train_data: Annotated[list[Path], typer.Option(metavar="FILE", help="Fine-tuning text (.txt, .jsonl, .parquet).")],
     eval_data: EvalData,
     out: Annotated[Path, typer.Option(help="Output directory: records.jsonl, adapter/, run.json.")],
-    ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out fine-tuning text (default: a seeded random share of --train-data's sequences, at most --eval-tokens and 5%).")] = None,
-    rank: Annotated[int, setting(LoraSettings, "rank")] = LoraSettings.default("rank"),
-    lora_alpha: Annotated[float, setting(LoraSettings, "lora_alpha", "--lora-alpha", "--alpha")] = LoraSettings.default("lora_alpha"),
-    target_modules: Annotated[str, typer.Option(help="Comma-separated module names (or suffixes), or all-linear.")] = "all-linear",
-    layers: Annotated[str | None, typer.Option(help="Comma-separated block indices to adapt (default all).")] = None,
-    dropout: Annotated[float, setting(LoraSettings, "dropout")] = LoraSettings.default("dropout"),
-    rslora: Annotated[bool, setting(LoraSettings, "rslora", "--rslora/--no-rslora")] = LoraSettings.default("rslora"),
-    steps: Annotated[int, setting(TrainSettings, "steps")] = TrainSettings.default("steps"),
-    learning_rate: Annotated[float, setting(TrainSettings, "learning_rate")] = TrainSettings.default("learning_rate"),
-    batch_size: Annotated[int, setting(TrainSettings, "batch_size")] = TrainSettings.default("batch_size"),
-    seq_len: SeqLen = TrainSettings.default("seq_len"),
-    warmup_steps: Annotated[int, setting(TrainSettings, "warmup_steps")] = TrainSettings.default("warmup_steps"),
-    scheduler: Annotated[str, setting(TrainSettings, "scheduler")] = TrainSettings.default("scheduler"),
-    eval_points: Annotated[int, setting(TrainSettings, "eval_points")] = TrainSettings.default("eval_points"),
-    eval_schedule: Annotated[str, setting(TrainSettings, "eval_schedule")] = TrainSettings.default("eval_schedule"),
-    kl_budget: Annotated[float | None, setting(TrainSettings, "kl_budget", "--kl-budget")] = None,
-    stop_on_budget: Annotated[str, setting(TrainSettings, "stop_on_budget")] = TrainSettings.default("stop_on_budget"),
-    eval_tokens: Annotated[int, setting(TrainSettings, "eval_tokens")] = TrainSettings.default("eval_tokens"),
-    replay_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Replay corpus for --replay-fraction and --kl-weight: pretraining-like text that is not the eval text (.txt, .jsonl, .parquet).")] = None,
-    replay_fraction: Annotated[float, setting(TrainSettings, "replay_fraction")] = TrainSettings.default("replay_fraction"),
-    kl_weight: Annotated[float, setting(TrainSettings, "kl_weight")] = TrainSettings.default("kl_weight"),
-    l2_weight: Annotated[float, setting(TrainSettings, "l2_weight")] = TrainSettings.default("l2_weight"),
-    seed: Annotated[int, setting(TrainSettings, "seed")] = TrainSettings.default("seed"),
-    dtype: Annotated[TrainDtype, setting(TrainSettings, "dtype")] = TrainDtype.float32,
+    lora: LoraSettings,
+    settings: TrainSettings,
+    ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out fine-tuning text (default: --ft-eval-tokens of --train-data's sequences drawn with seed 0, at most 5%).")] = None,
+    replay_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Replay corpus of the training mitigations that need one: pretraining-like text that is not the eval text (.txt, .jsonl, .parquet).")] = None,
     device: Device = "auto",
-    report_to: Annotated[str, typer.Option(help="Trainer integrations, comma-separated (tensorboard, wandb, mlflow) or none.")] = "none",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds (by default only an earlier run with the same settings is replaced).")] = False,
     law: Annotated[Path | None, typer.Option(metavar="DIR", help="A fitted sweep (DIR/fits.json): its law of KL is the prior of the forecast of this run's last KL, which then fits only this run's own factor.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:
     """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
-    import torch
-
-    from forgetscope.data import group_into_blocks, hold_out_finetune_text, load_eval_blocks, read_domains
+    from forgetscope.data import prepare_run_data, read_domains
     from forgetscope.models import check_files_exist, check_seq_len, load_causal_lm, load_tokenizer, resolve_device
     from forgetscope.train import check_out_dir, finetune, run_identity
 
-    modules = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",") if m.strip()]
-    try:
-        layer_ids = None if layers is None else [int(x) for x in layers.split(",")]
-    except ValueError:
-        raise UserInputError(f"--layers must be comma-separated integers, got {layers!r}") from None
-    lora = LoraSettings(rank=rank, lora_alpha=lora_alpha, target_modules=modules, layers=layer_ids, dropout=dropout, rslora=rslora)
-    settings = TrainSettings(
-        steps=steps, learning_rate=learning_rate, batch_size=batch_size, seq_len=seq_len, warmup_steps=warmup_steps,
-        scheduler=scheduler, eval_points=eval_points, eval_schedule=eval_schedule, eval_tokens=eval_tokens, seed=seed,
-        dtype=dtype.value, kl_budget=kl_budget, stop_on_budget=stop_on_budget,
-        replay_fraction=replay_fraction, kl_weight=kl_weight, l2_weight=l2_weight,
-        report_to=[] if report_to == "none" else report_to.split(","),
-    )
     check_out_dir(out, run_identity(lora, settings), overwrite)  # before anything is loaded or written
     fits = None
     if law is not None:
@@ -300,30 +243,26 @@ def train(
 
         fits = load_fits(law)
     if settings.needs_replay and not replay_data:
-        raise UserInputError("--replay-fraction and --kl-weight need a replay corpus: give --replay-data")
+        raise UserInputError(f"{', '.join('--' + name.replace('_', '-') for name in settings.mitigations)} need a replay corpus: give --replay-data")
     for files, what in ((train_data, "--train-data file"), (eval_data, "--eval-data file"),
                         (ft_eval_data or [], "--ft-eval-data file"), (replay_data or [], "--replay-data file")):
         check_files_exist(files, what)
     tokenizer = load_tokenizer(base)
     model = load_causal_lm(base, device=resolve_device(device))
-    check_seq_len(model, seq_len)
-    docs = [d for texts in read_domains(train_data).values() for d in texts]
-    train_blocks = group_into_blocks(docs, tokenizer, seq_len)
-    if ft_eval_data:
-        ft_eval = torch.cat(list(load_eval_blocks(ft_eval_data, tokenizer, seq_len, eval_tokens).values()))
-    else:
-        train_blocks, ft_eval = hold_out_finetune_text(train_blocks, eval_tokens, seed)
-    eval_blocks = load_eval_blocks(eval_data, tokenizer, seq_len, eval_tokens)
-    replay = None
-    if replay_data and settings.needs_replay:
-        replay_docs = [d for texts in read_domains(replay_data).values() for d in texts]
-        replay = group_into_blocks(replay_docs, tokenizer, seq_len, steps * batch_size * seq_len)
-        if len(replay) == 0:
-            raise UserInputError(f"--replay-data is shorter than one sequence of {seq_len} tokens")
+    check_seq_len(model, settings.seq_len)
+
+    def documents(files: list[Path] | None) -> list[str] | None:
+        return None if not files else [d for texts in read_domains(files).values() for d in texts]
+
+    data = prepare_run_data(tokenizer, documents(train_data), read_domains(eval_data), seq_len=settings.seq_len, steps=settings.steps,
+                            batch_size=settings.batch_size, eval_tokens=settings.eval_tokens, ft_eval_tokens=settings.ft_eval_tokens,
+                            replay_documents=documents(replay_data) if settings.needs_replay else None,
+                            ft_eval_documents=documents(ft_eval_data))
     created = not out.exists()
     try:
-        records = finetune(model, tokenizer, lora, settings, train_blocks, eval_blocks, ft_eval, out, progress=True,  # bars on stderr: --json keeps stdout for the JSON
-                           replay_blocks=replay, overwrite=overwrite, law=fits)
+        records = finetune(model, tokenizer, lora, settings, data.train_blocks, data.eval_blocks, data.ft_eval_blocks, out,
+                           progress=True,  # bars on stderr: --json keeps stdout for the JSON
+                           replay_blocks=data.replay_blocks, overwrite=overwrite, law=fits)
     except Exception:
         if created:  # a run that failed (a full disk, say) leaves no half-written directory behind
             shutil.rmtree(out, ignore_errors=True)
@@ -331,10 +270,10 @@ def train(
     if as_json:
         print(json.dumps(records))
     else:
-        render.print_records_table(records, f"Forgetting during fine-tuning ({'rsLoRA' if rslora else 'LoRA'} r={rank})")
+        render.print_records_table(records, f"Forgetting during fine-tuning ({'rsLoRA' if lora.rslora else 'LoRA'} r={lora.rank})")
         forecast = [r["forecast"] for r in records if "forecast" in r]
         if forecast:
-            render.print_run_forecast(forecast[-1], kl_budget)
+            render.print_run_forecast(forecast[-1], settings.kl_budget)
         stopped = json.loads((out / "run.json").read_text()).get("stopped_by_budget")
         if stopped:
             render.console.print(f"stopped early: {stopped}")

@@ -9,9 +9,12 @@ whole blocks, in order, up to that many tokens per domain.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from forgetscope.errors import UserInputError
@@ -173,3 +176,113 @@ def split_validation(blocks: torch.Tensor, n_tokens: int, seed: int = 0) -> tupl
     n_val = min(max(1, n_tokens // blocks.shape[1]), len(blocks) - 1)
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
     return blocks[order[n_val:]], blocks[order[:n_val]]
+
+
+# -- replay text never overlaps eval text ---------------------------------------------------
+
+OVERLAP_WINDOW = 32
+"""Tokens in a run of text shared by replay and eval text that counts as an overlap: long
+enough that natural text does not repeat it by chance, short enough to catch a copied passage."""
+
+def _window_hashes(blocks: torch.Tensor, width: int) -> np.ndarray:
+    """A 64-bit polynomial hash of every `width`-token window of each block."""
+    ids = blocks.numpy().astype(np.uint64)
+    if ids.shape[1] < width:
+        return np.zeros(0, dtype=np.uint64)
+    windows = np.lib.stride_tricks.sliding_window_view(ids, width, axis=1).reshape(-1, width)
+    powers = np.uint64(1_000_003) ** np.arange(width, dtype=np.uint64)  # wraps mod 2^64, as intended
+    hashes = np.empty(len(windows), dtype=np.uint64)
+    for start in range(0, len(windows), 65_536):
+        with np.errstate(over="ignore"):
+            hashes[start : start + 65_536] = (windows[start : start + 65_536] * powers).sum(axis=1)
+    return hashes
+
+
+def check_no_overlap(replay_blocks: torch.Tensor, eval_blocks: Mapping[str, torch.Tensor], width: int = OVERLAP_WINDOW) -> None:
+    """A one-line `UserInputError` if any `width`-token run of an eval domain also occurs in
+    the replay text: replaying the eval text would hide the forgetting it measures."""
+    width = min(width, replay_blocks.shape[1])
+    replay = np.unique(_window_hashes(replay_blocks, width))
+    for name, blocks in eval_blocks.items():
+        hashes = _window_hashes(blocks, width)
+        shared = int(np.isin(hashes, replay).sum())
+        if shared:
+            raise UserInputError(
+                f"the replay text overlaps eval domain {name!r}: {shared} of its {len(hashes)} runs of {width} tokens "
+                "also occur in the replay corpus; replay must be text forgetting is not measured on"
+            )
+
+
+def _check_no_shared_documents(replay: list[str], eval_documents: Mapping[str, list[str]]) -> None:
+    """A one-line `UserInputError` if a document of an eval domain is also a replay document."""
+    replayed = {doc.strip() for doc in replay}
+    for name, docs in eval_documents.items():
+        shared = sum(1 for doc in docs if doc.strip() and doc.strip() in replayed)
+        if shared:
+            raise UserInputError(f"the replay text overlaps eval domain {name!r}: {shared} of its {len(docs)} documents are also "
+                                 "replay documents; replay must be text forgetting is not measured on")
+
+
+# -- one pipeline for a run's text: `train` and every sweep point ----------------------------
+
+
+@dataclass
+class RunData:
+    """A run's text as token blocks: what it trains on, the held-out fine-tuning text its
+    `ft_loss` is measured on, the eval domains forgetting is measured on, and the replay
+    corpus of the training mitigations that need one."""
+
+    train_blocks: torch.Tensor
+    ft_eval_blocks: torch.Tensor
+    eval_blocks: dict[str, torch.Tensor]
+    replay_blocks: torch.Tensor | None = None
+
+
+def prepare_run_data(tokenizer, finetune_documents: list[str], eval_documents: Mapping[str, list[str]], *, seq_len: int,
+                     steps: int, batch_size: int, eval_tokens: int, ft_eval_tokens: int,
+                     replay_documents: list[str] | None = None, ft_eval_documents: list[str] | None = None) -> RunData:
+    """The one rule `forgetscope train` and sweeps cut their text by, so that a `train` run
+    and a one-point sweep of the same settings see the same sequences.
+
+    - Fine-tuning text: a sample of the documents (shuffled with seed 0, never the run's seed,
+      so runs that differ only in seed share their data) up to one pass of the step budget
+      plus `ft_eval_tokens`, cut into blocks; then `ft_eval_tokens` of whole blocks drawn with
+      seed 0 (at most 5%: `hold_out_finetune_text`) are held out for `ft_loss`, unless
+      `ft_eval_documents` give the held-out text instead.
+    - Eval text: each domain's first `eval_tokens`, in whole blocks.
+    - Replay text: a sample as for the fine-tuning text, up to one pass of the step budget,
+      never overlapping the eval text (`check_no_overlap`).
+    """
+    if eval_tokens < seq_len:
+        raise UserInputError(f"eval_tokens ({eval_tokens}) is smaller than one sequence (seq_len {seq_len})")
+    one_pass = steps * batch_size * seq_len
+    documents = list(finetune_documents)
+    # A seeded sample of the documents, not the first ones in corpus order: a 100-step pilot
+    # and a 400-step run then train on text from the same distribution (the shorter budget's
+    # documents are the first of the longer one's). In corpus order, the forecast benchmark's
+    # pilots trained on the first fifth of the code files (alphabetical) and their targets on
+    # nearly all of them, and every forecast came out too high.
+    random.Random(0).shuffle(documents)
+    if ft_eval_documents:
+        train_blocks = group_into_blocks(documents, tokenizer, seq_len, one_pass)
+        ft_eval_blocks = group_into_blocks(ft_eval_documents, tokenizer, seq_len, ft_eval_tokens)
+        if len(ft_eval_blocks) == 0:
+            raise UserInputError(f"the held-out fine-tuning text is shorter than one sequence of {seq_len} tokens")
+    else:
+        blocks = group_into_blocks(documents, tokenizer, seq_len, one_pass + ft_eval_tokens)
+        train_blocks, ft_eval_blocks = hold_out_finetune_text(blocks, ft_eval_tokens, seed=0)
+    eval_blocks = {}
+    for name, docs in eval_documents.items():
+        eval_blocks[name] = group_into_blocks(docs, tokenizer, seq_len, eval_tokens)
+        if len(eval_blocks[name]) == 0:
+            raise UserInputError(f"eval domain {name!r} is shorter than one sequence of {seq_len} tokens")
+    replay_blocks = None
+    if replay_documents is not None:
+        replay = list(replay_documents)
+        _check_no_shared_documents(replay, eval_documents)  # the sample below may miss a copied passage's windows
+        random.Random(0).shuffle(replay)
+        replay_blocks = group_into_blocks(replay, tokenizer, seq_len, one_pass)
+        if len(replay_blocks) == 0:
+            raise UserInputError(f"the replay text is shorter than one sequence of {seq_len} tokens")
+        check_no_overlap(replay_blocks, eval_blocks)
+    return RunData(train_blocks, ft_eval_blocks, eval_blocks, replay_blocks)

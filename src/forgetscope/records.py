@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
 
 from forgetscope.errors import UserInputError, describe
+from forgetscope.extensions import training_mitigations
 from forgetscope.files import plain_name
+from forgetscope.settings import grid_axes
 
 
 class DomainMetrics(TypedDict):
@@ -45,38 +49,31 @@ class Record(DomainMetrics, total=False):
     """The output vocabulary: KL cannot sensibly exceed what a uniform prediction costs."""
     forecast: dict
     """With a KL budget: the forecast KL at the run's last step so far (`laws.forecast.forecast_run`)."""
-    # A sweep adds the point's labels:
     point_id: str
-    rank: int
-    target_modules: list[str] | str
-    layers: list[int] | None
-    rslora: bool
-    lora_alpha: float
-    learning_rate: float
-    seed: int
-    replay_fraction: float
-    kl_weight: float
-    l2_weight: float
-    """The training mitigations of the point (`forgetscope.mitigate.training`); 0 or absent: none."""
+    """A sweep's point; its records also carry the point's value of every grid axis
+    (`settings.grid_axes()`: rank, target_modules, ..., each training mitigation's setting)."""
 
 
-MITIGATION_KEYS = ("replay_fraction", "kl_weight", "l2_weight")
-"""The record labels that say a run was mitigated while it trained."""
+def mitigation_keys() -> list[str]:
+    """The record labels that say a run was mitigated while it trained: one per training
+    mitigation (`forgetscope.mitigate.training`); 0 or absent is none."""
+    return [m.name for m in training_mitigations()]
 
 
-def is_mitigated(record: dict) -> bool:
+def is_mitigated(record: Mapping) -> bool:
     """Whether a run used any training mitigation (records from before they existed did not)."""
-    return any(record.get(key) for key in MITIGATION_KEYS)
+    return any(record.get(key) for key in mitigation_keys())
 
 
 FIT_KEYS = ("point_id", "trainable_params", "step", "kl", "forgetting_ce", "ft_loss")
 """What every record must hold for the laws to be fitted."""
 
 
-class RecordSchema(BaseModel):
+class _RecordSchema(BaseModel):
     """What a record's known keys may hold (others are allowed: keys may be added). Numbers
     may be NaN (a diverged run; `fit` leaves those out with a note) but never of the wrong
-    sign, and never strings or booleans."""
+    sign, and never strings or booleans. A grid axis's label (`rank`, `kl_weight`, ...) holds
+    what its setting may, by the setting's own definition."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -90,16 +87,6 @@ class RecordSchema(BaseModel):
     ft_loss: float | None = None
     train_loss: float | None = None
     domains: dict[str, dict[str, float | int | None]] | None = None
-    rank: int | None = Field(None, ge=1)
-    lora_alpha: float | None = Field(None, gt=0)
-    learning_rate: float | None = Field(None, gt=0)
-    seed: int | None = Field(None, ge=0)
-    rslora: bool | None = None
-    target_modules: list[str] | str | None = None
-    layers: list[int] | None = None
-    replay_fraction: float | None = Field(None, ge=0, lt=1)
-    kl_weight: float | None = Field(None, ge=0)
-    l2_weight: float | None = Field(None, ge=0)
 
     @field_validator("point_id")
     @classmethod
@@ -115,6 +102,13 @@ class RecordSchema(BaseModel):
         if value is not None and value < -1e-6:  # a NaN passes: `fit` counts and skips it
             raise ValueError(f"is negative ({value}); a divergence is never below 0")
         return value
+
+
+RecordSchema: type[BaseModel] = create_model(
+    "RecordSchema", __base__=_RecordSchema, __module__=__name__, __doc__=_RecordSchema.__doc__,
+    **{name: (owner.model_fields[name].annotation | None,  # type: ignore[operator]
+              FieldInfo.merge_field_infos(owner.model_fields[name], default=None))
+       for name, owner in grid_axes().items()})
 
 
 def read_records(path: str | Path) -> list[Record]:

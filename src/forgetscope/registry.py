@@ -1,9 +1,15 @@
-"""Named plug-ins: law forms, sweep executors, end-of-point evaluators, prompt transforms.
+"""Named plug-ins: law forms, sweep executors, end-of-point evaluators, post-hoc and
+training mitigations, prompt transforms.
 
 Each kind of plug-in lives in one package; a plug-in is one module in it that calls
 `registry.register(name, obj)` at import. `discover()` imports every module of the package
 (and any `forgetscope.<kind>` entry points of installed distributions), so adding a plug-in
 is adding one file: nothing else names it.
+
+Registration is honest, as PEFT's and lm-eval's registries are: a name registered twice is
+an error unless the second registration asks to replace the first (so an installed plug-in
+never shadows a built-in unnoticed), and a registry given its protocol refuses an object
+that lacks one of the protocol's members.
 """
 
 from __future__ import annotations
@@ -12,25 +18,52 @@ import importlib
 import pkgutil
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from forgetscope.errors import UserInputError
 
 T = TypeVar("T")
 
 
+def protocol_members(protocol: type) -> list[str]:
+    """The attributes and methods a `typing.Protocol` declares (its own and its bases')."""
+    members: set[str] = set()
+    for klass in protocol.__mro__:
+        if klass is object or klass.__name__ in ("Protocol", "Generic"):
+            continue
+        members |= set(getattr(klass, "__annotations__", {}))
+        members |= {name for name, value in vars(klass).items() if callable(value) and not name.startswith("_")}
+    return sorted(members)
+
+
 class Registry(Generic[T]):
     """A name -> plug-in table that fills itself from `package` on first use."""
 
-    def __init__(self, kind: str, package: str):
-        self.kind, self.package = kind, package
+    def __init__(self, kind: str, package: str, protocol: type | None = None):
+        self.kind, self.package, self.protocol = kind, package, protocol
         self._items: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
         self._discovered = False
 
-    def register(self, name: str, item: T) -> T:
-        """Add `item` under `name` (a second registration of a name replaces the first)."""
-        self._items[name] = item
+    def register(self, name: str, item: T, *, replace: bool = False) -> T:
+        """Add `item` under `name`. A name already registered is refused unless `replace`;
+        with a protocol, an item missing one of its members is refused."""
+        origin = getattr(item, "__module__", None) or type(item).__module__
+        if name in self._items and not replace:
+            raise UserInputError(f"{self.kind.rstrip('s')} {name!r} is registered twice (by {self._origins[name]} and by {origin}); "
+                                 "pass replace=True to replace it on purpose")
+        if self.protocol is not None:
+            missing = [member for member in protocol_members(self.protocol) if not hasattr(item, member)]
+            if missing:
+                raise TypeError(f"{self.kind.rstrip('s')} {name!r} from {origin} lacks {', '.join(missing)} "
+                                f"of the {self.protocol.__name__} protocol")
+        self._items[name], self._origins[name] = item, origin
         return item
+
+    def unregister(self, name: str) -> None:
+        """Remove `name` (tests that add a plug-in take it away again)."""
+        self._items.pop(name, None)
+        self._origins.pop(name, None)
 
     def discover(self) -> None:
         """Import every module of the package, then the entry points, once."""
@@ -58,6 +91,10 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         self.discover()
         return iter(list(self._items.items()))
+
+    def values(self) -> list[Any]:
+        self.discover()
+        return list(self._items.values())
 
     def __contains__(self, name: str) -> bool:
         self.discover()

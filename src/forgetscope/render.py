@@ -318,7 +318,10 @@ def print_mitigation(result: dict) -> None:
     table = Table(title=f"Post-hoc mitigation (base ft_loss {result['base_ft_loss']:.4f}; gain: how far ft_loss fell from it)")
     for column in ("method", "setting", "KL", "L_f", "ft loss", "gain kept", "note"):
         table.add_column(column, justify="left" if column in ("method", "note") else "right")
-    full = max((r["ft_gain"] for r in result["rows"] if r["method"] == "scale" and r["setting"] == 1.0), default=None)
+    from forgetscope.mitigate.methods import METHODS
+
+    full = max((r["ft_gain"] for r in result["rows"] if r["method"] in METHODS and r["setting"] == METHODS.get(r["method"]).full_setting),
+               default=None)  # the fine-tune as it is: what each row keeps a share of
     chosen = result.get("chosen")
     for row in result["rows"]:
         kept = f"{row['ft_gain'] / full:.0%}" if full else "-"

@@ -11,17 +11,23 @@ defaults), so names and defaults agree everywhere. Bad values are one-line `User
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from forgetscope.errors import UserInputError, describe
+from forgetscope.extensions import training_mitigations
 
 TargetModules = list[str] | Literal["all-linear"]
 MODULE_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 """A module name or dotted suffix (`q_proj`, `self_attn.q_proj`): never a path."""
 
+
+AXIS = {"axis": "always"}
+"""Field metadata of the settings a sweep's grid can vary and every point id names. A field
+marked `{"axis": TAG}` is an axis too, named in ids (as `-TAG<value>`) only when it differs
+from its default, so adding one never changes the ids of existing points."""
 
 SEED_MAX = 2**32 - 1
 """numpy's and torch's generators take seeds in [0, 2**32)."""
@@ -85,12 +91,12 @@ def _admits_bool(annotation: Any) -> bool:
 class LoraSettings(Settings):
     """Which parameters are fine-tuned, and how the adapter is scaled (PEFT's `LoraConfig`)."""
 
-    rank: int = Field(8, ge=1, le=65_536, description="LoRA rank r (at least 1, at most the narrower side of every adapted layer).")
-    lora_alpha: float = Field(16.0, gt=0, description="Scale numerator: the update B A is scaled by alpha / r, or alpha / sqrt(r) with rsLoRA.")
-    target_modules: TargetModules = Field("all-linear", description="Module names (or suffixes) to adapt, or all-linear for every linear layer but the head.")
-    layers: list[int] | None = Field(None, min_length=1, description="Indices of the transformer blocks to adapt; none adapts all.")
+    rank: int = Field(8, ge=1, le=65_536, description="LoRA rank r (at least 1, at most the narrower side of every adapted layer).", json_schema_extra=AXIS)
+    target_modules: TargetModules = Field("all-linear", description="Module names (or suffixes) to adapt, or all-linear for every linear layer but the head.", json_schema_extra=AXIS)
+    layers: list[int] | None = Field(None, min_length=1, description="Indices of the transformer blocks to adapt; none adapts all.", json_schema_extra=AXIS)
+    rslora: bool = Field(True, description="Rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023) instead of alpha / r.", json_schema_extra=AXIS)
+    lora_alpha: float = Field(16.0, gt=0, description="Scale numerator: the update B A is scaled by alpha / r, or alpha / sqrt(r) with rsLoRA.", json_schema_extra=AXIS)
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    rslora: bool = Field(True, description="Rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023) instead of alpha / r.")
 
     @field_validator("target_modules")
     @classmethod
@@ -131,11 +137,12 @@ class LoraSettings(Settings):
         )
 
 
-class TrainSettings(Settings):
-    """The optimisation budget and the forgetting-measurement schedule of one run."""
+class _TrainSettings(Settings):
+    """The optimisation budget, the forgetting-measurement schedule and the training
+    mitigations (one field each, from `forgetscope.mitigate.training`) of one run."""
 
     steps: int = Field(200, ge=1, le=10_000_000, description="Optimizer steps.")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (1e-3 suits the embedded tiny models; pretrained models usually want 1e-4 to 2e-4).")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (1e-3 suits the embedded tiny models; pretrained models usually want 1e-4 to 2e-4).", json_schema_extra=AXIS)
     batch_size: int = Field(8, ge=1, le=65_536, description="Sequences per step.")
     seq_len: int = Field(128, ge=2, le=1_048_576, description="Tokens per sequence, for training and for the eval text.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
@@ -143,16 +150,13 @@ class TrainSettings(Settings):
     eval_points: int = Field(8, ge=2, le=10_000, description="Forgetting measurements, step 0 included, spaced by eval_schedule.")
     eval_schedule: Literal["log", "dense-late"] = Field("log", description="log: log-spaced steps; dense-late: a third log-spaced up to a fifth of the run, the rest evenly spaced after it, for fitting laws past the bend.")
     eval_tokens: int = Field(4096, ge=2, le=1_000_000_000, description="Eval tokens per forgetting domain at each measurement, in whole sequences (the default keeps 8 measurements near 6% of a run's time).")
+    ft_eval_tokens: int = Field(4096, ge=2, le=1_000_000_000, description="Held-out fine-tuning tokens for ft_loss, in whole sequences drawn with seed 0 (at most 5% of the fine-tuning text).")
     eval_batch_size: int = Field(16, ge=1, le=65_536, description="Sequences per forward pass when measuring.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the adapter init and the data order.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the adapter init and the data order.", json_schema_extra=AXIS)
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32, or bfloat16 for mixed-precision (autocast) training.")
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations (tensorboard, wandb, mlflow, ...) that also receive forgetting.")
     kl_budget: float | None = Field(None, gt=0, description="Forgetting budget (KL, nats/token): each measurement logs the forecast KL at the last step and the step the budget will be crossed.")
     stop_on_budget: Literal["never", "measured", "forecast"] = Field("measured", description="With kl_budget, stop training when the measured KL crosses it (measured), when the forecast's 95% lower bound at the last step does (forecast), or never.")
-
-    replay_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training sequences drawn from the replay corpus (pretraining-data injection, Bethune et al. 2025); needs replay text.")
-    kl_weight: float = Field(0.0, ge=0.0, description="Weight of a KL(base || model) penalty on a batch of replay text each step (self-distillation toward the base); needs replay text.")
-    l2_weight: float = Field(0.0, ge=0.0, description="Weight of an L2 pull of the LoRA update toward zero: sum over layers of ||s B A||_F^2.")
 
     @field_validator("scheduler")
     @classmethod
@@ -176,13 +180,48 @@ class TrainSettings(Settings):
         return value
 
     @property
+    def mitigations(self) -> dict[str, float]:
+        """`{setting: value}` of the training mitigations this run uses; none is `{}`."""
+        return {m.name: getattr(self, m.name) for m in training_mitigations() if getattr(self, m.name)}
+
+    @property
     def needs_replay(self) -> bool:
         """Whether this run draws on a replay corpus."""
-        return self.replay_fraction > 0 or self.kl_weight > 0
+        return any(m.needs_replay and getattr(self, m.name) for m in training_mitigations())
 
     @property
     def bf16(self) -> bool:
         return self.dtype == "bfloat16"
+
+
+def _with_training_mitigations(core: type[_TrainSettings]) -> type[_TrainSettings]:
+    """`core` plus one field per registered training mitigation: each is a grid axis that
+    enters point ids, under its own tag, only when it is used."""
+    fields: dict[str, Any] = {
+        m.name: (float, FieldInfo.merge_field_infos(m.field, json_schema_extra={"axis": m.tag})) for m in training_mitigations()}
+    return create_model("TrainSettings", __base__=core, __module__=__name__, __doc__=core.__doc__, **fields)
+
+
+if TYPE_CHECKING:
+    class TrainSettings(_TrainSettings):
+        def __getattr__(self, name: str) -> float: ...  # the training mitigations' settings
+else:
+    TrainSettings = _with_training_mitigations(_TrainSettings)
+
+
+def grid_axes() -> dict[str, type[Settings]]:
+    """`{setting: the Settings class defining it}` of every setting a sweep's grid can vary, in
+    order: a field marked as an axis (`AXIS`, or a training mitigation's tag)."""
+    return {name: owner for owner in (LoraSettings, TrainSettings) for name, field in owner.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and "axis" in field.json_schema_extra}
+
+
+def axis_tag(name: str) -> str | None:
+    """How a point id shows axis `name` when it differs from its default, or None for the axes
+    every id always holds (rank, modules, scaling, seed, ... : `AXIS`)."""
+    owner = grid_axes()[name]
+    tag = owner.model_fields[name].json_schema_extra["axis"]  # type: ignore[index]
+    return None if tag == "always" else tag
 
 
 class MitigationSettings(Settings):

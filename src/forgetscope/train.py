@@ -109,8 +109,8 @@ def finetune(
     `out_dir/records.jsonl`. `callbacks` are extra `TrainerCallback`s (e.g. a progress display);
     `base_predictions` are base hidden states recorded for `eval_blocks` beforehand (else
     the callback records them at the start). `replay_blocks` are the replay corpus of the
-    training mitigations (`settings.replay_fraction`, `kl_weight`; `forgetscope.mitigate.training`),
-    checked never to overlap `eval_blocks`. A non-empty `out_dir` is refused unless it holds
+    training mitigations that need one (`forgetscope.mitigate.training`), checked never to
+    overlap `eval_blocks`. A non-empty `out_dir` is refused unless it holds
     an earlier run of the same settings, or `overwrite` is given (`check_out_dir`).
     """
     import tempfile
@@ -119,7 +119,8 @@ def finetune(
     from transformers import TrainingArguments, default_data_collator, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from forgetscope.mitigate import training as mitigation
+    from forgetscope.data import check_no_overlap
+    from forgetscope.mitigate.training import TrainingRun, apply_training_mitigations, trainer_class
 
     if len(train_blocks) == 0:
         raise UserInputError(f"fine-tuning text is shorter than one sequence of {settings.seq_len} tokens")
@@ -128,18 +129,12 @@ def finetune(
         check_out_dir(Path(out_dir), identity, overwrite)
     if settings.needs_replay:
         if replay_blocks is None or len(replay_blocks) == 0:
-            raise UserInputError("replay_fraction and kl_weight need a replay corpus (--replay-data, or replay_data in a sweep)")
-        mitigation.check_no_overlap(replay_blocks, eval_blocks)
+            raise UserInputError(f"{', '.join(settings.mitigations)} need a replay corpus (--replay-data, or replay_data in a sweep)")
+        check_no_overlap(replay_blocks, eval_blocks)
     set_seed(settings.seed)  # LoRA's A init draws from the global generator
     peft_model = apply_lora(model, lora)
-    distillation = None
-    if settings.kl_weight > 0:
-        try:
-            distillation = mitigation.ReplayDistillation(peft_model, replay_blocks, settings.batch_size, settings.seed)
-        except ValueError as exc:
-            raise UserInputError(f"kl_weight: {exc}") from None
-    if settings.replay_fraction > 0:
-        train_blocks = mitigation.with_replay(train_blocks, replay_blocks, settings.replay_fraction, settings.seed)
+    run = apply_training_mitigations(TrainingRun(peft_model, settings, train_blocks, replay_blocks))
+    train_blocks = run.train_blocks
     trainable = count_trainable_params(peft_model)
     out = Path(out_dir) if out_dir is not None else None
     records_file = None
@@ -177,8 +172,7 @@ def finetune(
         use_cpu=next(model.parameters()).device.type == "cpu",
         disable_tqdm=not progress,
     )
-    trainer_class = mitigation.mitigated_trainer_class(distillation, settings.kl_weight, settings.l2_weight)
-    trainer = trainer_class(model=peft_model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+    trainer = trainer_class(run.loss_terms)(model=peft_model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     # The Trainer prints every log line (each step here); keep a bar, or nothing.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

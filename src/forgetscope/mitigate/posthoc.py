@@ -96,7 +96,7 @@ def mitigation_grid(
     if 2 * n_scored * finetuned.get_output_embeddings().weight.shape[0] * 4 <= LOG_PROB_BYTES:
         source = base_chunk_log_probs(source, finetuned.get_output_embeddings(), batch_size)
     edits, skipped = {}, {}
-    for name, method in sorted(METHODS.items(), key=lambda item: getattr(item[1], "order", 50)):
+    for name, method in sorted(METHODS.items(), key=lambda item: item[1].order):
         edit = method.prepare(finetuned, base, settings)
         if isinstance(edit, str):
             skipped[name] = edit
@@ -122,8 +122,9 @@ def mitigation_grid(
                     **edit.describe(setting),
                 })
                 bar.advance(task)
-    # Scale 0 is the base exactly (a test checks it), so its ft_loss is the base's; else one more pass.
-    base_ft_loss = next((r["ft_loss"] for r in rows if r["method"] == "scale" and r["setting"] == 0.0), None)
+    # A method's base setting is the base exactly (scale 0: a test checks it), so its ft_loss
+    # is the base's; else one more pass.
+    base_ft_loss = next((r["ft_loss"] for r in rows if r["setting"] == METHODS.get(r["method"]).base_setting), None)
     if base_ft_loss is None:
         if base is not None:
             base_ft_loss = mean_loss(base, ft_blocks, batch_size)

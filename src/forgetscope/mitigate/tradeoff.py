@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-METHOD_LABELS = {"scale": "post-hoc: update scale", "intruder": "post-hoc: intruder scale"}
+from forgetscope.extensions import training_mitigations
 
 
 class MitigationRow(BaseModel):
@@ -40,14 +40,9 @@ class MitigationFile(BaseModel):
 
 
 def training_label(record: dict) -> str:
-    """How a sweep point was mitigated while it trained, in words."""
-    parts = []
-    if record.get("replay_fraction"):
-        parts.append(f"replay {record['replay_fraction']:.0%}")
-    if record.get("kl_weight"):
-        parts.append(f"KL penalty {record['kl_weight']:g}")
-    if record.get("l2_weight"):
-        parts.append(f"L2 pull {record['l2_weight']:g}")
+    """How a sweep point was mitigated while it trained, in words (each training mitigation's
+    own `describe`)."""
+    parts = [m.describe(record[m.name]) for m in training_mitigations() if record.get(m.name)]
     return " + ".join(parts) or "no mitigation"
 
 
@@ -68,16 +63,23 @@ def training_curves(records: list[dict], trainable_params: int | None = None) ->
 
 
 def posthoc_curves(result: dict) -> dict[str, list[list[dict]]]:
-    """`{method label: [its curve]}` from a `mitigate` result, settings from 0 to 1."""
+    """`{method label: [its curve]}` from a `mitigate` result, settings in order. A method
+    missing from this installation keeps its name as its label."""
+    from forgetscope.mitigate.methods import METHODS
+
+    def full_setting(method: str) -> float | None:
+        return METHODS.get(method).full_setting if method in METHODS else None
+
     by_method: dict[str, list[dict]] = defaultdict(list)
     for row in result["rows"]:
         by_method[row["method"]].append({"gain": row["ft_gain"], "kl": row["kl"], "setting": row["setting"]})
-    # Every method's setting 1 is the fine-tune as it is: end each curve there.
-    unedited = [p for p in by_method.get("scale", []) if p["setting"] == 1.0]
-    for points in by_method.values():
-        if unedited and not any(p["setting"] == 1.0 for p in points):
-            points.append(unedited[0])
-    return {METHOD_LABELS.get(m, m): [sorted(points, key=lambda p: p["setting"])] for m, points in by_method.items()}
+    # Every method's full setting is the fine-tune as it is: end each curve there.
+    unedited = [p for m, points in by_method.items() for p in points if p["setting"] == full_setting(m)]
+    for method, points in by_method.items():
+        if unedited and not any(p["setting"] == full_setting(method) for p in points):
+            points.append({**unedited[0], "setting": full_setting(method)})
+    return {(METHODS.get(m).label if m in METHODS else m): [sorted(points, key=lambda p: p["setting"])]
+            for m, points in by_method.items()}
 
 
 def _segments(curve: list[dict]):

@@ -22,13 +22,25 @@ Every error names the field and what is wrong with it, on one line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from forgetscope.errors import UserInputError
+from forgetscope.extensions import training_mitigations
 from forgetscope.files import plain_name, read_yaml
-from forgetscope.settings import LoraSettings, Settings, TargetModules, TrainSettings, describe
+from forgetscope.settings import Settings, TrainSettings, describe, grid_axes
 
 
 class Strict(BaseModel):
@@ -51,25 +63,9 @@ class DataSource(Strict):
         return self
 
 
-def _axis(settings: type[Settings], name: str):
-    """A grid axis over one setting: a list of its values, by default its default alone."""
-    return Field(default_factory=lambda: [settings.default(name)], description=f"A list of: {settings.help(name)}")
-
-
-class Grid(Strict):
-    """Lists of values of the run settings (`forgetscope.settings`); the sweep runs every
-    combination, and every value is validated as that setting."""
-
-    rank: list[int] = _axis(LoraSettings, "rank")
-    target_modules: list[TargetModules] = _axis(LoraSettings, "target_modules")
-    layers: list[list[int] | None] = _axis(LoraSettings, "layers")
-    rslora: list[bool] = _axis(LoraSettings, "rslora")
-    lora_alpha: list[float] = _axis(LoraSettings, "lora_alpha")
-    learning_rate: list[float] = _axis(TrainSettings, "learning_rate")
-    seed: list[int] = _axis(TrainSettings, "seed")
-    replay_fraction: list[float] = _axis(TrainSettings, "replay_fraction")
-    kl_weight: list[float] = _axis(TrainSettings, "kl_weight")
-    l2_weight: list[float] = _axis(TrainSettings, "l2_weight")
+class _Grid(Strict):
+    """Lists of values of the run settings that are grid axes (`settings.grid_axes()`); the
+    sweep runs every combination, and every value is validated as that setting."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -78,13 +74,26 @@ class Grid(Strict):
             return values  # the field's type says what is wrong
         if not values:
             raise ValueError("empty list: the grid would have no points")
-        owner = LoraSettings if info.field_name in LoraSettings.model_fields else TrainSettings
+        owner = grid_axes()[info.field_name]
         for value in values:  # as written: `true` is no rank, though pydantic would read it as 1
             try:
                 owner.check(info.field_name, value)
             except UserInputError as exc:  # "rank: what is wrong"
                 raise ValueError(f"{value!r}: {str(exc).split(': ', 1)[-1]}") from None
         return values
+
+
+def _axis(owner: type[Settings], name: str) -> tuple[Any, Any]:
+    """A grid axis over one setting: a list of its values, by default its default alone."""
+    return (list[owner.model_fields[name].annotation],  # type: ignore[name-defined]
+            Field(default_factory=lambda: [owner.default(name)], description=f"A list of: {owner.help(name)}"))
+
+
+if TYPE_CHECKING:
+    Grid = _Grid
+else:
+    Grid = create_model("Grid", __base__=_Grid, __module__=__name__, __doc__=_Grid.__doc__,
+                        **{name: _axis(owner, name) for name, owner in grid_axes().items()})
 
 
 class Resources(Strict):
@@ -115,7 +124,7 @@ class SweepConfig(Strict):
     eval_points: int = TrainSettings.field("eval_points")
     eval_schedule: Literal["log", "dense-late"] = TrainSettings.field("eval_schedule")
     eval_tokens: int = TrainSettings.field("eval_tokens")
-    ft_eval_tokens: int = Field(4096, ge=2, description="Held-out fine-tuning tokens for `ft_loss`.")
+    ft_eval_tokens: int = TrainSettings.field("ft_eval_tokens")
     batch_size: int = TrainSettings.field("batch_size")
     seq_len: int = TrainSettings.field("seq_len")
     warmup_steps: int = TrainSettings.field("warmup_steps")
@@ -164,8 +173,9 @@ class SweepConfig(Strict):
     @model_validator(mode="after")
     def _replay_has_a_corpus(self) -> SweepConfig:
         grids = self.grid if isinstance(self.grid, list) else [self.grid]
-        if self.replay_data is None and any(max(g.replay_fraction) > 0 or max(g.kl_weight) > 0 for g in grids):
-            raise ValueError("the grid's replay_fraction or kl_weight needs `replay_data`: the replay corpus")
+        used = [m.name for m in training_mitigations() if m.needs_replay and any(max(getattr(g, m.name)) > 0 for g in grids)]
+        if self.replay_data is None and used:
+            raise ValueError(f"the grid's {' and '.join(used)} needs `replay_data`: the replay corpus")
         return self
 
     @model_validator(mode="after")
@@ -175,7 +185,8 @@ class SweepConfig(Strict):
             raise ValueError("a scripture fine-tune trains on scripture's held-out chapters: measure forgetting on docs or code")
         return self
 
-    @field_validator("steps", "eval_points", "eval_schedule", "eval_tokens", "batch_size", "seq_len", "warmup_steps", "scheduler", "dtype")
+    @field_validator("steps", "eval_points", "eval_schedule", "eval_tokens", "ft_eval_tokens", "batch_size", "seq_len", "warmup_steps",
+                     "scheduler", "dtype")
     @classmethod
     def _a_valid_train_setting(cls, value: object, info: ValidationInfo) -> object:
         # The field's type and bounds come with `TrainSettings.field`; its validators (a known
@@ -203,10 +214,11 @@ class SweepConfig(Strict):
         return self.model_dump(mode="json", exclude_defaults=True)
 
     def train_settings(self, point) -> TrainSettings:
-        """The `TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`)."""
+        """The `TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`): the sweep's
+        shared fields and the point's training axes."""
         shared = {name: getattr(self, name) for name in TrainSettings.model_fields if name in type(self).model_fields}
-        return TrainSettings(**shared, learning_rate=point.learning_rate, seed=point.seed, replay_fraction=point.replay_fraction,
-                             kl_weight=point.kl_weight, l2_weight=point.l2_weight)
+        own = {name: value for name, value in point.values.items() if name in TrainSettings.model_fields}
+        return TrainSettings(**shared, **own)
 
 
 class _SectionError(Exception):

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from forgetscope.base_cache import BasePredictions
-from forgetscope.data import group_into_blocks, hold_out_finetune_text, load_eval_blocks, read_domains
+from forgetscope.data import prepare_run_data, read_domains
 from forgetscope.errors import UserInputError
 from forgetscope.models import torch_threads
 from forgetscope.sweep.config import DataSource, SweepConfig
@@ -107,47 +106,28 @@ def resolve_base(config: SweepConfig, progress: bool = True) -> str:
 
 
 def prepare(config: SweepConfig, base_path: str, record_base: bool = True) -> SweepInputs:
-    """Tokenize the fine-tuning and eval data, and (with `record_base`) record the base model's
-    predictions on the eval text, on the device the points use."""
+    """Tokenize the fine-tuning, eval and replay text by the rule every run follows
+    (`data.prepare_run_data`), and (with `record_base`) record the base model's predictions on
+    the eval text, on the device the points use."""
     from forgetscope.base_cache import try_record_base_predictions
     from forgetscope.models import load_causal_lm, load_tokenizer
 
     tokenizer_path = config.tokenizer or base_path
-    tokenizer = load_tokenizer(tokenizer_path)
-    budget = config.steps * config.batch_size * config.seq_len + config.ft_eval_tokens  # one pass
-    ft_docs = [d for docs in _documents(config.finetune_data, "finetune").values() for d in docs]
-    # The budget takes a seeded sample of the documents, not the first ones in corpus order:
-    # a 100-step pilot and a 400-step run then train on text from the same distribution (the
-    # shorter budget's documents are the first of the longer one's). In corpus order, the
-    # forecast benchmark's pilots trained on the first fifth of the code files (alphabetical)
-    # and their targets on nearly all of them, and every forecast came out too high (issue 23).
-    random.Random(0).shuffle(ft_docs)
-    ft_blocks = group_into_blocks(ft_docs, tokenizer, config.seq_len, budget)
-    train_blocks, ft_eval_blocks = hold_out_finetune_text(ft_blocks, config.ft_eval_tokens, seed=0)  # one split for every point
-    eval_blocks: dict[str, torch.Tensor] = {}
+    eval_documents: dict[str, list[str]] = {}
     for source in config.eval_data:
-        if source.files is not None:
-            eval_blocks.update(load_eval_blocks(source.files, tokenizer, config.seq_len, config.eval_tokens, source.text_column))
-        else:
-            for name, docs in _documents(source, "heldout").items():
-                eval_blocks[name] = group_into_blocks(docs, tokenizer, config.seq_len, config.eval_tokens)
-    replay_blocks = None
-    if config.replay_data is not None:
-        replay_docs = [d for source in config.replay_data for docs in _documents(source, "pretrain").values() for d in docs]
-        random.Random(0).shuffle(replay_docs)  # a sample of the corpus, as for the fine-tuning text
-        replay_blocks = group_into_blocks(replay_docs, tokenizer, config.seq_len, config.steps * config.batch_size * config.seq_len)
-        if len(replay_blocks) == 0:
-            raise UserInputError(f"replay_data is shorter than one sequence of {config.seq_len} tokens")
-        from forgetscope.mitigate.training import check_no_overlap
-
-        check_no_overlap(replay_blocks, eval_blocks)  # before any point runs
+        eval_documents.update(_documents(source, "heldout"))
+    replay = None if config.replay_data is None else [d for s in config.replay_data for docs in _documents(s, "pretrain").values() for d in docs]
+    data = prepare_run_data(load_tokenizer(tokenizer_path), [d for docs in _documents(config.finetune_data, "finetune").values() for d in docs],
+                            eval_documents, seq_len=config.seq_len, steps=config.steps, batch_size=config.batch_size,
+                            eval_tokens=config.eval_tokens, ft_eval_tokens=config.ft_eval_tokens, replay_documents=replay)
     base_predictions = None
     if record_base:  # every point rebuilds its base logits from these hidden states with its own frozen head
         base = load_causal_lm(base_path, device=point_device(config)).requires_grad_(False)
         with point_threads(config):  # the points' threads: the same hidden states on any machine
-            base_predictions = try_record_base_predictions(base, eval_blocks)
+            base_predictions = try_record_base_predictions(base, data.eval_blocks)
         del base
-    return SweepInputs(base_path, tokenizer_path, train_blocks, ft_eval_blocks, eval_blocks, base_predictions, replay_blocks)
+    return SweepInputs(base_path, tokenizer_path, data.train_blocks, data.ft_eval_blocks, data.eval_blocks, base_predictions,
+                       data.replay_blocks)
 
 
 def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> None:

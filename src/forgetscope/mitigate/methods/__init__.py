@@ -4,7 +4,10 @@ a `Method`; `forgetscope.mitigate.posthoc` measures every setting of every metho
 
     class MyMethod:
         name = "mine"
+        label = "post-hoc: mine"                     # how plots and tables name its curve
         order = 50                                   # where its rows come in the table
+        base_setting = None                          # the setting that is the base exactly, if any
+        full_setting = 1.0                           # the setting that is the fine-tune as it is
         def prepare(self, finetuned, base, options) -> Edit | str: ...   # str: why it does not apply
 
     METHODS.register("mine", MyMethod())
@@ -42,14 +45,25 @@ class Edit(Protocol):
 
 
 class Method(Protocol):
+    """A post-hoc mitigation: what it is called, where its rows go, and which of its settings
+    are the two ends of its curve, so that no other module needs to know any method by name."""
+
     name: str
+    label: str
+    """Its curve's name in plots and tables ("post-hoc: update scale")."""
+    order: int
+    """Rows and curves of lower orders come first."""
+    base_setting: float | None
+    """The setting that gives the base model exactly (its `ft_loss` is the base's), or None."""
+    full_setting: float
+    """The setting that leaves the fine-tune as it is."""
 
     def prepare(self, finetuned: torch.nn.Module, base: torch.nn.Module | None, options: Any) -> Edit | str:
         """An `Edit` of `finetuned` (a PEFT model when `base` is None, else a full fine-tune of
         `base`), or a sentence saying why this method does not apply to it."""
 
 
-METHODS: Registry[Method] = Registry("mitigations", __name__)
+METHODS: Registry[Method] = Registry("mitigations", __name__, Method)
 
 
 def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module, str]]:

@@ -117,7 +117,10 @@ class _IntruderEdit:
 
 class IntruderMethod:
     name = "intruder"
-    order = 10  # rows of lower orders come first
+    label = "post-hoc: intruder scale"
+    order = 10
+    base_setting = None  # no scale of the intruders alone gives the base back
+    full_setting = 1.0
 
     def prepare(self, finetuned, base, options):
         if not options.intruder_scales:

@@ -68,7 +68,10 @@ class _Interpolated(_Scaled):
 
 class ScaleMethod:
     name = "scale"
-    order = 0  # rows of lower orders come first
+    label = "post-hoc: update scale"
+    order = 0
+    base_setting = 0.0
+    full_setting = 1.0
 
     def prepare(self, finetuned, base, options):
         if not options.scales:
