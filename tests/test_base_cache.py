@@ -45,11 +45,32 @@ def test_the_cache_path_gives_the_numbers_of_the_two_model_path(arch, llama_dir,
         assert a["kl"] == pytest.approx(b["kl"], abs=1e-5)
 
 
+def base_passes(model) -> list[int]:
+    """A list that grows by one at every forward pass of `model`'s base transformer."""
+    passes: list[int] = []
+    model.get_base_model().model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    return passes
+
+
+def test_a_cache_for_the_same_base_and_tokens_is_read_back_without_running_the_model(llama_dir, blocks, tmp_path, caplog):
+    path = tmp_path / "base.safetensors"
+    model = adapted(llama_dir)
+    passes = base_passes(model)
+    first = record_base_predictions(model, blocks, path)
+    assert passes  # recording runs the base: the spy sees it
+    written = path.stat()
+    other_adapter = adapted(llama_dir, seed=5)  # other adapter, same base: reused
+    passes = base_passes(other_adapter)
+    with caplog.at_level(logging.INFO, logger="forgetscope.base_cache"):
+        again = record_base_predictions(other_adapter, blocks, path)
+    assert passes == [] and not caplog.records
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not rewritten
+    assert again.key == first.key and all(torch.equal(again.hidden[name], first.hidden[name]) for name in blocks)
+
+
 def test_a_cache_for_other_weights_or_other_tokens_is_recorded_again(llama_dir, blocks, tmp_path, caplog):
     path = tmp_path / "base.safetensors"
     first = record_base_predictions(adapted(llama_dir), blocks, path)
-    again = record_base_predictions(adapted(llama_dir, seed=5), blocks, path)  # other adapter, same base: reused
-    assert again.key == first.key and not caplog.records
 
     other_base = AutoModelForCausalLM.from_pretrained(llama_dir)
     with torch.no_grad():

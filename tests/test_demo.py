@@ -153,24 +153,39 @@ def test_the_recipe_reproduces_the_shipped_bases_first_steps_bit_for_bit(miniatu
     assert f"matches the shipped {name} after its first {steps} steps, bit for bit" in out
 
 
-def test_the_demos_records_do_not_depend_on_the_machines_thread_count(tmp_path):
-    """The demo's first point, shortened, with the driver on 1 and on 2 threads: every point
-    (and the base predictions it is compared with) runs on `resources.cpus` threads, so the
-    records are the same value for value. (On the 2-core machines measured, a point run on 1
-    or on 2 threads gave the same records too; the pinning keeps that from resting on luck.)"""
+def test_every_point_and_its_base_predictions_run_on_the_points_threads_not_the_drivers(tmp_path, monkeypatch):
+    """A thread count can change how kernels split their sums, so a sweep pins torch's threads
+    to `resources.cpus` where it records the base predictions and where each point fine-tunes,
+    whatever the driver's count (and gives the driver's back after). Spies read
+    `torch.get_num_threads()` at both places; the driver's count and the points' differ both ways."""
     import torch
 
+    from forgetscope import base_cache, train
     from forgetscope.models import torch_threads
+    from forgetscope.sweep.config import Resources
     from forgetscope.sweep.run import run_sweep
 
-    config = demo_config().model_copy(update={"steps": 6, "eval_points": 3, "eval_tokens": 512, "ft_eval_tokens": 256})
-    config.grid = [demo_config().grid[0]]
-    records = {}
-    for threads in (1, 2):
-        with torch_threads(threads):
-            assert torch.get_num_threads() == threads
-            records[threads] = run_sweep(config, tmp_path / f"threads-{threads}", progress=False).records
-    assert len(records[1]) == 3 and records[1] == records[2]
+    seen: dict[str, list[int]] = {"record": [], "finetune": []}
+
+    def spy(name, real):
+        def noting_threads(*args, **kwargs):
+            seen[name].append(torch.get_num_threads())
+            return real(*args, **kwargs)
+        return noting_threads
+
+    monkeypatch.setattr(base_cache, "try_record_base_predictions", spy("record", base_cache.try_record_base_predictions))
+    monkeypatch.setattr(train, "finetune", spy("finetune", train.finetune))
+    for driver, cpus in ((1, 2), (2, 1)):
+        config = demo_config().model_copy(update={"steps": 2, "eval_points": 2, "eval_tokens": 256, "ft_eval_tokens": 128,
+                                                  "resources": Resources(cpus=cpus)})
+        config.grid = [demo_config().grid[0]]
+        for calls in seen.values():
+            calls.clear()
+        with torch_threads(driver):
+            result = run_sweep(config, tmp_path / f"driver-{driver}", progress=False)
+            assert torch.get_num_threads() == driver
+        assert result.failed == {} and len(result.records) == 2
+        assert seen == {"record": [cpus], "finetune": [cpus]}, (driver, cpus)
 
 
 def test_demo_json_keeps_every_run_and_the_laws_it_fitted(demo):
