@@ -198,10 +198,10 @@ def test_target_modules_that_match_nothing_are_a_user_error(llama_dir, tok, code
     [
         (["--rank", "0"], "--rank: Input should be greater than or equal to 1"),
         (["--target-modules", "no_such_proj"], "do not fit the model"),
-        (["--layers", "one,two"], "--layers must be comma-separated integers"),
+        (["--layers", "one,two"], "--layers: Input should be a valid integer"),
         (["--steps", "0"], "--steps: Input should be greater than or equal to 1"),
         (["--eval-points", "1"], "--eval-points: Input should be greater than or equal to 2"),
-        (["--dtype", "float16"], "'float16' is not one of 'float32', 'bfloat16'"),
+        (["--dtype", "float16"], "--dtype: Input should be 'float32' or 'bfloat16'"),
     ],
 )
 def test_train_cli_bad_input_is_one_line_and_exit_2(extra, fragment, llama_dir, eval_files, tmp_path, capsys):
