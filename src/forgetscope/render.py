@@ -7,10 +7,13 @@ users get the same data and the CLI only decides how it looks.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from forgetscope.laws.schema import Fits, IntervalFit, LinearFit, Target
 
 console = Console()
 
@@ -83,15 +86,16 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or value != value else f"{value:.1%}"
 
 
-def _coverage_text(interval: dict) -> str:
+def _coverage_text(interval: IntervalFit) -> str:
     parts = [f"{split.replace('_', ' ')} {c['with_model_error']:.0%} of {c['n']} (bootstrap alone {c['bootstrap']:.0%})"
              for split, c in interval["coverage"].items()]
     return f"95% forecast intervals cover the held-out points {', '.join(parts)}"
 
 
-def print_fit_tables(fits: dict) -> None:
+def print_fit_tables(fits: Fits) -> None:
     """The selected law of each target with intervals, and every form's held-out error."""
-    for target in ("forgetting_ce", "kl", "ft_loss"):
+    targets: tuple[Target, ...] = ("forgetting_ce", "kl", "ft_loss")
+    for target in targets:
         entry = fits[target]
         validation = entry.get("validation", {})
         in_time, in_size = validation.get("in_time", {}), validation.get("in_size", {})
@@ -110,11 +114,11 @@ def print_fit_tables(fits: dict) -> None:
         forms = Table(title=f"{target}: every form's forecast errors{excess}; * chosen on the selection split")
         for column in ("form", "selection median", "in time median", "in time max", "in size median", "in size max", "R^2 (all data)"):
             forms.add_column(column, justify="left" if column == "form" else "right", no_wrap=column == "form")
+        columns: tuple[tuple[str, Literal["median_ape", "max_ape"]], ...] = (
+            ("selection", "median_ape"), ("in_time", "median_ape"), ("in_time", "max_ape"), ("in_size", "median_ape"), ("in_size", "max_ape"))
         for label, values in entry["forms"].items():
             v = values.get("validation", {})
-            cells = [_pct(v.get(split, {}).get(key)) for split, key in
-                     (("selection", "median_ape"), ("in_time", "median_ape"), ("in_time", "max_ape"),
-                      ("in_size", "median_ape"), ("in_size", "max_ape"))]
+            cells = [_pct(v.get(split, {}).get(key)) for split, key in columns]
             forms.add_row(label + (" *" if label == entry["label"] else ""), *cells, f"{values['r2']:.3f}")
         console.print(forms)
     line = fits["linear"]
@@ -130,7 +134,7 @@ def print_fit_tables(fits: dict) -> None:
     print_claims(fits)
 
 
-def print_claims(fits: dict) -> None:
+def print_claims(fits: Fits) -> None:
     """The paper's claims and this sweep's verdict on each."""
     if not fits.get("claims"):
         return
@@ -253,7 +257,7 @@ def print_demo_intro() -> None:
     console.print("forgetting measured on held-out scripture and docs at 13 steps of each run.\n")
 
 
-def print_demo(result, summary: dict, fits: dict | None, out: Path) -> None:
+def print_demo(result, summary: dict, fits: Fits | None, out: Path) -> None:
     """The base model, the largest run step by step, every point at its end, and the fitted law."""
     tm = summary["tiny_metrics"]
     held = ", ".join(f"{d} {v:.3f}" for d, v in tm["heldout_loss"].items())
@@ -339,7 +343,7 @@ def print_mitigation(result: dict) -> None:
         console.print(f"saved: {result['saved']}")
 
 
-def _line(fit: dict, digits: int) -> str:
+def _line(fit: LinearFit, digits: int) -> str:
     """`7.553 - 0.463 * ft_loss` for a fitted intercept and slope."""
     sign = "-" if fit["slope"] < 0 else "+"
     return f"{fit['intercept']:.{digits}f} {sign} {abs(fit['slope']):.{digits}f} * ft_loss"

@@ -6,7 +6,8 @@ and scaling) as well as pooled, and what they say about its claims:
 - forgetting at matched fine-tuning gain over the whole range the runs reach, within an
   arm (can fewer parameters or earlier stopping avoid forgetting at a given result?) and
   across arms (does the module set matter?), with bootstrap intervals over runs;
-- which domain forgets most, at every step, not only at the end.
+- which domain forgets most, at every step, not only at the end;
+- whether forgetting predicts the drop on downstream benchmarks (`downstream_correlation`).
 
 `claims` turns these numbers into verdicts; the report states only those.
 """
@@ -14,12 +15,14 @@ and scaling) as well as pooled, and what they say about its claims:
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from forgetscope.errors import UserInputError
+from forgetscope.laws.schema import Fits, Verdict
 
 
 def _line(rows: pd.DataFrame, y: str) -> dict:
@@ -89,7 +92,7 @@ def matched_loss_analysis(table: pd.DataFrame, levels: int = 8, n_bootstrap: int
                            "P": int(g.P.iloc[0]), "step": hit[0], "kl": hit[1]})
         if not at:
             continue
-        level = {"gain": float(gain), "ft_loss": start_loss - float(gain), "runs": at, "within": {}, "across": {}}
+        level: dict[str, Any] = {"gain": float(gain), "ft_loss": start_loss - float(gain), "runs": at, "within": {}, "across": {}}
         by_arm = {arm: [r for r in at if r["arm"] == arm] for arm in sorted({r["arm"] for r in at})}
         for arm, rs in by_arm.items():
             if len(rs) >= 2:
@@ -136,10 +139,30 @@ def domain_analysis(table: pd.DataFrame) -> dict:
             "closest_most_hurt_share_of_steps": float(np.mean(holds)) if holds else None}
 
 
-def claims(fits: dict) -> list[dict]:
+def downstream_correlation(table: pd.DataFrame, drops: dict[str, dict[str, dict]]) -> dict:
+    """Each point's downstream drop per task next to its forgetting L_f at its last step, and
+    per task the Pearson and Spearman correlations across points. `drops`: `{point_id: {task:
+    comparison row}}` as `downstream.compare.drops` gives them (`worse` > 0: worse than the base);
+    points without records in `table` are left out."""
+    last = table.loc[table.groupby("point_id").N.idxmax()].set_index("point_id")
+    rows: list[dict[str, Any]] = [{"point_id": point_id, "P": int(last.loc[point_id].P), "forgetting_ce": float(last.loc[point_id].forgetting_ce),
+             "drops": by_task} for point_id, by_task in drops.items() if point_id in last.index]
+    tasks = {}
+    for task in sorted({t for r in rows for t in r["drops"]}):
+        pairs = [(r["forgetting_ce"], r["drops"][task]["worse"]) for r in rows if r["drops"].get(task, {}).get("worse") is not None]
+        x, y = np.array(pairs).T if pairs else (np.array([]), np.array([]))
+        varied = len(pairs) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0  # a correlation needs spread on both sides
+        metric = next(r["drops"][task]["metric"] for r in rows if task in r["drops"])
+        tasks[task] = {"metric": metric, "n_points": len(pairs),
+                       "pearson": float(stats.pearsonr(x, y)[0]) if varied else None,
+                       "spearman": float(stats.spearmanr(x, y)[0]) if varied else None}
+    return {"points": sorted(rows, key=lambda r: r["forgetting_ce"]), "tasks": tasks}
+
+
+def claims(fits: Fits) -> list[Verdict]:
     """The paper's claims, each with a verdict (`holds`, `fails`, `mixed`) and the numbers
     behind it, from what `fit_sweep` measured on this sweep."""
-    out = []
+    out: list[Verdict] = []
     line = fits["linear"]
     lines = line.get("per_arm") or {"all runs": line}
     negative = {arm: v for arm, v in lines.items() if v["slope"] < 0 and v["r2"] >= 0.8}
@@ -177,10 +200,10 @@ def claims(fits: dict) -> list[dict]:
                     f"ratios {min(ratios):.2f} to {max(ratios):.2f} ({across[0][1]})"})
     domains = fits.get("domains") or {}
     if domains.get("over_steps"):
-        share = domains["closest_most_hurt_share_of_steps"]
+        steps_share = domains["closest_most_hurt_share_of_steps"] or 0.0  # None only without steps
         out.append({"claim": "The domain closest to the fine-tuning data forgets most",
-                    "verdict": "holds" if share == 1 else ("mixed" if share > 0 else "fails"),
-                    "evidence": f"{domains['closest_to_finetuning']} (closest) is the most forgotten at {share:.0%} of the largest "
+                    "verdict": "holds" if steps_share == 1 else ("mixed" if steps_share > 0 else "fails"),
+                    "evidence": f"{domains['closest_to_finetuning']} (closest) is the most forgotten at {steps_share:.0%} of the largest "
                     f"run's {len(domains['over_steps'])} measured steps; at the last steps of all runs the most forgotten is "
                     f"{domains['most_hurt']}"})
     return out

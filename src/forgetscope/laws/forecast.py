@@ -19,14 +19,12 @@ from scipy import stats
 from forgetscope.errors import UserInputError
 from forgetscope.laws.fit import Fit, half_width, widen
 from forgetscope.laws.forms import FORMS
+from forgetscope.laws.schema import Fits, LawFit, Target
 
 
-def fit_from(entry: dict, theta_key: str = "theta") -> Fit | None:
-    """The `Fit` one target's entry of `fits.json` describes (`heldout_theta`: the one fitted
-    without the held-out runs; None where the entry has none)."""
-    if entry.get(theta_key) is None:
-        return None
-    return Fit(FORMS.get(entry["form"]), entry["shift_value"], np.array(entry[theta_key]), 0.0, True, tuple(entry.get("arms", ())),
+def fit_from(entry: LawFit) -> Fit:
+    """The `Fit` one target's entry of `fits.json` describes."""
+    return Fit(FORMS.get(entry["form"]), entry.get("shift_value"), np.array(entry["theta"]), 0.0, True, tuple(entry.get("arms", ())),
                bool(entry.get("replay", False)))
 
 
@@ -54,7 +52,7 @@ class Resolved:
     replay: float = 0.0
 
 
-def resolve(fits: dict, query: Query) -> Resolved:
+def resolve(fits: Fits, query: Query) -> Resolved:
     """Work out `P` and the arm; refuse what the sweep cannot answer, with one line."""
     ranges = fits.get("range")
     arms = (ranges or {}).get("arms", {})
@@ -70,7 +68,7 @@ def resolve(fits: dict, query: Query) -> Resolved:
     if query.rank is not None:
         if query.rank < 1:
             raise UserInputError(f"--rank must be at least 1, got {query.rank}")
-        per_rank = arms.get(arm, {}).get("params_per_rank", float("nan")) if arm else float("nan")
+        per_rank = arms[arm].get("params_per_rank", float("nan")) if arm is not None and arm in arms else float("nan")
         if not np.isfinite(per_rank):
             raise UserInputError("this fits.json does not know parameters per rank: give --params (refit with this version)")
         P = query.rank * per_rank
@@ -91,7 +89,7 @@ def resolve(fits: dict, query: Query) -> Resolved:
     return Resolved(P, arm, lr / reference, replay)
 
 
-def query_reach(fits: dict, where: Resolved, T: float) -> tuple[float, float]:
+def query_reach(fits: Fits, where: Resolved, T: float) -> tuple[float, float]:
     """How far a query lies beyond the sweep's data, in doublings: `(in P, in time)`; `P`
     below the arm's smallest counts too."""
     ranges = fits.get("range") or {}
@@ -102,7 +100,7 @@ def query_reach(fits: dict, where: Resolved, T: float) -> tuple[float, float]:
     return float(in_P), float(np.log2(max(T / ranges["max_T"], 1.0))) if ranges.get("max_T") else 0.0  # step 0 reaches nowhere
 
 
-def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> tuple[bool, float]:
+def widening(fits: Fits, where: Resolved, T: float, extrapolate: bool) -> tuple[bool, float]:
     """`(validated, factor)`: inside the validated range `(True, 1)`; beyond it (with
     `extrapolate`), `False` and how much wider the interval is than at the edge of what the
     validation tested; without `extrapolate`, a one-line refusal."""
@@ -138,7 +136,7 @@ def widening(fits: dict, where: Resolved, T: float, extrapolate: bool) -> tuple[
     return False, float(max(half_width(interval.get("floor", 0.0), interval.get("slope", 0.0), in_P + in_N) / max(edge, 1e-12), 1.0))
 
 
-def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen_by: float) -> tuple[np.ndarray, ...]:
+def _band(fits: Fits, target: Target, where: Resolved, T: np.ndarray, widen_by: float) -> tuple[np.ndarray, ...]:
     """`(value, low, high, bootstrap_low, bootstrap_high)` of one target's law over `T`."""
     entry = fits[target]
     fit = fit_from(entry)
@@ -151,9 +149,10 @@ def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen_by: flo
         boot_low, boot_high = value, value
     interval = entry.get("interval", {})
     falling = entry.get("column", target) == "ft_loss"  # a falling law: its log-space band sits around E + g
-    if "slope" in interval and fits.get("range"):  # the half-width grows with how far the query reaches beyond the data
+    ranges = fits.get("range")
+    if "slope" in interval and ranges:  # the half-width grows with how far the query reaches beyond the data
         in_P = query_reach(fits, where, 1.0)[0]
-        in_N = np.log2(np.maximum(np.asarray(T, dtype=float) / fits["range"]["max_T"], 1.0))
+        in_N = np.log2(np.maximum(np.asarray(T, dtype=float) / ranges["max_T"], 1.0))
         half = half_width(interval["floor"], interval["slope"], in_P + in_N)
         if falling:
             return value, boot_low * np.exp(-half), boot_high * np.exp(half), boot_low, boot_high
@@ -165,7 +164,7 @@ def _band(fits: dict, target: str, where: Resolved, T: np.ndarray, widen_by: flo
     return value, np.minimum(boot_low, value) * np.exp(-q), np.maximum(boot_high, value) * np.exp(q), boot_low, boot_high
 
 
-def forecasts(fits: dict, query: Query, steps: float) -> dict[str, dict]:
+def forecasts(fits: Fits, query: Query, steps: float) -> dict[str, dict]:
     """`{kl, forgetting_ce, ft_loss}`, each with `value`, `low`, `high` (95%), after `steps`."""
     if steps < 0:
         raise UserInputError(f"--steps must be non-negative, got {steps}")
@@ -174,7 +173,8 @@ def forecasts(fits: dict, query: Query, steps: float) -> dict[str, dict]:
     validated, widened = widening(fits, where, T, query.extrapolate)
     base = fits.get("base", {})
     H = base.get("forgetting_ce", fits["forgetting_ce"].get("shift_value") or 0.0)
-    cap = np.log(fits["vocab_size"]) if fits.get("vocab_size") else np.inf  # the cross-entropy of a uniform prediction
+    vocab_size = fits.get("vocab_size")
+    cap = np.log(vocab_size) if vocab_size else np.inf  # the cross-entropy of a uniform prediction
     common = {"P": where.P, "N": steps, "module_set": where.arm, "validated": validated, "interval_widening": widened,
               "reach_doublings": dict(zip(("P", "steps"), query_reach(fits, where, T)))}
     if steps == 0:  # the base itself
@@ -188,14 +188,14 @@ def forecasts(fits: dict, query: Query, steps: float) -> dict[str, dict]:
                             "base_entropy": H}
     ft = [float(v) for v in _band(fits, "ft_loss", where, np.array(T), widened)]
     if fits["ft_loss"].get("column") == "ft_gain":  # a law of the gain: ft_loss = start - gain
-        start = fits["ft_loss"]["start"]
-        ft = [start - ft[0], start - ft[2], start - ft[1], start - ft[4], start - ft[3]]
+        start_loss = fits["ft_loss"]["start"]
+        ft = [start_loss - ft[0], start_loss - ft[2], start_loss - ft[1], start_loss - ft[4], start_loss - ft[3]]
     out["ft_loss"] = {"target": "ft_loss", **common, "value": ft[0], "low": ft[1], "high": ft[2], "bootstrap_low": ft[3],
                       "bootstrap_high": ft[4]}
     return out
 
 
-def budget_steps(fits: dict, query: Query, budget: float, target: str = "kl") -> dict:
+def budget_steps(fits: Fits, query: Query, budget: float, target: Target = "kl") -> dict:
     """The steps `query` can take before its KL forecast (value, and each end of the 95%
     interval) exceeds `budget`; `None` where it stays within it over the validated range."""
     if budget <= 0:
@@ -228,7 +228,7 @@ class RunPrior:
     """A sweep's law of KL for one planned run (`run_prior`): `kl(N)` at its `P`, module set
     and learning rate, and how much the law's shape errs per doubling of time (`slope`)."""
 
-    fits: dict
+    fits: Fits
     where: Resolved
     slope: float
 
@@ -240,7 +240,7 @@ class RunPrior:
         return np.asarray(fit.predict(self.where.P, T, arm=arm, replay=self.where.replay), dtype=float)
 
 
-def run_prior(fits: dict, query: Query) -> RunPrior:
+def run_prior(fits: Fits, query: Query) -> RunPrior:
     """The prior `forecast_run` takes from a sweep's `fits.json` for the run `query` plans."""
     where = resolve(fits, query)
     return RunPrior(fits, where, float(fits["kl"].get("interval", {}).get("slope", 0.0)))

@@ -4,6 +4,9 @@ schema of the fields they use (others are allowed, so files from older versions 
 `fit` writes the file; anything else that writes one (a user, another version, a copy from
 another sweep) is checked here first, so a wrong type is one line naming the field, never a
 traceback deep in a plot, and a verdict is one of three words, never markup.
+
+`Fits` and the TypedDicts under it describe the same file for a type checker: what the
+report, `predict` and the CLI read from it, keyed as `fit` writes it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import Required, TypedDict
 
 Number = float | None
 """A fitted value: finite, NaN (JSON's NaN) or absent (null)."""
@@ -39,7 +43,7 @@ class LawEntry(_Open):
     shift_value: Number = None
     params: dict[str, float]
     ci: dict[str, list[float]] = {}
-    theta: list[float] | None = None
+    theta: list[float]
     heldout_theta: list[float] | None = None
     bootstrap: list[list[float]] = []
     arms: list[str] = []
@@ -81,3 +85,233 @@ class FitsFile(_Open):
     domains: dict[str, Any] = {}
     records_sha256: str | None = None
     """A digest of the records fitted (`forgetscope.records.digest`): `report` checks the sweep still holds them."""
+
+
+# The TypedDicts of `fits.json`: the shape a type checker holds readers to.
+# (From `typing_extensions`: pydantic can check them on Python 3.10 and 3.11, as a test does.)
+
+Target = Literal["kl", "forgetting_ce", "ft_loss"]
+"""A fitted target: each has a law (`LawFit`) in `fits.json`."""
+
+
+class Validation(TypedDict, total=False):
+    """How a form forecast measurements its fit never saw, on one split (`in_time`, `in_size`, ...)."""
+
+    median_ape: float
+    max_ape: float
+    mape: float
+    log_rmse: float
+    n: int
+    reach_P: float
+    reach_N: float
+
+
+class Coverage(TypedDict, total=False):
+    """The share of one split's held-out points inside the 95% interval."""
+
+    bootstrap: float
+    with_model_error: float
+    n: int
+    median_width: float
+
+
+class HeldOutForecasts(TypedDict):
+    """One split's forecasts of the held-out runs' measurements, and what was measured."""
+
+    point_id: list[str]
+    P: list[float]
+    N: list[float]
+    actual: list[float]
+    value: list[float]
+    low: list[float]
+    high: list[float]
+
+
+class IntervalFit(TypedDict, total=False):
+    """How a law's 95% interval is widened beyond the bootstrap band, and how it covered."""
+
+    floor: float
+    slope: float
+    slope_calibrated: float
+    residual_q: float
+    n_calibration: int
+    seed_noise: dict[str, float | int | None]
+    coverage: dict[str, Coverage]
+    forecasts: dict[str, HeldOutForecasts]
+
+
+class FormFit(TypedDict, total=False):
+    """One candidate form of a target, fitted and validated."""
+
+    params: dict[str, float]
+    validation: dict[str, Validation]
+    heldout_mape: float
+    heldout_log_rmse: float
+    r2: float
+
+
+class LawFit(TypedDict, total=False):
+    """One target's chosen law: its form, parameters and their intervals, how it validated,
+    and every candidate it was chosen from (`FormFit`'s keys, and more)."""
+
+    form: Required[str]
+    params: Required[dict[str, float]]
+    validation: dict[str, Validation]
+    heldout_mape: float
+    heldout_log_rmse: float
+    r2: float
+    label: str
+    """The candidate's name, `form/shift+arms` (files from before it have only `form`)."""
+    shift: str
+    shift_value: float | None
+    ci: dict[str, list[float]]
+    selected_by: str
+    theta: Required[list[float]]
+    """The fitted parameters as the form takes them (`laws.forecast.fit_from`)."""
+    heldout_theta: list[float] | None
+    bootstrap: list[list[float]]
+    arms: list[str]
+    replay: bool
+    column: str
+    """The table column fitted: the target, or `ft_gain` for a law of the fine-tuning gain."""
+    start: float
+    forms: dict[str, FormFit]
+    interval: IntervalFit
+    log_rmse: float
+    n: int
+
+
+class LinearFit(TypedDict, total=False):
+    """`forgetting_ce = intercept + slope * ft_loss`, pooled, and per arm where there are several."""
+
+    target: str
+    slope: float
+    intercept: float
+    r2: float
+    n: int
+    per_arm: dict[str, LinearFit]
+
+
+class MatchedRun(TypedDict):
+    """One run where it reaches a level of fine-tuning gain."""
+
+    point_id: str
+    arm: str
+    rank: int | None
+    P: int
+    step: float
+    kl: float
+
+
+class Spread(TypedDict):
+    """How far KL spreads across the runs of one arm at one gain."""
+
+    kl_spread: float
+    runs: int
+    largest_over_smallest_P: float
+
+
+class Ratio(TypedDict):
+    """Geometric-mean KL of one arm over another's at one gain, with its 95% interval."""
+
+    ratio: float
+    low: float
+    high: float
+    runs: list[int]
+
+
+class MatchedLevel(TypedDict):
+    """Every run's KL at one level of fine-tuning gain."""
+
+    gain: float
+    ft_loss: float
+    runs: list[MatchedRun]
+    within: dict[str, Spread]
+    across: dict[str, Ratio]
+    kl_spread: float | None
+
+
+class MatchedLoss(TypedDict, total=False):
+    """`analyses.matched_loss_analysis`: KL at matched fine-tuning gain."""
+
+    levels: list[MatchedLevel]
+    within_run_corr: dict[str, float]
+    note: str
+    kl_spread_at_last_step: float | None
+
+
+class DomainForgetting(TypedDict):
+    """One eval domain: mean KL at each run's last step, and the change of its own loss."""
+
+    kl: float
+    loss_change: float
+
+
+class Domains(TypedDict, total=False):
+    """`analyses.domain_analysis`: which domain forgets most; empty without per-domain records."""
+
+    domains: dict[str, DomainForgetting]
+    most_hurt: str
+    closest_to_finetuning: str
+    closest_is_most_hurt: bool
+    over_steps: list[dict[str, Any]]
+    """One entry per step of the largest run: `step`, each domain's KL, and `most_hurt`."""
+    closest_most_hurt_share_of_steps: float | None
+
+
+class Verdict(TypedDict):
+    """One of the paper's claims and what this sweep's numbers say of it."""
+
+    claim: str
+    verdict: Literal["holds", "fails", "mixed"]
+    evidence: str
+
+
+class ArmRange(TypedDict, total=False):
+    """The sizes one arm measured and the range its in-size test validated."""
+
+    P: list[float]
+    params_per_rank: float
+    validated_P: list[float]
+
+
+class Reach(TypedDict):
+    """How far a validation test reached and held, in doublings."""
+
+    P: float
+    N: float
+    joint: float
+
+
+class Ranges(TypedDict, total=False):
+    """What the sweep measured and how far its tests validated the laws beyond it."""
+
+    arms: dict[str, ArmRange]
+    reference_learning_rate: float
+    tested: Reach
+    time_factor: float
+    size_factor: float
+    max_T: float
+    validated_T: float
+    replay_fractions: list[float]
+
+
+class Fits(TypedDict, total=False):
+    """The whole of `fits.json` (keys added by later versions are optional: older files read)."""
+
+    kl: Required[LawFit]
+    forgetting_ce: Required[LawFit]
+    ft_loss: Required[LawFit]
+    linear: LinearFit
+    matched_loss: MatchedLoss
+    domains: Domains
+    claims: list[Verdict]
+    n_records: int
+    n_points: int
+    holdout: float
+    """The share of each run's steps the in-time test fitted on."""
+    skipped_records: dict[str, int]
+    range: Ranges | None
+    base: dict[str, float]
+    vocab_size: int | None
+    records_sha256: str
