@@ -9,7 +9,7 @@ import pytest
 import forgetscope.conjugate.miniature as miniature
 from cli_helpers import assert_user_error, run_cli
 from forgetscope.conjugate.miniature import MiniatureConfig, build_corpus, ensure_miniature_base, run_miniature
-from forgetscope.conjugate.transforms import PigLatin
+from forgetscope.conjugate.transforms.piglatin import PigLatin
 from forgetscope.errors import UserInputError
 from forgetscope.tiny.model import TinyConfig
 

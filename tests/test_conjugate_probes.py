@@ -14,7 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import forgetscope.conjugate.probes as probes
 from cli_helpers import assert_user_error, run_cli
 from forgetscope.conjugate.probes import encode, parse_transform_specs, run_probes
-from forgetscope.conjugate.transforms import Leetspeak, Plain, get_transform
+from forgetscope.conjugate.transforms import get_transform
+from forgetscope.conjugate.transforms.leetspeak import Leetspeak
+from forgetscope.conjugate.transforms.plain import Plain
 from forgetscope.errors import UserInputError
 from forgetscope.judges import load_judge, read_instructions, refusal_judge
 

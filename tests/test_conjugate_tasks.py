@@ -12,7 +12,8 @@ from forgetscope.conjugate.tasks import (
     make_conflict_tasks,
     read_sentences,
 )
-from forgetscope.conjugate.transforms import Leetspeak, PigLatin
+from forgetscope.conjugate.transforms.leetspeak import Leetspeak
+from forgetscope.conjugate.transforms.piglatin import PigLatin
 from forgetscope.errors import UserInputError
 
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn", "rain falls on the roof"]

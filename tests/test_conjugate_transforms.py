@@ -12,15 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import scripture_text
-from forgetscope.conjugate.transforms import (
-    Leetspeak,
-    PigLatin,
-    Plain,
-    Transform,
-    available_transforms,
-    get_transform,
-    register_transform,
-)
+from forgetscope.conjugate.transforms import TRANSFORMS, Transform, available_transforms, get_transform, register_transform
+from forgetscope.conjugate.transforms.leetspeak import Leetspeak
+from forgetscope.conjugate.transforms.piglatin import PigLatin
+from forgetscope.conjugate.transforms.plain import Plain
 from forgetscope.errors import UserInputError
 
 SENTENCES = [
@@ -109,10 +104,48 @@ def test_registry_builds_named_transforms_and_user_ones():
             return text[::-1]
 
     register_transform("reverse", Reverse)
-    assert "reverse" in available_transforms()
-    assert get_transform("reverse").forward("abc") == "cba"
-    with pytest.raises(ValueError):
-        register_transform("a:b", Reverse)
+    try:
+        assert "reverse" in available_transforms()
+        assert get_transform("reverse").forward("abc") == "cba"
+        with pytest.raises(UserInputError, match="takes no argument"):
+            get_transform("reverse:x")
+        with pytest.raises(UserInputError, match="'reverse' is registered twice"):
+            register_transform("reverse", Reverse)  # a second registration is refused unless asked for
+        register_transform("reverse", Reverse, replace=True)
+        with pytest.raises(ValueError):
+            register_transform("a:b", Reverse)
+    finally:
+        TRANSFORMS.unregister("reverse")
+
+
+ROT13 = '''
+"""rot13: a transform as one file."""
+import codecs
+
+from forgetscope.conjugate.transforms import TRANSFORMS, without_argument
+
+
+class Rot13:
+    name = "rot13"
+
+    def forward(self, text):
+        return codecs.encode(text, "rot13")
+
+    inverse = forward
+
+
+TRANSFORMS.register("rot13", without_argument(Rot13))
+'''
+
+
+def test_a_new_transform_is_one_file_that_the_cli_then_offers(tmp_path, registries):
+    import forgetscope.conjugate.transforms as transforms_package
+
+    (tmp_path / "rot13.py").write_text(ROT13)
+    registries.extend_package(transforms_package, tmp_path)
+    assert "rot13" in available_transforms()
+    transform = get_transform("rot13")
+    assert transform.forward("Hello") == "Uryyb" and transform.inverse("Uryyb") == "Hello"
 
 
 @pytest.mark.parametrize("spec, fragment", [

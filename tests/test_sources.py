@@ -127,7 +127,7 @@ def test_the_probes_put_instructions_through_the_real_models_chat_template(smoll
 
     from forgetscope.conjugate import probes
     from forgetscope.conjugate.tasks import DEFAULT_SENTENCES
-    from forgetscope.conjugate.transforms import Plain
+    from forgetscope.conjugate.transforms.plain import Plain
     from forgetscope.models import load_pair
 
     get_peft_model(AutoModelForCausalLM.from_pretrained(sources.gguf_model_dir(smollm2_gguf)),

@@ -99,7 +99,7 @@ def make_conflict_tasks(
     third. Sentences are cut to `max_words` words so that answers stay short. The same seed
     gives the same tasks in every transform, so scores across transforms are paired.
     """
-    from forgetscope.conjugate.transforms import Plain
+    from forgetscope.conjugate.transforms.plain import Plain
 
     transform = transform or Plain()
     sentences = [" ".join(s.split()[:max_words]) for s in sentences if s.split()]
