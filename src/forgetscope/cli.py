@@ -24,7 +24,7 @@ from forgetscope import render
 from forgetscope.errors import UserInputError
 from forgetscope.files import check_output_dir, check_output_file, write_atomically
 from forgetscope.options import settings_options
-from forgetscope.settings import CommandOptions, LoraSettings, MitigationSettings, Settings, TrainSettings
+from forgetscope.settings import CommandOptions, EvalSettings, LoraSettings, MitigationSettings, Settings, TrainSettings
 
 app = typer.Typer(
     help="Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes. Exit codes: 0 done; 2 bad input "
@@ -274,9 +274,8 @@ def train(
         forecast = [r["forecast"] for r in records if "forecast" in r]
         if forecast:
             render.print_run_forecast(forecast[-1], settings.kl_budget)
-        stopped = json.loads((out / "run.json").read_text()).get("stopped_by_budget")
-        if stopped:
-            render.console.print(f"stopped early: {stopped}")
+        if records.stopped_by_budget:
+            render.console.print(f"stopped early: {records.stopped_by_budget}")
         render.console.print(f"records: {out / 'records.jsonl'}\nadapter: {out / 'adapter'}")
 
 
@@ -401,25 +400,20 @@ def fetch(
 
 
 @app.command("eval")
+@settings_options(settings=EvalSettings, exclude=("bootstrap_iters", "seed"))
 def eval_command(
+    *,
     base: Base,
+    settings: EvalSettings,
     finetuned: Finetuned = None,
     adapter: Adapter = None,
-    suite: Annotated[str, typer.Option(help="knowledge (MMLU), reasoning (ARC, HellaSwag, WinoGrande, PIQA), safety (refusals), tiny (offline), or comma-separated lm-eval task names.")] = "tiny",
-    limit: Annotated[int | None, setting(CommandOptions, "limit")] = None,
-    num_fewshot: Annotated[int | None, setting(CommandOptions, "num_fewshot")] = None,
-    batch_size: Annotated[int, setting(CommandOptions, "requests_per_batch", "--batch-size")] = CommandOptions.default("requests_per_batch"),
-    harmful: Annotated[Path | None, typer.Option(help="Harmful instructions for the safety suite (.txt one a line, or .csv with a goal column); default AdvBench from the hub.")] = None,
-    judge: Annotated[str | None, typer.Option(help="Refusal judge module:function(prompt, response) -> bool; default refusal phrases.")] = None,
     dtype: InferenceDtype = Dtype.float32,
     device: Device = "auto",
     as_json: Json = False,
 ) -> None:
     """Benchmarks through lm-evaluation-harness, base against fine-tuned: what forgetting costs on tasks users know."""
-    from forgetscope.downstream.evaluate import EvalSettings, evaluate_pair, strip_examples
+    from forgetscope.downstream.evaluate import evaluate_pair, strip_examples
 
-    settings = EvalSettings(suite=suite, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
-                            harmful=None if harmful is None else str(harmful), judge=judge)
     result = evaluate_pair(base, finetuned, adapter, settings, device=device, dtype=dtype.value)
     if as_json:
         print(json.dumps({**result, "base": strip_examples(result["base"]), "finetuned": strip_examples(result["finetuned"])}))

@@ -147,16 +147,23 @@ def digest(records: list[Record]) -> str:
     return h.hexdigest()
 
 
+def point_statuses(directory: str | Path) -> dict[str, dict]:
+    """`{point_id: its DIR/points/ID.json}` for every point of a sweep directory that ended
+    ("finished" or "failed"): the one reader of that folder, for the store and the laws alike."""
+    statuses = {}
+    for path in sorted((Path(directory) / "points").glob("*.json")):
+        try:
+            status = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # written atomically, so only a foreign file can be torn
+        if isinstance(status, dict):
+            statuses[path.stem] = status
+    return statuses
+
+
 def finished_points(directory: str | Path) -> set[str]:
     """The ids of the points `DIR/points/` of a sweep marks finished: the only ones whose records count."""
-    finished = set()
-    for path in (Path(directory) / "points").glob("*.json"):
-        try:
-            if json.loads(path.read_text()).get("status") == "finished":
-                finished.add(path.stem)
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            continue  # written atomically, so only a foreign file can be torn
-    return finished
+    return {pid for pid, status in point_statuses(directory).items() if status.get("status") == "finished"}
 
 
 def sweep_records(directory: str | Path) -> tuple[list[Record], int]:

@@ -247,6 +247,20 @@ class MitigationSettings(Settings):
         return self
 
 
+class EvalSettings(Settings):
+    """Downstream benchmarks through lm-evaluation-harness: what `forgetscope eval` runs and
+    what a sweep's `downstream:` section runs on the base and on every point."""
+
+    suite: str = Field("tiny", min_length=1, description="knowledge (MMLU), reasoning (ARC, HellaSwag, WinoGrande, PIQA), safety (refusals), tiny (offline), or comma-separated lm-eval task names.")
+    limit: int | None = Field(None, ge=1, description="At most this many examples per task.")
+    num_fewshot: int | None = Field(None, ge=0, le=1000, description="Few-shot examples in each prompt (default: each task's own).")
+    batch_size: int = Field(8, ge=1, le=65_536, description="Requests per forward pass.")
+    harmful: str | None = Field(None, description="Harmful instructions for the safety suite (.txt one a line, or .csv with a goal column); default AdvBench from the hub.")
+    judge: str | None = Field(None, description="Refusal judge module:function(prompt, response) -> bool; default refusal phrases.")
+    bootstrap_iters: int = Field(1000, ge=0, le=100_000, description="Bootstrap resamples of metrics without a closed-form standard error.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the harness's sampling and few-shot draws.")
+
+
 class CommandOptions(Settings):
     """The options of commands that are not settings of a run, each defined once with its
     bounds: the CLI validates every numeric option through a `Settings` class."""
@@ -260,9 +274,6 @@ class CommandOptions(Settings):
     steps: float | None = Field(None, ge=0, description="Planned update steps N (0: the base).")
     budget: float | None = Field(None, gt=0, description="Forgetting budget (KL, nats/token).")
     replay_fraction: float = Field(0.0, ge=0, lt=1, description="Replay fraction of the planned fine-tune (laws fitted with the replay knob only).")
-    limit: int | None = Field(None, ge=1, description="At most this many examples per task.")
-    num_fewshot: int | None = Field(None, ge=0, le=1000, description="Few-shot examples in each prompt (default: each task's own).")
-    requests_per_batch: int = Field(8, ge=1, le=65_536, description="Requests per forward pass.")
     tasks_per_kind: int = Field(8, ge=1, le=100_000, description="Conflict tasks per (task, final input) pair; 4 pairs.")
     refusal_tokens: int = Field(32, ge=1, le=100_000, description="Tokens generated per harmful instruction.")
     stop_after: int | None = Field(None, ge=1, description="Stop after this many steps, the schedule unchanged (to check the recipe's first steps).")

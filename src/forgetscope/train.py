@@ -84,6 +84,15 @@ def law_arm(fits: Mapping, lora: LoraSettings) -> str | None:
     return None
 
 
+class RunRecords(list):
+    """A run's records, in step order, and how the run ended (so no caller reads `run.json` back)."""
+
+    stopped_by_budget: str | None = None
+    """Why the KL budget stopped the run early, or None when it ran every step."""
+    trainable_params: int = 0
+    """`P`: the non-embedding parameters the run trained."""
+
+
 def finetune(
     model: torch.nn.Module,
     tokenizer,
@@ -100,7 +109,7 @@ def finetune(
     replay_blocks: torch.Tensor | None = None,
     overwrite: bool = False,
     law: Mapping | None = None,
-) -> list[dict]:
+) -> RunRecords:
     """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
 
     `train_blocks` are `[n, seq_len]` ids of the fine-tuning text, `ft_eval_blocks` held-out
@@ -208,7 +217,9 @@ def finetune(
         tokenizer.save_pretrained(out / "adapter")
         write_atomically(out / "run.json", json.dumps({**identity, "trainable_params": trainable,
                                                        "stopped_by_budget": callback.stopped_by_budget, "finished": True}, indent=2))
-    return callback.records
+    records = RunRecords(callback.records)
+    records.stopped_by_budget, records.trainable_params = callback.stopped_by_budget, trainable
+    return records
 
 
 def run_identity(lora: LoraSettings, settings: TrainSettings, data: str | None = None) -> dict:

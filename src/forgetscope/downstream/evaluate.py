@@ -22,6 +22,7 @@ from forgetscope.downstream import offline, safety
 from forgetscope.downstream.compare import compare
 from forgetscope.errors import UserInputError
 from forgetscope.judges import load_judge
+from forgetscope.settings import EvalSettings
 
 SUITES: dict[str, list[str]] = {
     "knowledge": ["mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other"],
@@ -29,28 +30,6 @@ SUITES: dict[str, list[str]] = {
     "safety": [safety.TASK],
     "tiny": [offline.TAG],
 }
-
-
-@dataclass
-class EvalSettings:
-    """What to run and how; `suite` is a suite name or comma-separated task/group/tag names."""
-
-    suite: str = "tiny"
-    limit: int | None = None
-    num_fewshot: int | None = None
-    batch_size: int = 8
-    harmful: str | None = None
-    judge: str | None = None
-    bootstrap_iters: int = 1000  # only metrics without a closed-form stderr are bootstrapped
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise UserInputError(f"--limit must be at least 1, got {self.limit}")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise UserInputError(f"--num-fewshot must be at least 0, got {self.num_fewshot}")
-        if self.batch_size < 1:
-            raise UserInputError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 def resolve_tasks(suite: str) -> list[str]:

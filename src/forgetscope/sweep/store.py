@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from forgetscope.errors import UserInputError
 from forgetscope.files import plain_name, read_json, read_yaml, write_atomically
-from forgetscope.records import Record, finished_points, read_records
+from forgetscope.records import Record, finished_points, point_statuses, read_records
 
 
 class AnyObject(BaseModel):
@@ -97,16 +97,10 @@ class SweepStore:
 
     def status(self) -> dict[str, dict]:
         """`{point_id: {"status": "finished" | "failed", ...}}` for every point that ended."""
-        out = {}
-        for path in sorted(self.points_dir.glob("*.json")):
-            try:
-                out[path.stem] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue  # written atomically, so only a foreign file can be torn
-        return out
+        return point_statuses(self.dir)
 
     def finished(self) -> set[str]:
-        return {pid for pid, s in self.status().items() if s.get("status") == "finished"}
+        return finished_points(self.dir)
 
     def failed(self) -> dict[str, str]:
         return {pid: s.get("error", "") for pid, s in self.status().items() if s.get("status") == "failed"}
