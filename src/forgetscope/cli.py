@@ -85,7 +85,9 @@ Finetuned = Annotated[str | None, typer.Option(help="Fine-tuned model (full weig
 Adapter = Annotated[str | None, typer.Option(help="PEFT adapter directory fine-tuned from --base.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")]
 InferenceDtype = Annotated[Dtype, typer.Option(help="float32, bfloat16 or float16 weights (reductions stay float32/64).")]
-EvalData = Annotated[list[Path], typer.Option(metavar="FILE", help="Held-out pretraining-like text: .txt, .jsonl or .parquet; repeat for several files.")]
+DATA_HELP = ("a .txt, .jsonl or .parquet file, a folder saved with datasets' save_to_disk or of data files, or a hub dataset "
+             "NAME[:CONFIG]; SOURCE@SPLIT picks a split; repeat for several")
+EvalData = Annotated[list[Path], typer.Option(metavar="SOURCE", help=f"Held-out pretraining-like text: {DATA_HELP}.")]
 SeqLen = Annotated[int, setting(TrainSettings, "seq_len")]
 EvalTokens = Annotated[int, setting(TrainSettings, "eval_tokens", "--eval-tokens", "--max-tokens")]
 Bootstrap = Annotated[int, setting(CommandOptions, "bootstrap")]
@@ -113,15 +115,15 @@ def measure(
 ) -> None:
     """Forgetting of an existing fine-tune against its base on held-out text (L_f, KL, ...)."""
     from forgetscope.base_cache import choose_base_source
-    from forgetscope.data import load_eval_blocks
+    from forgetscope.data import check_data_sources, load_eval_blocks
     from forgetscope.metric import measure_forgetting
-    from forgetscope.models import check_files_exist, check_seq_len, load_pair
+    from forgetscope.models import check_seq_len, load_pair
 
     if sequences is not None:
         check_output_file(sequences, "--sequences")
     if cache_dir is not None:
         check_output_dir(cache_dir, "--cache-dir")
-    check_files_exist(eval_data, "eval data file")  # before loading a large model, not after
+    check_data_sources(eval_data, "eval data file")  # before loading a large model, not after
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype.value, device=device)
     check_seq_len(pair.finetuned, seq_len)
     blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, eval_tokens, text_column)
@@ -219,21 +221,21 @@ def mitigate(
                   flags={"lora_alpha": ("--lora-alpha", "--alpha")})
 def train(
     base: Base,
-    train_data: Annotated[list[Path], typer.Option(metavar="FILE", help="Fine-tuning text (.txt, .jsonl, .parquet).")],
+    train_data: Annotated[list[Path], typer.Option(metavar="SOURCE", help=f"Fine-tuning text: {DATA_HELP}.")],
     eval_data: EvalData,
     out: Annotated[Path, typer.Option(help="Output directory: records.jsonl, adapter/, run.json.")],
     lora: LoraSettings,
     settings: TrainSettings,
-    ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Held-out fine-tuning text (default: --ft-eval-tokens of --train-data's sequences drawn with seed 0, at most 5%).")] = None,
-    replay_data: Annotated[list[Path] | None, typer.Option(metavar="FILE", help="Replay corpus of the training mitigations that need one: pretraining-like text that is not the eval text (.txt, .jsonl, .parquet).")] = None,
+    ft_eval_data: Annotated[list[Path] | None, typer.Option(metavar="SOURCE", help="Held-out fine-tuning text, as --train-data (default: --ft-eval-tokens of --train-data's sequences drawn with seed 0, at most 5%).")] = None,
+    replay_data: Annotated[list[Path] | None, typer.Option(metavar="SOURCE", help="Replay corpus of the training mitigations that need one: pretraining-like text that is not the eval text, as --train-data.")] = None,
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds (by default only an earlier run with the same settings is replaced).")] = False,
     law: Annotated[Path | None, typer.Option(metavar="DIR", help="A fitted sweep (DIR/fits.json): its law of KL is the prior of the forecast of this run's last KL, which then fits only this run's own factor.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:
     """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
-    from forgetscope.data import prepare_run_data, read_domains
-    from forgetscope.models import check_files_exist, check_seq_len, load_causal_lm, load_tokenizer, resolve_device
+    from forgetscope.data import check_data_sources, prepare_run_data, read_domains
+    from forgetscope.models import check_seq_len, load_causal_lm, load_tokenizer, resolve_device
     from forgetscope.train import check_out_dir, finetune, run_identity
 
     check_out_dir(out, run_identity(lora, settings), overwrite)  # before anything is loaded or written
@@ -246,7 +248,7 @@ def train(
         raise UserInputError(f"{', '.join('--' + name.replace('_', '-') for name in settings.mitigations)} need a replay corpus: give --replay-data")
     for files, what in ((train_data, "--train-data file"), (eval_data, "--eval-data file"),
                         (ft_eval_data or [], "--ft-eval-data file"), (replay_data or [], "--replay-data file")):
-        check_files_exist(files, what)
+        check_data_sources(files, what)
     tokenizer = load_tokenizer(base)
     model = load_causal_lm(base, device=resolve_device(device))
     check_seq_len(model, settings.seq_len)

@@ -17,51 +17,122 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, first_line
 
 _LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DATA_SUFFIXES = tuple(_LOADERS)
+"""What names a data file (not a folder or a hub dataset)."""
 
 
-def read_documents(path: str | Path, text_column: str = "text") -> dict[str, list[str]]:
-    """Read one file into `{domain: [document, ...]}`.
+def split_spec(source: str | Path) -> tuple[str, str | None]:
+    """`(location, split)` of a data source written `LOCATION[@SPLIT]`; a path that exists as
+    written is all location (a file may have an `@` in its name)."""
+    text = str(source)
+    if Path(text).exists() or "@" not in text:
+        return text, None
+    location, _, split = text.rpartition("@")
+    return location, split or None
 
-    The domain is the file's stem, unless the file has a `domain` column, whose values then
-    name the domains.
+
+def check_data_sources(sources: Sequence[str | Path], what: str) -> None:
+    """Before any model is loaded: a source that names a data file (by its suffix) must exist;
+    folders and hub names are checked when they are read."""
+    for source in sources:
+        location, _ = split_spec(source)
+        path = Path(location)
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a symlink loop, a path under a file
+            raise UserInputError(f"{what} {source}: {exc.strerror}") from None
+        if not exists and path.suffix.lower() in _LOADERS:
+            raise UserInputError(f"{what} not found: {location}")
+
+
+def read_documents(source: str | Path, text_column: str = "text") -> dict[str, list[str]]:
+    """Read one data source into `{domain: [document, ...]}`. A source is any of what a
+    `datasets` user has at hand, each read by `datasets` itself:
+
+    - a file: `.txt` (a line a document), `.jsonl` / `.json` or `.parquet` (a row a document);
+    - a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`;
+    - a folder of data files of one kind (parquet, json, csv or text), read as one dataset;
+    - a dataset on the hub, `NAME[:CONFIG]`, e.g. `wikitext:wikitext-103-raw-v1`.
+
+    A folder or a hub dataset takes its split as `SOURCE@SPLIT` (default `train`, or the only
+    one). The domain is the file's stem, the folder's name or the hub name, unless the data has
+    a `domain` column, whose values then name the domains.
     """
     import datasets
 
-    path = Path(path)
-    if path.is_dir():
-        raise UserInputError(f"data file {path} is a directory: give a file")
-    if not path.is_file():
-        raise UserInputError(f"data file not found: {path}")
-    loader = _LOADERS.get(path.suffix.lower())
-    if loader is None:
-        raise UserInputError(f"unsupported data file type {path.suffix!r} for {path} (use .txt, .jsonl, .json or .parquet)")
-    _check_content(path, loader)
+    location, split = split_spec(source)
+    path = Path(location)
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log lines would come before the one error line
     try:
-        table = datasets.load_dataset(loader, data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types for a malformed file
-        cause = exc.__cause__ or exc  # DatasetGenerationError wraps what went wrong
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise UserInputError(f"cannot read {path}: {type(cause).__name__}: {text}") from exc
+        if path.is_file():
+            loader = _LOADERS.get(path.suffix.lower())
+            if loader is None:
+                raise UserInputError(f"unsupported data file type {path.suffix!r} for {path} (use .txt, .jsonl, .json or .parquet, "
+                                     "or a folder or hub dataset)")
+            _check_content(path, loader)
+            table, domain = _loaded(path, lambda: datasets.load_dataset(loader, data_files=str(path), split="train")), path.stem
+        elif path.is_dir():
+            table, domain = _from_folder(path, split), path.name
+        elif path.suffix.lower() in _LOADERS:
+            raise UserInputError(f"data file not found: {path}")
+        else:
+            name, _, config = location.partition(":")
+            table = _loaded(location, lambda: datasets.load_dataset(name, config or None, split=split or "train"), hub=True)
+            domain = (config or name).replace("/", "-")
     finally:
         datasets.logging.set_verbosity(verbosity)
+    return _documents_of(table, str(source), domain, text_column)
+
+
+def _from_folder(path: Path, split: str | None):
+    """A `save_to_disk` folder (one split of a `DatasetDict`), or a folder of data files."""
+    import datasets
+
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        saved = _loaded(path, lambda: datasets.load_from_disk(str(path)))
+        if isinstance(saved, datasets.DatasetDict):
+            splits = list(saved)
+            chosen = split or ("train" if "train" in saved or len(splits) != 1 else splits[0])
+            if chosen not in saved:
+                raise UserInputError(f"{path} has no split {chosen!r} (splits: {', '.join(splits)}): write {path}@SPLIT")
+            return saved[chosen]
+        return saved
+    if not any(entry.is_file() for entry in path.iterdir()):
+        raise UserInputError(f"data folder {path} holds no data files")
+    return _loaded(path, lambda: datasets.load_dataset(str(path), split=split or "train"))
+
+
+def _loaded(where: object, load, hub: bool = False):
+    """`load()`, with whatever `datasets` raises for data it cannot read as one line naming `where`."""
+    try:
+        return load()
+    except UserInputError:
+        raise
+    except Exception as exc:  # datasets raises many types for a malformed file or an unreachable hub
+        cause = exc.__cause__ or exc  # DatasetGenerationError wraps what went wrong
+        what = f"{where}: no such file or folder, and the hub has no dataset of that name here" if hub else f"cannot read {where}"
+        raise UserInputError(f"{what}: {type(cause).__name__}: {first_line(cause)}") from exc
+
+
+def _documents_of(table, source: str, domain: str, text_column: str) -> dict[str, list[str]]:
+    """`{domain: texts}` of a loaded table, every text checked to be a string."""
     if text_column not in table.column_names:
-        raise UserInputError(f"{path} has no {text_column!r} column (columns: {', '.join(table.column_names)})")
+        raise UserInputError(f"{source} has no {text_column!r} column (columns: {', '.join(table.column_names)})")
     texts = [t if t is not None else "" for t in table[text_column]]
     wrong = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if wrong is not None:
-        raise UserInputError(f"{path}: record {wrong + 1}'s {text_column!r} is a {type(texts[wrong]).__name__} "
+        raise UserInputError(f"{source}: record {wrong + 1}'s {text_column!r} is a {type(texts[wrong]).__name__} "
                              f"({str(texts[wrong])[:40]!r}), not text")
     if "domain" not in table.column_names:
-        return {path.stem: texts}
+        return {domain: texts}
     by_domain: dict[str, list[str]] = {}
-    for text, domain in zip(texts, table["domain"]):
-        by_domain.setdefault(str(domain), []).append(text)
+    for text, name in zip(texts, table["domain"]):
+        by_domain.setdefault(str(name), []).append(text)
     return by_domain
 
 

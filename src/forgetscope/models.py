@@ -195,19 +195,6 @@ def check_seq_len(model, seq_len: int) -> None:
         raise UserInputError(f"--seq-len {seq_len} exceeds the model's context of {limit} positions")
 
 
-def check_files_exist(paths, what: str) -> None:
-    """Every path is a file, or a one-line error naming the first that is not."""
-    for path in paths:
-        try:
-            is_dir = Path(path).stat() and Path(path).is_dir()
-        except FileNotFoundError:
-            raise UserInputError(f"{what} not found: {path}") from None
-        except OSError as exc:  # a symlink loop, a path under a file
-            raise UserInputError(f"{what} {path}: {exc.strerror}") from None
-        if is_dir:
-            raise UserInputError(f"{what} {path} is a directory: give a file")
-
-
 @dataclass
 class ModelPair:
     """What `measure` compares: `finetuned`, and its base as a separate model (`base`) or, for

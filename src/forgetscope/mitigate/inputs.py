@@ -25,10 +25,10 @@ class MitigationInputs:
 def from_files(base: str, adapter: str | None, finetuned: str | None, eval_data: list[Path], ft_eval_data: list[Path],
                seq_len: int, eval_tokens: int, dtype: str = "float32", device: str = "auto") -> MitigationInputs:
     """Load a base and its fine-tune, and cut both texts into `seq_len` blocks (up to `eval_tokens` a domain)."""
-    from forgetscope.data import load_eval_blocks
-    from forgetscope.models import check_files_exist, check_seq_len, load_pair
+    from forgetscope.data import check_data_sources, load_eval_blocks
+    from forgetscope.models import check_seq_len, load_pair
 
-    check_files_exist([*eval_data, *ft_eval_data], "data file")  # before a large model is loaded
+    check_data_sources([*eval_data, *ft_eval_data], "data file")  # before a large model is loaded
     pair = load_pair(base, finetuned=finetuned, adapter=adapter, dtype=dtype, device=device)
     check_seq_len(pair.finetuned, seq_len)
     eval_blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, eval_tokens)

@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from forgetscope.data import DATA_SUFFIXES, split_spec
 from forgetscope.errors import UserInputError
 from forgetscope.extensions import training_mitigations
 from forgetscope.files import plain_name, read_yaml
@@ -50,7 +51,7 @@ class Strict(BaseModel):
 class DataSource(Strict):
     """Text files (`.txt`, `.jsonl`, `.parquet`) or one of the embedded corpora."""
 
-    files: list[Path] | None = Field(None, description="Files read with `datasets`; a file is a domain unless it has a `domain` column.")
+    files: list[Path] | None = Field(None, description="Data sources read with `datasets`: .txt, .jsonl or .parquet files, folders (save_to_disk, or of data files), or hub datasets NAME[:CONFIG]; SOURCE@SPLIT picks a split. Each is a domain unless it has a `domain` column.")
     embedded: Literal["scripture", "docs", "code"] | None = Field(None, description="An embedded corpus of the tiny default.")
     text_column: str = "text"
 
@@ -238,13 +239,22 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
         raise UserInputError(f"{source}: {exc}") from None
 
 
+def _relative_to(folder: Path, source: Path) -> Path:
+    """A relative data source taken from the config's folder, unless it is a hub dataset:
+    nothing of that name is there, and it does not name a data file."""
+    location = Path(split_spec(source)[0])
+    if source.is_absolute() or (not (folder / location).exists() and location.suffix.lower() not in DATA_SUFFIXES):
+        return source
+    return (folder / source).resolve()
+
+
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep YAML file; relative data paths are taken from its folder."""
     path = Path(path)
     config = parse_config(read_yaml(path, "sweep config"), str(path))
     for source in [config.finetune_data, *config.eval_data, *(config.replay_data or [])]:
         if source.files is not None:
-            source.files = [f if f.is_absolute() else (path.parent / f).resolve() for f in source.files]
+            source.files = [_relative_to(path.parent, f) for f in source.files]
     for section in config.sections().values():
         if hasattr(section, "resolve_paths"):
             section.resolve_paths(path.parent)
