@@ -45,8 +45,8 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     try:
         table = read_table(directory)
         # Not fitted yet: fitted here as `forgetscope fit` would, and `fits.json` kept.
-        fitted = load_fits(directory) if (directory / "fits.json").is_file() else fit_sweep(directory, n_bootstrap, seed)
-        fits = cast(Fits, fitted)  # `load_fits` checked it against `laws.schema.FitsFile`
+        found = (directory / "fits.json").is_file()
+        fits = cast(Fits, load_fits(directory) if found else fit_sweep(directory, n_bootstrap, seed))  # as `FitsFile` checks
         check_fitted_on(fits, table, directory)
     except UserInputError as exc:
         table, fits, not_fitted = None, None, exc

@@ -1,6 +1,6 @@
 """What the report reads of a sweep directory besides its records' table and `fits.json`:
-its name, its downstream results and its mitigation results, each file read once and
-checked, so that a bad one fails the report before anything is drawn."""
+its name, its downstream results and its mitigation results, each read and checked before
+anything is drawn, so that a bad file fails the report with nothing written."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ def mitigation_curves(directory: Path) -> dict[str, list[list[dict]]] | None:
     from forgetscope.records import is_mitigated, sweep_records
     from forgetscope.sweep.store import read_artifacts
 
+    # records.jsonl's second read (`laws.select.read_table` made the first): the table keeps
+    # only the unpenalised runs, and these curves need the penalised ones too.
     records = sweep_records(directory)[0] if (directory / "records.jsonl").is_file() else []
     _, posthoc = read_artifacts(directory, "mitigation", schema=tradeoff.MitigationFile)
     if not posthoc and not any(is_mitigated(r) for r in records):
