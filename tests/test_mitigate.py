@@ -14,15 +14,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli_helpers import assert_user_error, run_cli
 from forgetscope.base_cache import BaseSource, final_hidden, record_base_predictions
-from forgetscope.data import group_into_blocks, load_eval_blocks
+from forgetscope.data import check_no_overlap, group_into_blocks, load_eval_blocks
 from forgetscope.errors import UserInputError
 from forgetscope.metric import mean_loss, measure_forgetting
-from forgetscope.data import check_no_overlap
-from forgetscope.mitigate.training.l2 import l2_of_update
-from forgetscope.mitigate.training.replay import with_replay
 from forgetscope.mitigate.methods.intruder import find_intruders
 from forgetscope.mitigate.posthoc import choose, mitigation_grid
 from forgetscope.mitigate.tradeoff import best_gain_within, kl_at_gain
+from forgetscope.mitigate.training.l2 import l2_of_update
+from forgetscope.mitigate.training.replay import with_replay
 from forgetscope.settings import LoraSettings, MitigationSettings, TrainSettings
 from forgetscope.train import finetune
 from sweep_helpers import tiny_sweep_config, write_config
@@ -283,7 +282,7 @@ def test_a_grid_with_replay_needs_a_replay_corpus(llama_dir, eval_files):
         parse_config(tiny_sweep_config(llama_dir, eval_files, grid={"replay_fraction": [1.0]}))
 
 
-def test_a_sweep_with_mitigations_keeps_adapters_for_mitigate(llama_dir, eval_files, tmp_path, capsys):
+def test_a_sweep_with_mitigations_keeps_adapters_for_mitigate(llama_dir, eval_files, tmp_path, capsys, monkeypatch):
     import csv
 
     replay = tmp_path / "replay.txt"
@@ -297,6 +296,12 @@ def test_a_sweep_with_mitigations_keeps_adapters_for_mitigate(llama_dir, eval_fi
     records = [json.loads(line) for line in (tmp_path / "sw" / "records.jsonl").read_text().splitlines()]
     assert {r.get("replay_fraction") for r in records} == {0.0, 0.2}
     assert len(list((tmp_path / "sw" / "adapters").iterdir())) == 3
+    assert (tmp_path / "sw" / "heldout.safetensors").is_file()
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("mitigate --sweep read the kept held-out text: nothing is tokenized again")
+
+    monkeypatch.setattr("forgetscope.sweep.prepare.prepare", no_tokenizing)
     code, stdout, err = run_cli(["mitigate", "--sweep", tmp_path / "sw", "--scales", "0,1", "--intruder-scales", "none", "--json"], capsys)
     assert code == 0, err
     result = json.loads(stdout)

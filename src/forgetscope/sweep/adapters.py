@@ -48,7 +48,7 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
     from forgetscope.models import load_adapter, load_causal_lm, load_tokenizer, resolve_device
     from forgetscope.sweep.config import parse_config
     from forgetscope.sweep.prepare import prepare, resolve_base
-    from forgetscope.sweep.store import read_config_data
+    from forgetscope.sweep.store import read_config_data, read_heldout
 
     if point != "largest":
         plain_name(point, "--point")  # an id, never a path out of the sweep
@@ -58,8 +58,12 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
     config = parse_config(read_config_data(config_path), str(config_path))
     point_id = pick_point(Path(directory), point)
     base_path = resolve_base(config)
-    inputs = prepare(config, base_path, record_base=False)  # the grid records the base itself, at its own batch size
+    kept = read_heldout(Path(directory))
+    if kept is None:  # a sweep from before it kept its held-out text: cut it again, by the same rule
+        inputs = prepare(config, base_path, record_base=False)  # the grid records the base itself, at its own batch size
+        kept = inputs.ft_eval_blocks, inputs.eval_blocks
+    ft_eval_blocks, eval_blocks = kept
     model = load_causal_lm(base_path, device=resolve_device(device))
     finetuned = load_adapter(model, str(Path(directory) / "adapters" / point_id))
-    return MitigationInputs(finetuned, None, load_tokenizer(inputs.tokenizer_path), inputs.eval_blocks, inputs.ft_eval_blocks,
+    return MitigationInputs(finetuned, None, load_tokenizer(config.tokenizer or base_path), eval_blocks, ft_eval_blocks,
                             name=point_id, describe={"sweep": str(directory), "point_id": point_id})

@@ -63,6 +63,8 @@ def run_sweep(
             context.inputs = inputs or prepare(config, base_path)
             store.check_data(data_digest(context.inputs.train_blocks, context.inputs.eval_blocks,
                                          context.inputs.ft_eval_blocks, context.inputs.replay_blocks))
+            if config.save_adapters:
+                store.save_heldout(context.inputs.ft_eval_blocks, context.inputs.eval_blocks)
         _evaluate_base(config, base_path, store)
         if todo:
             with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:

@@ -6,6 +6,8 @@
     DIR/data.json        a digest of the token blocks: a resume on changed data files is refused
     DIR/points/ID.json   one file per point that ended: finished, or failed with its error
     DIR/adapters/ID/     with save_adapters: each finished point's PEFT adapter
+    DIR/heldout.safetensors  with save_adapters: the held-out fine-tuning and eval blocks, for
+                         measuring the kept adapters later without tokenizing the data again
     DIR/KIND/            artifacts of an end-of-point evaluator (KIND is its name, e.g.
                          `downstream`, `sweep/evaluators/`): base.json (the base, evaluated once) and ID.json
                          per point, written before the point is marked finished
@@ -30,8 +32,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from forgetscope.errors import UserInputError
-from forgetscope.files import plain_name, read_json, read_yaml, write_atomically
+from forgetscope.errors import UserInputError, first_line
+from forgetscope.files import atomic_path, plain_name, read_json, read_yaml, write_atomically
 from forgetscope.records import Record, finished_points, point_statuses, read_records
 
 
@@ -130,6 +132,17 @@ class SweepStore:
                                      "sweep started, and resuming would mix measurements of two texts: use another --out directory")
         write_atomically(path, json.dumps({"sha256": digest}))
 
+    def save_heldout(self, ft_eval_blocks, eval_blocks: dict) -> None:
+        """Keep the held-out fine-tuning blocks and the eval blocks as `DIR/heldout.safetensors`,
+        so that measuring a kept adapter later (`mitigate --sweep`) reads them instead of
+        tokenizing the whole fine-tuning budget again."""
+        from safetensors.torch import save_file
+
+        tensors = {"ft_eval": ft_eval_blocks} | {f"eval/{name}": blocks for name, blocks in eval_blocks.items()}
+        with atomic_path(self.dir / HELDOUT) as scratch:
+            save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(scratch),
+                      metadata={"domains": json.dumps(list(eval_blocks))})
+
     # -- artifacts ---------------------------------------------------------------------------
 
     def save_artifact(self, kind: str, name: str, artifact: object) -> None:
@@ -210,6 +223,24 @@ def check_resumable(directory: Path, config: dict, identity: Callable[[dict], ob
         changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
         raise UserInputError(f"{directory} holds a sweep with a different config (differs in: {', '.join(changed)}): "
                              "use another --out directory")
+
+
+HELDOUT = "heldout.safetensors"
+
+
+def read_heldout(directory: Path):
+    """`(ft_eval_blocks, {domain: eval blocks})` a sweep kept, or None for a sweep from before it kept them."""
+    from safetensors import safe_open
+
+    path = Path(directory) / HELDOUT
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            domains = json.loads((f.metadata() or {})["domains"])
+            return f.get_tensor("ft_eval"), {name: f.get_tensor(f"eval/{name}") for name in domains}
+    except Exception as exc:  # safetensors raises its own error types for a corrupt file
+        raise UserInputError(f"{path} is not a held-out data file forgetscope wrote: {first_line(exc) or type(exc).__name__}") from None
 
 
 def read_config_data(path: Path) -> dict:

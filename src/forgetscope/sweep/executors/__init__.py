@@ -43,6 +43,12 @@ class ExecutorContext:
     step_callback: Callable[[Point], object] | None = None
     """A `TrainerCallback` per point that moves a progress bar (in-process executors)."""
 
+    def shared_inputs(self) -> SweepInputs:
+        """`inputs`, which the driver sets before the executor starts."""
+        if self.inputs is None:
+            raise RuntimeError("the sweep's inputs are set by the driver before its executor starts (`with executor:`)")
+        return self.inputs
+
     def take_options(self, known: dict[str, str]) -> dict[str, str]:
         """The options with `known`'s defaults filled in; an unknown key is a `UserInputError`."""
         unknown = sorted(set(self.options) - set(known))

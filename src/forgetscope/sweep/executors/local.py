@@ -30,7 +30,7 @@ class LocalExecutor:
         while self.queue:
             point = self.queue.pop(0)
             callbacks = [c.step_callback(point)] if c.step_callback is not None else []
-            yield run_point(c.config, point, c.inputs, on_record=c.on_record, callbacks=callbacks)
+            yield run_point(c.config, point, c.shared_inputs(), on_record=c.on_record, callbacks=callbacks)
 
 
 EXECUTORS.register("local", LocalExecutor)

@@ -39,7 +39,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         resources = self.context.config.resources
         self.task = ray.remote(run_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus)
-        self.inputs_ref = ray.put(self.context.inputs)
+        self.inputs_ref = ray.put(self.context.shared_inputs())
         self.config_data = self.context.config.canonical()
         return self
 
@@ -61,6 +61,10 @@ class RayExecutor:
                 yield PointResult(point, error=f"{type(exc).__name__}: {first_line(exc)}".strip())
 
 
+_RAY_CONSTANTS = "ray._private.ray_constants"
+"""The module holding Ray's copy of its single-machine setting, made when Ray is imported."""
+
+
 def _loopback_only() -> Callable[[], None]:
     """Make the cluster Ray starts here listen on 127.0.0.1 only, and return what undoes it.
 
@@ -70,19 +74,22 @@ def _loopback_only() -> Callable[[], None]:
     imported, and the processes it starts inherit the environment, so both are set."""
     name, before = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     os.environ[name] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
-    previous = getattr(constants, "ENABLE_RAY_CLUSTER", None)
-    if constants is not None:  # Ray was imported before: its copy of the setting is already made
-        constants.ENABLE_RAY_CLUSTER = False
+    previous: bool | None = None
+    if _RAY_CONSTANTS in sys.modules:  # Ray was imported before: its copy of the setting is already made
+        from ray._private import ray_constants
+
+        previous = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
     def restore() -> None:
         if before is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
-        module = sys.modules.get("ray._private.ray_constants")
-        if module is not None:
-            module.ENABLE_RAY_CLUSTER = previous if previous is not None else not module.IS_WINDOWS_OR_OSX
+        if _RAY_CONSTANTS in sys.modules:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = previous if previous is not None else not ray_constants.IS_WINDOWS_OR_OSX
 
     return restore
 

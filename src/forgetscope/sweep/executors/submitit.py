@@ -63,7 +63,7 @@ class SubmititExecutor:
             parameters["slurm_partition"] = self.options["partition"]
         self.executor.update_parameters(**parameters)
         self.inputs_path = folder / "inputs.safetensors"
-        save_inputs(self.context.inputs, self.inputs_path)
+        save_inputs(self.context.shared_inputs(), self.inputs_path)
         self.config_data = self.context.config.canonical()
         return self
 
