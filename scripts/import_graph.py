@@ -26,6 +26,7 @@ LAYERS: list[list[str]] = [
     ["records", "data", "models", "plots", "judges", "testing"],
     ["base_cache", "laws"],
     ["metric"],
+    ["meter", "budget"],
     ["callback", "tiny", "mitigate"],
     ["train"],
     ["downstream", "conjugate", "synthetic"],

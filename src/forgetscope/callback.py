@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
-from forgetscope.laws.forecast import Query, RunPrior, forecast_run, run_prior
-from forgetscope.metric import METRIC_KEYS, mean_loss, measure_forgetting
+from forgetscope.base_cache import BasePredictions, BaseSource
+from forgetscope.budget import KLBudget
+from forgetscope.meter import ForgettingMeter
 from forgetscope.models import count_trainable_params
 from forgetscope.records import Record
 
@@ -120,50 +120,32 @@ class ForgettingCallback(TrainerCallback):
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if stop_on_budget not in ("never", "measured", "forecast"):
-            raise ValueError(f"stop_on_budget must be never, measured or forecast, got {stop_on_budget!r}")
         self.trainer = trainer
-        self.eval_blocks = dict(eval_blocks)
-        self.ft_eval_blocks = ft_eval_blocks
-        self.base_model = base_model
+        self.meter = ForgettingMeter(eval_blocks, ft_eval_blocks=ft_eval_blocks, base_model=base_model,
+                                     base_predictions=base_predictions, record_base=record_base, batch_size=batch_size,
+                                     progress=progress)
+        self.budget = KLBudget(budget, stop_on_budget, law, law_arm)
         self.eval_steps = None if eval_steps is None else sorted(set(int(s) for s in eval_steps))
-        self.n_eval_points = n_eval_points
-        self.schedule = schedule
-        self.budget = budget
-        self.stop_on_budget = stop_on_budget
-        self.law, self.law_arm = law, law_arm
-        self.prior: RunPrior | None = None
-        """The sweep's law for this run, from `law`, set when training begins."""
-        self.progress = progress
-        self.stopped_by_budget: str | None = None
-        """Why the budget stopped training, when it did."""
-        self._max_steps: int | None = None
-        self.batch_size = batch_size
+        self.n_eval_points, self.schedule = n_eval_points, schedule
         self.prefix = prefix
         self.on_record = on_record
-        self.record_base = record_base
-        self.base_predictions = base_predictions
-        self.base_source: BaseSource | None = None
+        self.stopped_by_budget: str | None = None
+        """Why the budget stopped training, when it did."""
         self.records: list[Record] = []
         self._pending: dict | None = None
         self._last_train_loss: float | None = None
 
+    @property
+    def base_source(self) -> BaseSource | None:
+        """Where base predictions come from (`base_cache.choose_base_source`), once chosen."""
+        return self.meter.base_source
+
     # -- measuring ---------------------------------------------------------------------------
 
     def measure(self, model: torch.nn.Module, step: int) -> Record:
-        """One record: the metric overall and per domain, and `ft_loss` when configured."""
-        if self.base_source is None:  # measured outside a Trainer run
-            self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions)
-        result = measure_forgetting(model, self.eval_blocks, base=self.base_source, batch_size=self.batch_size, n_bootstrap=0,
-                                    progress=self.progress)
-        record: Record = {"step": step, "train_loss": None}
-        if self.ft_eval_blocks is not None:
-            record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)
-        record.update({key: result.overall[key] for key in METRIC_KEYS})
-        record["eval_tokens"] = result.overall["tokens"]
-        record["domains"] = {name: {key: values[key] for key in METRIC_KEYS} for name, values in result.domains.items()}
-        record["vocab_size"] = int(model.get_output_embeddings().weight.shape[0])
-        forecast = self._forecast(step, record["kl"])
+        """One record (`ForgettingMeter.record`), with the forecast, logged through the Trainer."""
+        record, result = self.meter.record(model, step)
+        forecast = self.budget.forecast(self.records, step, record["kl"])
         if forecast is not None:
             record["forecast"] = forecast
         if self.trainer is not None:
@@ -176,26 +158,6 @@ class ForgettingCallback(TrainerCallback):
             Trainer.log(self.trainer, logs)  # the base method: a subclass's log() may add its own metrics
         return record
 
-    def _forecast(self, step: int, kl: float) -> dict | None:
-        """The KL forecast at the last step from the records so far (with a budget only)."""
-        if (self.budget is None and self.prior is None) or self._max_steps is None or step >= self._max_steps:
-            return None
-        steps = [r["step"] for r in self.records] + [step]
-        kls = [r["kl"] for r in self.records] + [kl]
-        return forecast_run(steps, kls, self._max_steps, self.budget, prior=self.prior)
-
-    def _budget_crossed(self, record: Record) -> str | None:
-        """Why this record should stop training under `stop_on_budget`, or None."""
-        if self.budget is None or self.stop_on_budget == "never":
-            return None
-        if record["kl"] > self.budget:
-            return f"measured KL {record['kl']:.4g} exceeded the budget {self.budget:g} at step {record['step']}"
-        forecast = record.get("forecast")
-        if self.stop_on_budget == "forecast" and forecast is not None and forecast["low"] > self.budget:
-            return (f"the forecast KL at step {forecast['planned_steps']} is at least {forecast['low']:.4g} (95%), "
-                    f"over the budget {self.budget:g}, at step {record['step']}")
-        return None
-
     def _emit(self, record: Record) -> None:
         self.records.append(record)
         if self.on_record is not None:
@@ -206,14 +168,10 @@ class ForgettingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:
             return  # under DDP / accelerate only the main process measures (no collectives are involved)
-        self._max_steps = state.max_steps
-        if self.law is not None:
-            self.prior = run_prior(dict(self.law), Query(P=count_trainable_params(model), arm=self.law_arm, learning_rate=args.learning_rate,
-                                                         extrapolate=True))
+        self.budget.begin(state.max_steps, count_trainable_params(model), args.learning_rate)
         if self.eval_steps is None:
             self.eval_steps = SCHEDULES[self.schedule](state.max_steps, self.n_eval_points)
-        self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions,
-                                              record=self.record_base, batch_size=self.batch_size)
+        self.meter.start(model)
         if state.global_step in self.eval_steps and not any(r["step"] == state.global_step for r in self.records):
             self._emit(self.measure(model, state.global_step))  # step 0: before any update
 
@@ -223,7 +181,7 @@ class ForgettingCallback(TrainerCallback):
         should_log = control.should_log  # Trainer.log() below clears it; the step's own log must still happen
         record = self.measure(model, state.global_step)
         control.should_log = should_log
-        reason = self._budget_crossed(record)
+        reason = self.budget.crossed(record)
         if reason is not None:
             self.stopped_by_budget = reason
             log.warning("stopping: %s", reason)

@@ -114,9 +114,8 @@ def measure(
     as_json: Json = False,
 ) -> None:
     """Forgetting of an existing fine-tune against its base on held-out text (L_f, KL, ...)."""
-    from forgetscope.base_cache import choose_base_source
     from forgetscope.data import check_data_sources, load_eval_blocks
-    from forgetscope.metric import measure_forgetting
+    from forgetscope.meter import ForgettingMeter
     from forgetscope.models import check_seq_len, load_pair
 
     if sequences is not None:
@@ -129,9 +128,9 @@ def measure(
     blocks = load_eval_blocks(eval_data, pair.tokenizer, seq_len, eval_tokens, text_column)
     new_cache = cache_dir is not None and not cache_dir.exists()
     try:
-        source = choose_base_source(pair.finetuned, blocks, base=pair.base, cache_dir=cache_dir, batch_size=batch_size)
-        result = measure_forgetting(pair.finetuned, blocks, base=source, batch_size=batch_size, n_bootstrap=bootstrap,
-                                    seed=seed, progress=True)  # on stderr: --json keeps stdout for the JSON
+        meter = ForgettingMeter(blocks, base_model=pair.base, record_base=False, cache_dir=cache_dir, batch_size=batch_size,
+                                progress=True)  # on stderr: --json keeps stdout for the JSON
+        result = meter.result(pair.finetuned, n_bootstrap=bootstrap, seed=seed)
         if sequences is not None:
             write_atomically(sequences, "".join(json.dumps(row) + "\n" for row in result.sequences))
     except Exception:

@@ -84,11 +84,11 @@ def run_point(
             model = load_causal_lm(inputs.base_path, device=point_device(config))
             tokenizer = load_tokenizer(inputs.tokenizer_path)
             at_end = _evaluate_at_end(config, tokenizer, result.artifacts)
-            result.records = finetune(
+            result.records = list(finetune(  # a plain list: it travels back to the driver
                 model, tokenizer, point.lora(), config.train_settings(point), inputs.train_blocks, inputs.eval_blocks,
                 inputs.ft_eval_blocks, out_dir=scratch if config.save_adapters else None, on_record=labelled, progress=False,
                 callbacks=[*callbacks, at_end], base_predictions=inputs.base_predictions, replay_blocks=inputs.replay_blocks,
-            )
+            ))
             if config.save_adapters:  # carried back as bytes: the driver alone writes the sweep directory
                 result.adapter_files = {f.name: f.read_bytes() for f in (Path(scratch) / "adapter").iterdir() if f.is_file()}
     except (KeyboardInterrupt, SystemExit, UserInputError):

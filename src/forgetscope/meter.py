@@ -1,0 +1,65 @@
+"""`ForgettingMeter`: one model's forgetting on fixed text, measured again and again.
+
+What the training callback, `forgetscope measure` and post-hoc mitigation all do: choose once
+where the base predictions come from (`base_cache.choose_base_source`), then measure the
+model against them (`metric.measure_forgetting`), with the loss on held-out fine-tuning text
+(`ft_loss`) beside it. The meter holds the text and that choice; it knows nothing of
+Trainers, schedules or budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
+from forgetscope.metric import METRIC_KEYS, ForgettingResult, mean_loss, measure_forgetting
+from forgetscope.records import Record
+
+
+class ForgettingMeter:
+    """Forgetting of a model on `eval_blocks` (`{domain: [n, seq_len] ids}`), and its loss on
+    `ft_eval_blocks`, against the base: a separate `base_model`, predictions already recorded
+    (`base_predictions`), or the PEFT model's own `disable_adapter()`, recorded once at the
+    start when `record_base` and the output head allow it (kept in `cache_dir` and reused
+    from there when given)."""
+
+    def __init__(self, eval_blocks: Mapping[str, torch.Tensor], *, ft_eval_blocks: torch.Tensor | None = None,
+                 base_model: torch.nn.Module | None = None, base_predictions: BasePredictions | None = None,
+                 record_base: bool = True, cache_dir: str | Path | None = None, batch_size: int = 16, progress: bool = False):
+        if not eval_blocks:
+            raise ValueError("a ForgettingMeter needs eval_blocks: {domain: [n, seq_len] token ids}")
+        self.eval_blocks = dict(eval_blocks)
+        self.ft_eval_blocks = ft_eval_blocks
+        self.base_model, self.base_predictions, self.record_base = base_model, base_predictions, record_base
+        self.cache_dir = cache_dir
+        self.batch_size, self.progress = batch_size, progress
+        self.base_source: BaseSource | None = None
+        """Where base predictions come from, chosen by `start` (or the first measurement)."""
+
+    def start(self, model: torch.nn.Module) -> BaseSource:
+        """Choose the base source for `model` (recording the base's predictions if asked), once."""
+        if self.base_source is None:
+            self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions,
+                                                  record=self.record_base, cache_dir=self.cache_dir, batch_size=self.batch_size)
+        return self.base_source
+
+    def result(self, model: torch.nn.Module, n_bootstrap: int = 0, seed: int = 0) -> ForgettingResult:
+        """The metric overall, per domain and per sequence (bootstrapped intervals with `n_bootstrap`)."""
+        return measure_forgetting(model, self.eval_blocks, base=self.start(model), batch_size=self.batch_size,
+                                  n_bootstrap=n_bootstrap, seed=seed, progress=self.progress)
+
+    def record(self, model: torch.nn.Module, step: int) -> tuple[Record, ForgettingResult]:
+        """One record at `step` (`forgetscope.records.Record`: the metric overall and per domain,
+        `ft_loss` when there is held-out fine-tuning text), and the result it came from."""
+        result = self.result(model)
+        record: Record = {"step": step, "train_loss": None}
+        if self.ft_eval_blocks is not None:
+            record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)
+        record.update({key: result.overall[key] for key in METRIC_KEYS})  # type: ignore[typeddict-item]
+        record["eval_tokens"] = result.overall["tokens"]
+        record["domains"] = {name: {key: values[key] for key in METRIC_KEYS} for name, values in result.domains.items()}  # type: ignore[misc]
+        record["vocab_size"] = int(model.get_output_embeddings().weight.shape[0])
+        return record, result
