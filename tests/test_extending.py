@@ -193,3 +193,19 @@ def test_a_grid_axis_is_a_settings_field_marked_as_one(monkeypatch):
     dropped = grid.Point.of(rank=4, dropout=0.1)
     assert plain.point_id == grid.Point.of(rank=4, dropout=0.0).point_id  # the default leaves the id alone
     assert "-do0.1-" in dropped.point_id and dropped.lora().dropout == 0.1
+
+
+def test_a_suite_is_one_lm_eval_group_file_that_eval_resolves(tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    import forgetscope.downstream.evaluate as evaluate
+    from forgetscope.settings import EvalSettings
+
+    (tmp_path / "prose.yaml").write_text("group: prose\ntask:\n  - fs_docs_cloze\n  - fs_scripture_cloze\n")
+    monkeypatch.setattr(evaluate, "SUITE_FOLDERS", [*evaluate.SUITE_FOLDERS, tmp_path])
+    assert evaluate.resolve_tasks("prose") == ["fs_docs_cloze", "fs_scripture_cloze"]
+    tasks = evaluate.prepare_tasks(EvalSettings(suite="prose", limit=2), cache_dir=tmp_path / "cache")
+    assert tasks.harness == ["fs_docs_cloze", "fs_scripture_cloze"]
+    # and each file is a group lm-eval itself reads, shipped ones included
+    manager = TaskManager(include_path=[str(folder) for folder in evaluate.SUITE_FOLDERS], include_defaults=False)
+    assert {"knowledge", "reasoning", "safety", "tiny", "prose"} <= set(manager.all_groups)

@@ -16,30 +16,41 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from forgetscope.downstream import offline, safety
 from forgetscope.downstream.compare import compare
 from forgetscope.errors import UserInputError
+from forgetscope.files import read_yaml
 from forgetscope.judges import load_judge
 from forgetscope.settings import EvalSettings
 
-SUITES: dict[str, list[str]] = {
-    "knowledge": ["mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other"],
-    "reasoning": ["arc_easy", "arc_challenge", "hellaswag", "winogrande", "piqa"],
-    "safety": [safety.TASK],
-    "tiny": [offline.TAG],
-}
+SUITE_FOLDERS: list[Path] = [Path(str(files("forgetscope.downstream").joinpath("suites")))]
+"""Where suites are found: each is an lm-eval group config (`group: NAME`, `task: [...]`) in
+one YAML file, so adding a suite is adding a file."""
+
+
+def suites() -> dict[str, list[str]]:
+    """`{suite: its task names}` of every suite file, in folder order (a later folder's suite
+    of the same name wins)."""
+    found: dict[str, list[str]] = {}
+    for folder in SUITE_FOLDERS:
+        for path in sorted(folder.glob("*.yaml")):
+            config = read_yaml(path, "suite")
+            if not isinstance(config, dict) or not isinstance(config.get("group"), str) or not isinstance(config.get("task"), list):
+                raise UserInputError(f"{path}: a suite is an lm-eval group config with `group: NAME` and a `task:` list")
+            found[config["group"]] = [str(task) for task in config["task"]]
+    return found
 
 
 def resolve_tasks(suite: str) -> list[str]:
-    """A suite name -> its harness names; otherwise the comma-separated names themselves."""
-    if suite in SUITES:
-        return list(SUITES[suite])
+    """Comma-separated suite or task names -> the harness names they stand for."""
+    known = suites()
     names = [n.strip() for n in suite.split(",") if n.strip()]
     if not names:
-        raise UserInputError("--suite is empty: name a suite (knowledge, reasoning, safety, tiny) or tasks")
-    return [n for name in names for n in SUITES.get(name, [name])]
+        raise UserInputError(f"--suite is empty: name a suite ({', '.join(known)}) or tasks")
+    return [n for name in names for n in known.get(name, [name])]
 
 
 def _is_offline(name: str) -> bool:
@@ -71,9 +82,9 @@ def prepare_tasks(settings: EvalSettings, cache_dir: Path | None = None) -> Task
         known = set(tasks.manager.all_tasks)
         for name in tasks.harness:
             if name not in known:
-                close = difflib.get_close_matches(name, sorted(known | set(SUITES)), n=3)
+                close = difflib.get_close_matches(name, sorted(known | set(suites())), n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise UserInputError(f"unknown task {name!r}{hint}: use a suite (knowledge, reasoning, safety, tiny) "
+                raise UserInputError(f"unknown task {name!r}{hint}: use a suite ({', '.join(suites())}) "
                                      "or lm-eval task names")
         with _quiet():
             _load(tasks.manager, tasks.harness)  # unreachable data fails now, before any model is evaluated
