@@ -101,6 +101,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests are skipped without a CUDA device, `multi_gpu` ones with fewer than two."""
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item in items:
+        if item.get_closest_marker("multi_gpu") is not None and devices < 2:
+            item.add_marker(pytest.mark.skip(reason=f"needs two CUDA devices; this machine has {devices}"))
+        elif item.get_closest_marker("gpu") is not None and devices < 1:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device; this machine has none"))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """One line saying whether the real-model tests ran, and how long they took (CI's log shows it)."""
     reports = [r for outcome in ("passed", "failed", "skipped", "error") for r in terminalreporter.stats.get(outcome, [])

@@ -20,9 +20,10 @@ Means are token-weighted; 95% intervals come from a bootstrap over whole sequenc
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,10 +65,10 @@ def token_stats(
     """
     if base_logits.shape != finetuned_logits.shape:
         raise ValueError(f"logit shapes differ: {tuple(base_logits.shape)} vs {tuple(finetuned_logits.shape)}")
-    vocab = head.weight.shape[0] if head is not None else base_logits.shape[-1]
+    vocab = _head_weight(head).shape[0] if head is not None else base_logits.shape[-1]
     chunk_size = chunk_size or max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocab)
-    to_logits = (lambda h: head(h.to(head.weight.dtype))) if head is not None else (lambda x: x)
-    to_base_logits = (lambda h: base_head(h.to(base_head.weight.dtype))) if base_head is not None else to_logits
+    to_logits = _logits_maker(head)
+    to_base_logits = _logits_maker(base_head) if base_head is not None else to_logits
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in METRIC_KEYS}
     for index, start in enumerate(range(0, finetuned_logits.shape[0], chunk_size)):
         stop = start + chunk_size
@@ -77,7 +78,7 @@ def token_stats(
             # Logits a head made here are this loop's own: normalised in place, one tensor fewer.
             log_p, p = log_probs(to_base_logits(base_logits[start:stop]), overwrite=base_head is not None or head is not None)
             entropy, top = _row_dots(p, log_p).neg_(), log_p.argmax(-1, keepdim=True)
-        log_q, _ = log_probs(to_logits(finetuned_logits[start:stop]), overwrite=head is not None, probabilities=False)
+        log_q = log_softmax(to_logits(finetuned_logits[start:stop]), overwrite=head is not None)
         tgt = targets[start:stop].unsqueeze(-1)
         parts["hard_ce"].append(-log_q.gather(-1, top).squeeze(-1).double())
         parts["base_loss"].append(-log_p.gather(-1, tgt).squeeze(-1).double())
@@ -93,18 +94,50 @@ def token_stats(
     return {key: torch.cat(values) if values else torch.zeros(0, dtype=torch.float64) for key, values in parts.items()}
 
 
-def log_probs(logits: torch.Tensor, overwrite: bool = False, probabilities: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """float32 `(log p, p)` of `[n, vocab]` logits (`p` None without `probabilities`),
-    normalised by a float64 sum. torch's float32 `log_softmax` sums the exponentials in
-    float32, which shifts every row's log-probabilities by up to 1e-5 relative at 49k tokens
-    and 4e-5 at 128k. With `overwrite`, float32 `logits` are normalised in place."""
+def _head_weight(head: torch.nn.Module) -> torch.Tensor:
+    """The `[vocab, hidden]` weight of an output head (a `Linear`, or a layer that has one)."""
+    weight = head.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"the output head {type(head).__name__} has no weight tensor")
+    return weight
+
+
+def _output_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """`model.get_output_embeddings()` (transformers' and PEFT's models), or None."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if get is not None else None
+
+
+def _logits_maker(head: torch.nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`hidden -> head(hidden)` in the head's dtype, or (no head) the logits as they are."""
+    if head is None:
+        return lambda logits: logits
+    dtype = _head_weight(head).dtype
+    return lambda hidden: head(hidden.to(dtype))
+
+
+def log_probs(logits: torch.Tensor, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 `(log p, p)` of `[n, vocab]` logits, normalised by a float64 sum. torch's
+    float32 `log_softmax` sums the exponentials in float32, which shifts every row's
+    log-probabilities by up to 1e-5 relative at 49k tokens and 4e-5 at 128k. With
+    `overwrite`, float32 `logits` are normalised in place."""
+    log_p, exponentials, normaliser = _normalised(logits, overwrite)
+    return log_p, exponentials.div_(normaliser.float())
+
+
+def log_softmax(logits: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    """The float32 `log p` of `log_probs`, without `p`."""
+    return _normalised(logits, overwrite)[0]
+
+
+def _normalised(logits: torch.Tensor, overwrite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 log-probabilities, the exponentials of the shifted logits and their float64 row sums."""
     logits = logits.float()
     top = logits.amax(-1, keepdim=True)
     shifted = logits.sub_(top) if overwrite else logits - top
     exponentials = shifted.exp()
     normaliser = _row_sums(exponentials).unsqueeze(-1)
-    log_p = shifted.sub_(normaliser.log().float())
-    return log_p, exponentials.div_(normaliser.float()) if probabilities else None
+    return shifted.sub_(normaliser.log().float()), exponentials, normaliser
 
 
 @functools.cache
@@ -167,7 +200,7 @@ def sequence_sums(
 
 def summarize(
     sums: Mapping[str, np.ndarray], tokens: np.ndarray, n_bootstrap: int = 1000, seed: int = 0
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Token-weighted means of per-sequence sums, with 95% bootstrap intervals over sequences.
 
     Returns `{key: mean, ..., "tokens": n, "ci": {key: [low, high]}}`; no `ci` when
@@ -175,7 +208,7 @@ def summarize(
     """
     tokens = np.asarray(tokens, dtype=np.float64)
     total = float(tokens.sum())
-    out: dict[str, object] = {key: float(np.sum(sums[key]) / total) for key in METRIC_KEYS}
+    out: dict[str, Any] = {key: float(np.sum(sums[key]) / total) for key in METRIC_KEYS}
     out["tokens"] = int(total)
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
@@ -194,11 +227,12 @@ def summarize(
 class ForgettingResult:
     """The metric overall and per domain, plus per-sequence values for further analysis."""
 
-    overall: dict[str, object]
-    domains: dict[str, dict[str, object]]
-    sequences: list[dict[str, object]] = field(repr=False, default_factory=list)
+    overall: dict[str, Any]
+    """`summarize`'s object: the means (floats), `tokens` (an int) and `ci` (key -> [low, high])."""
+    domains: dict[str, dict[str, Any]]
+    sequences: list[dict[str, Any]] = field(repr=False, default_factory=list)
 
-    def to_dict(self, include_sequences: bool = False) -> dict[str, object]:
+    def to_dict(self, include_sequences: bool = False) -> dict[str, Any]:
         """The `measure --json` object: overall keys at the top, `domains` by name."""
         out = dict(self.overall)
         out["domains"] = self.domains
@@ -241,9 +275,14 @@ def measure_forgetting(
     states instead of running `finetuned` (a setting known to be the base, in `mitigate`).
     """
     source = BaseSource.of(base)
+    base_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
+    recorded: Mapping[str, torch.Tensor] = {}
     if source.kind == "recorded":
-        base_logits, head = None, finetuned.get_output_embeddings()
-        base_head = source.head
+        if source.predictions is None:
+            raise ValueError("a recorded base source needs its recorded predictions")
+        recorded, head, base_head = source.predictions.hidden, _output_head(finetuned), source.head
+        if head is None:
+            raise ValueError("recorded base predictions need the fine-tuned model's output head")
     else:
         base_logits = source.logits(finetuned)
     models = [m for m in (finetuned, source.model) if m is not None]
@@ -254,26 +293,29 @@ def measure_forgetting(
     total_batches = sum((len(b) + batch_size - 1) // batch_size for b in blocks.values())
     bar = _ProgressBar(total_batches) if progress else nullcontext()
     try:
-        domains, sequences, all_sums, all_tokens = {}, [], {k: [] for k in METRIC_KEYS}, []
+        domains: dict[str, dict[str, Any]] = {}
+        sequences: list[dict[str, Any]] = []
+        all_sums: dict[str, list[np.ndarray]] = {k: [] for k in METRIC_KEYS}
+        all_tokens: list[np.ndarray] = []
         with bar as advance:
             for name, ids in blocks.items():
-                dom_sums = {k: [] for k in METRIC_KEYS}
+                batch_sums: dict[str, list[np.ndarray]] = {k: [] for k in METRIC_KEYS}
                 for start in range(0, len(ids), batch_size):
                     batch = ids[start : start + batch_size].to(device)
                     if base_logits is None:  # hidden states only: logits are made chunk by chunk
                         ft = (final_hidden(finetuned, batch) if finetuned_hidden is None
                               else finetuned_hidden[name][start : start + len(batch)].to(device))
-                        reference = source.predictions.hidden[name][start : start + len(batch)]
+                        reference = recorded[name][start : start + len(batch)]
                         made = source.log_probs[name][start // batch_size] if source.log_probs else None
                         sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head, base_head, made)
                     else:
                         ft = finetuned(input_ids=batch).logits
                         sums = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)
                     for k in METRIC_KEYS:
-                        dom_sums[k].append(sums[k].numpy())
+                        batch_sums[k].append(sums[k].numpy())
                     if advance is not None:
                         advance()
-                dom_sums = {k: np.concatenate(v) for k, v in dom_sums.items()}
+                dom_sums = {k: np.concatenate(v) for k, v in batch_sums.items()}
                 dom_tokens = np.full(len(ids), ids.shape[1] - 1)
                 domains[name] = summarize(dom_sums, dom_tokens, n_bootstrap, seed)
                 for i in range(len(ids)):
@@ -300,17 +342,20 @@ def base_chunk_log_probs(source: BaseSource, head: torch.nn.Module, batch_size: 
     one fine-tune many times). Costs 2 x tokens x vocab floats."""
     import dataclasses
 
-    made: dict[str, list[list[torch.Tensor]]] = {}
+    if source.predictions is None:
+        raise ValueError("base log-probabilities are made from recorded hidden states: the source has none")
+    made: dict[str, list[list[tuple[torch.Tensor, ...]]]] = {}
+    base_head = source.head or head
+    weight = _head_weight(base_head)
     for name, hidden in source.predictions.hidden.items():
-        base_head = source.head or head
-        vocab = base_head.weight.shape[0]
+        vocab = weight.shape[0]
         size = chunk_size or max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocab)
         made[name] = []
         for start in range(0, len(hidden), batch_size):
             flat = hidden[start : start + batch_size, :-1].reshape(-1, hidden.shape[-1])
-            chunks = []
+            chunks: list[tuple[torch.Tensor, ...]] = []
             for i in range(0, len(flat), size):
-                log_p, p = log_probs(base_head(flat[i : i + size].to(base_head.weight.dtype)), overwrite=True)
+                log_p, p = log_probs(base_head(flat[i : i + size].to(weight.dtype)), overwrite=True)
                 chunks.append((log_p, p, _row_dots(p, log_p).neg_(), log_p.argmax(-1, keepdim=True)))
             made[name].append(chunks)
     return dataclasses.replace(source, log_probs=made)
@@ -323,7 +368,7 @@ def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    head = model.get_output_embeddings() if backbone(model) is not None else None
+    head = _output_head(model) if backbone(model) is not None else None
     try:
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size].to(device)
@@ -331,7 +376,8 @@ def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16
                 hidden = final_hidden(model, batch)[:, :-1]
                 logits = head(hidden.reshape(-1, hidden.shape[-1])).float()
             else:
-                logits = model(input_ids=batch).logits[:, :-1].float().reshape(-1, model.config.vocab_size)
+                logits = model(input_ids=batch).logits[:, :-1].float()
+                logits = logits.reshape(-1, logits.shape[-1])
             loss = torch.nn.functional.cross_entropy(logits, batch[:, 1:].reshape(-1), reduction="sum")
             total += float(loss)
             count += batch[:, 1:].numel()

@@ -23,18 +23,27 @@ import copy
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from forgetscope.mitigate.methods import METHODS, lora_layers, restored
+from forgetscope.mitigate.methods import METHODS, Edit, lora_layers, restored
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from peft.tuners.lora import LoraConfig
+    from peft.tuners.lora.layer import Linear as LoraLinear
 
 
 @dataclass
 class _Layer:
     name: str
-    module: torch.nn.Module
+    module: LoraLinear
+    """The adapted layer: a PEFT LoRA layer, typed as its `Linear` (every kind has its
+    `get_base_layer`, `get_delta_weight` and `r`)."""
     adapter: str
     intruders: int
     correction: torch.Tensor
@@ -58,23 +67,30 @@ def find_intruders(base_weight: torch.Tensor, tuned_weight: torch.Tensor, thresh
     return len(intruders), correction
 
 
+def _base_weight(layer: LoraLinear) -> torch.Tensor:
+    """The frozen weight under a LoRA layer (torch types a sub-module's attributes as
+    `Tensor | Module`: the base layer's `weight` is a tensor)."""
+    return cast(torch.Tensor, layer.get_base_layer().weight)
+
+
 class _IntruderEdit:
-    def __init__(self, finetuned: torch.nn.Module, options):
+    def __init__(self, finetuned: PeftModel, options: Any):
         self.model, self.settings = finetuned, list(options.intruder_scales)
         self.threshold, self.top_k = options.intruder_threshold, options.intruder_top_k
         self.layers: list[_Layer] = []
         with torch.no_grad():
-            for name, module, adapter in lora_layers(finetuned):
+            for name, layer, adapter in lora_layers(finetuned):
+                module = cast("LoraLinear", layer)  # see `_Layer.module`
                 fan = bool(getattr(module, "fan_in_fan_out", False))
-                w0 = _oriented(module.get_base_layer().weight, fan)
+                w0 = _oriented(_base_weight(module), fan)
                 delta = _oriented(module.get_delta_weight(adapter), fan)
                 count, correction = find_intruders(w0, w0.double() + delta.double(), self.threshold, self.top_k)
                 if count:
                     self.layers.append(_Layer(name, module, adapter, count, _oriented(correction, fan)))
 
     @contextlib.contextmanager
-    def applied(self, setting: float):
-        weights = [layer.module.get_base_layer().weight for layer in self.layers]
+    def applied(self, setting: float) -> Iterator[None]:
+        weights = [_base_weight(layer.module) for layer in self.layers]
         with restored(weights), torch.no_grad():
             for layer, weight in zip(self.layers, weights):
                 weight.add_(layer.correction.to(weight.device, weight.dtype), alpha=setting - 1.0)
@@ -91,9 +107,9 @@ class _IntruderEdit:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        self.model.save_pretrained(directory)  # the config, README and weights of the unedited layers
+        self.model.save_pretrained(str(directory))  # the config, README and weights of the unedited layers
         adapter = next(iter(self.model.peft_config))
-        config = copy.deepcopy(self.model.peft_config[adapter])
+        config = cast("LoraConfig", copy.deepcopy(self.model.peft_config[adapter]))
         state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
         rank_pattern, alpha_pattern = dict(config.rank_pattern or {}), dict(config.alpha_pattern or {})
         with torch.no_grad():
@@ -119,10 +135,10 @@ class IntruderMethod:
     name = "intruder"
     label = "post-hoc: intruder scale"
     order = 10
-    base_setting = None  # no scale of the intruders alone gives the base back
+    base_setting: float | None = None  # no scale of the intruders alone gives the base back
     full_setting = 1.0
 
-    def prepare(self, finetuned, base, options):
+    def prepare(self, finetuned, base, options) -> Edit | str:
         if not options.intruder_scales:
             return "no --intruder-scales given"
         if base is not None:

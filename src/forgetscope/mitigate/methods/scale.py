@@ -9,18 +9,26 @@ of zero-shot models"). lambda = 0 is the base exactly and lambda = 1 the fine-tu
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
-from forgetscope.mitigate.methods import METHODS, lora_layers, restored
+from forgetscope.mitigate.methods import METHODS, Edit, lora_layers, restored
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 class _Scaled:
     """What both kinds share: lambda = 0 is the base, and a setting saves as the model's own format."""
 
-    model: torch.nn.Module
+    model: PeftModel | PreTrainedModel
     settings: list[float]
+    applied: Callable[[float], contextlib.AbstractContextManager[None]]
+    """The fine-tune at a setting inside the block, restored after it (each kind's own)."""
 
     def is_base(self, setting: float) -> bool:
         return setting == 0.0  # B scaled by 0 adds exact zeros; (1 - 0) W0 + 0 W1 is W0 (tested)
@@ -30,18 +38,20 @@ class _Scaled:
 
     def save(self, setting: float, directory: Path) -> None:
         with self.applied(setting):
-            self.model.save_pretrained(directory)
+            self.model.save_pretrained(str(directory))
 
 
 class _ScaledAdapter(_Scaled):
     """LoRA: `B` times lambda, so the update `s B A` is."""
 
-    def __init__(self, finetuned: torch.nn.Module, settings: list[float]):
+    def __init__(self, finetuned: PeftModel, settings: list[float]):
         self.model, self.settings = finetuned, settings
-        self.b_weights = [layer.lora_B[adapter].weight for _, layer, adapter in lora_layers(finetuned)]
+        # torch types sub-modules as `Module`: `lora_B` is a `ModuleDict` of `Linear`s (or convolutions).
+        self.b_weights = [cast(torch.nn.Linear, cast(torch.nn.ModuleDict, layer.lora_B)[adapter]).weight
+                          for _, layer, adapter in lora_layers(finetuned)]
 
     @contextlib.contextmanager
-    def applied(self, setting: float):
+    def applied(self, setting: float) -> Iterator[None]:
         with restored(self.b_weights), torch.no_grad():
             for weight in self.b_weights:
                 weight.mul_(setting)
@@ -51,14 +61,14 @@ class _ScaledAdapter(_Scaled):
 class _Interpolated(_Scaled):
     """WiSE-FT: every floating-point parameter moved from the base toward the fine-tune."""
 
-    def __init__(self, finetuned: torch.nn.Module, base: torch.nn.Module, settings: list[float]):
+    def __init__(self, finetuned: PreTrainedModel, base: PreTrainedModel, settings: list[float]):
         self.model, self.settings = finetuned, settings
         base_params = dict(base.named_parameters())
         self.pairs = [(p, base_params[name].detach()) for name, p in finetuned.named_parameters()
                       if name in base_params and p.is_floating_point() and p.shape == base_params[name].shape]
 
     @contextlib.contextmanager
-    def applied(self, setting: float):
+    def applied(self, setting: float) -> Iterator[None]:
         with restored([p for p, _ in self.pairs]), torch.no_grad():
             for param, base_param in self.pairs:
                 # (1 - l) W0 + l W1, in this order so l = 0 and l = 1 give W0 and W1 exactly.
@@ -70,10 +80,10 @@ class ScaleMethod:
     name = "scale"
     label = "post-hoc: update scale"
     order = 0
-    base_setting = 0.0
+    base_setting: float | None = 0.0
     full_setting = 1.0
 
-    def prepare(self, finetuned, base, options):
+    def prepare(self, finetuned, base, options) -> Edit | str:
         if not options.scales:
             return "no --scales given"
         if base is None:

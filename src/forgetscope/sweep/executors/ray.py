@@ -13,11 +13,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from forgetscope.errors import UserInputError, first_line
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext, run_remote
 from forgetscope.sweep.grid import Point
 from forgetscope.sweep.point import PointResult
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+    from forgetscope.sweep.prepare import SweepInputs
 
 
 class RayExecutor:
@@ -25,6 +31,7 @@ class RayExecutor:
         self.options = context.take_options({"address": ""})
         self.context = context
         self.pending: dict = {}
+        self.inputs_ref: ObjectRef[SweepInputs] | None = None
 
     def __enter__(self) -> RayExecutor:
         address = self.options["address"] or "local"  # "local": a new cluster, never one already running
@@ -39,8 +46,8 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         resources = self.context.config.resources
         self.task = ray.remote(run_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus)
-        self.inputs_ref = ray.put(self.context.shared_inputs())
         self.config_data = self.context.config.canonical()
+        self.inputs_ref = None  # put on the first submit, into this cluster's object store
         return self
 
     def __exit__(self, *exc) -> None:
@@ -49,6 +56,8 @@ class RayExecutor:
         self.restore()
 
     def submit(self, point: Point) -> None:
+        if self.inputs_ref is None:  # once, into the object store: every task reads the same copy
+            self.inputs_ref = self.ray.put(self.context.shared_inputs())
         self.pending[self.task.remote(self.config_data, point, self.inputs_ref)] = point
 
     def as_completed(self) -> Iterator[PointResult]:
