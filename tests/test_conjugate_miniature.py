@@ -52,6 +52,7 @@ def test_config_is_validated(change, fragment):
         type(SMALL)(**(SMALL.model_dump() | change))
 
 
+@pytest.mark.slow
 def test_runs_end_to_end_and_caches_the_base(tmp_path, monkeypatch):
     result = run_miniature(SMALL, cache_dir=tmp_path, progress=False)
     assert result["base"].startswith(str(tmp_path / "miniature-llama-"))
@@ -72,6 +73,7 @@ def test_runs_end_to_end_and_caches_the_base(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".tmp-*"))  # the scratch directory was renamed into place
 
 
+@pytest.mark.slow
 def test_cli_prints_plain_vs_transformed_kl(tmp_path, monkeypatch, capsys):
     real = miniature.run_miniature
     seen = []

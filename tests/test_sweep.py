@@ -183,6 +183,7 @@ def test_the_sweep_command_prints_a_summary(llama_dir, eval_files, tmp_path, cap
     assert summary["status"] == "finished" and summary["records"] == 4
 
 
+@pytest.mark.slow
 def test_the_ray_executor_gives_the_same_records_as_local(sweep, tmp_path):
     pytest.importorskip("ray")
     result, config = sweep
@@ -191,6 +192,7 @@ def test_the_ray_executor_gives_the_same_records_as_local(sweep, tmp_path):
     assert by_point_and_step(on_ray.records) == by_point_and_step(result.records)
 
 
+@pytest.mark.slow
 def test_the_submitit_executor_gives_the_same_records_as_local(sweep, tmp_path):
     pytest.importorskip("submitit")
     result, config = sweep
@@ -215,6 +217,7 @@ def test_an_unknown_executor_or_option_is_a_user_error(sweep, tmp_path, executor
     assert not (tmp_path / "s").exists()  # refused before a sweep directory was made
 
 
+@pytest.mark.slow
 def test_the_sweep_command_starts_and_stops_its_own_ray_cluster(llama_dir, eval_files, tmp_path, capsys):
     ray = pytest.importorskip("ray")
     config = tiny_sweep_config(llama_dir, eval_files, grid={"rank": [2], "target_modules": [["q_proj"]]})

@@ -35,6 +35,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_second_sweep_on_a_directory_in_use_exits_2_and_the_first_finishes_untouched(llama_dir, eval_files, tmp_path):
     config_path = write_config(tmp_path / "sweep.yaml", tiny_sweep_config(llama_dir, eval_files))
     out = tmp_path / "shared"

@@ -12,6 +12,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from forgetscope.sweep.config import parse_config
 from forgetscope.sweep.run import run_sweep
 from forgetscope.sweep.store import read_records
@@ -53,6 +55,7 @@ def run_sweep_process(config_path, out, kill_after: int | None = None, torn: boo
     return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_three_times_resumes_to_the_same_records(llama_dir, eval_files, tmp_path):
     config = tiny_sweep_config(llama_dir, eval_files, steps=12)
     config_path = write_config(tmp_path / "sweep.yaml", config)

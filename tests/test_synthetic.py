@@ -230,6 +230,7 @@ def test_bad_config_files_exit_2_with_one_line(tmp_path, capsys):
 # --- the experiment end to end ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_cpu_experiment_runs_end_to_end_on_a_reduced_budget(tmp_path):
     config = load_config("cpu", **SMALL)
     results = run_experiment(config)
@@ -262,6 +263,7 @@ def test_the_cpu_experiment_runs_end_to_end_on_a_reduced_budget(tmp_path):
     assert "Forgetting and recovery" in (out / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_the_cli_runs_the_experiment_and_writes_results_and_plots(tmp_path, capsys):
     config = tmp_path / "small.yaml"
     data = yaml.safe_load((SHIPPED / "cpu.yaml").read_text())
