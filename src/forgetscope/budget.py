@@ -28,7 +28,7 @@ class KLBudget:
         """The sweep's law for this run, from `law`, set by `begin`."""
         self.max_steps: int | None = None
 
-    def begin(self, max_steps: int, trainable_params: int, learning_rate: float) -> None:
+    def begin(self, max_steps: int, trainable_params: int, learning_rate: float | None) -> None:
         self.max_steps = max_steps
         if self.law is not None:
             self.prior = run_prior(dict(self.law), Query(P=trainable_params, arm=self.law_arm, learning_rate=learning_rate,

@@ -168,7 +168,7 @@ class ForgettingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:
             return  # under DDP / accelerate only the main process measures (no collectives are involved)
-        self.budget.begin(state.max_steps, count_trainable_params(model), args.learning_rate)
+        self.budget.begin(state.max_steps, count_trainable_params(model), getattr(args, "learning_rate", None))
         if self.eval_steps is None:
             self.eval_steps = SCHEDULES[self.schedule](state.max_steps, self.n_eval_points)
         self.meter.start(model)
