@@ -65,7 +65,7 @@ def mitigation_curves(directory: Path) -> dict[str, list[list[dict]]] | None:
         return None
     # Compare like with like: the runs of the size the mitigated runs (or the post-hoc fine-tune) have.
     sizes = {r["trainable_params"] for r in records if is_mitigated(r) or r["point_id"] in posthoc}
-    curves = tradeoff.training_curves([r for r in records if r["trainable_params"] in sizes])
+    curves = tradeoff.training_curves([dict(r) for r in records if r["trainable_params"] in sizes])
     for point_id, result in sorted(cast(dict[str, dict], posthoc).items()):  # each checked: a `MitigationFile`
         suffix = f" ({point_id})" if len(posthoc) > 1 else ""
         curves.update({label + suffix: c for label, c in tradeoff.posthoc_curves(result).items()})
