@@ -63,17 +63,17 @@ def resolve(fits: Fits, query: Query) -> Resolved:
         raise UserInputError(f"this sweep has several module sets ({'; '.join(arms)}): give --target-modules")
     if arm is None and len(arms) == 1:
         arm = next(iter(arms))
-    if (query.P is None) == (query.rank is None):
-        raise UserInputError("give exactly one of --params or --rank")
-    if query.rank is not None:
+    if query.rank is not None and query.P is None:
         if query.rank < 1:
             raise UserInputError(f"--rank must be at least 1, got {query.rank}")
         per_rank = arms[arm].get("params_per_rank", float("nan")) if arm is not None and arm in arms else float("nan")
         if not np.isfinite(per_rank):
             raise UserInputError("this fits.json does not know parameters per rank: give --params (refit with this version)")
         P = query.rank * per_rank
-    else:
+    elif query.P is not None and query.rank is None:
         P = float(query.P)
+    else:
+        raise UserInputError("give exactly one of --params or --rank")
     if P <= 0:
         raise UserInputError(f"--params must be positive, got {P}")
     reference = (ranges or {}).get("reference_learning_rate", 1.0)
