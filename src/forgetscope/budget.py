@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from forgetscope.laws.forecast import Query, RunPrior, forecast_run, run_prior
-
-STOP_POLICIES = ("never", "measured", "forecast")
+from forgetscope.settings import TrainSettings
 
 
 class KLBudget:
@@ -20,8 +19,7 @@ class KLBudget:
 
     def __init__(self, budget: float | None = None, stop_on_budget: str = "never", law: Mapping | None = None,
                  law_arm: str | None = None):
-        if stop_on_budget not in STOP_POLICIES:
-            raise ValueError(f"stop_on_budget must be one of {', '.join(STOP_POLICIES)}, got {stop_on_budget!r}")
+        TrainSettings.check("stop_on_budget", stop_on_budget)  # the setting's one definition says what is valid
         self.budget, self.stop_on_budget = budget, stop_on_budget
         self.law, self.law_arm = law, law_arm
         self.prior: RunPrior | None = None

@@ -32,6 +32,7 @@ from forgetscope.budget import KLBudget
 from forgetscope.meter import ForgettingMeter
 from forgetscope.models import count_trainable_params
 from forgetscope.records import Record
+from forgetscope.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,7 @@ class ForgettingCallback(TrainerCallback):
     ):
         if not eval_blocks:
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        TrainSettings.check("eval_schedule", schedule, "schedule")  # the setting's one definition says what is valid
         self.trainer = trainer
         self.meter = ForgettingMeter(eval_blocks, ft_eval_blocks=ft_eval_blocks, base_model=base_model,
                                      base_predictions=base_predictions, record_base=record_base, batch_size=batch_size,
