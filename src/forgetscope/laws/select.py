@@ -50,14 +50,16 @@ from forgetscope.records import FIT_KEYS, digest, is_mitigated, sweep_records
 TARGETS = ("forgetting_ce", "kl", "ft_loss")
 
 
-def read_table(directory: str | Path) -> pd.DataFrame:
+def read_table(directory: str | Path, records: tuple[list, int] | None = None) -> pd.DataFrame:
     """One row per (point, step) in `DIR/records.jsonl` (a torn last line is skipped), but for
-    runs with a KL or L2 penalty: the laws describe fine-tuning with replay as their only
-    knob; the penalised runs are compared on their trade-off curves (`mitigate.tradeoff`)."""
+    runs with a penalty (a training mitigation other than replay): the laws describe
+    fine-tuning with replay as their only knob; the penalised runs are compared on their
+    trade-off curves (`mitigate.tradeoff`). `records`: what `records.sweep_records` read of
+    the directory already, if it did."""
     path = Path(directory) / "records.jsonl"
     if not path.is_file():
         raise UserInputError(f"no records to fit: {path} not found (run `forgetscope sweep` first)")
-    records, unfinished = sweep_records(directory)
+    records, unfinished = sweep_records(directory) if records is None else records
     if not records:
         raise UserInputError(f"cannot fit: {path} holds no records" + (f" of finished points ({unfinished} of unfinished ones)" if unfinished else ""))
     for number, record in enumerate(records, 1):
@@ -439,14 +441,14 @@ def sweep_ranges(table: pd.DataFrame, fraction: float, kl: dict | None = None) -
 
 
 def fit_sweep(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0, fraction: float = 0.5,
-              transfer_slope: float = BENCHMARK_SLOPE) -> dict:
+              transfer_slope: float = BENCHMARK_SLOPE, table: pd.DataFrame | None = None) -> dict:
     """Fit every target and the analyses, write `DIR/fits.json` (whole or not at all: an
     earlier one stays intact when fitting fails), and return what it holds.
     `transfer_slope`: the intervals' smallest model-error slope (`BENCHMARK_SLOPE`; 0 leaves
-    them to the sweep's own tests)."""
+    them to the sweep's own tests). `table`: `read_table(directory)`, if already read."""
     if not 0 < fraction < 1:
         raise UserInputError(f"--holdout must be between 0 and 1 (the share of each run's steps forecast), got {fraction}")
-    table = read_table(directory)
+    table = read_table(directory) if table is None else table
     fits = {"kl": fit_target(table, "kl", n_bootstrap, seed, fraction, transfer_slope=transfer_slope)}
     # L_f and the fine-tuning gain try the multiplicative law and KL's chosen form, not every
     # form again: L_f's forecasts are H_base + KL's, and the paper finds L_f linear in the

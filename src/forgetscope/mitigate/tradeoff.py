@@ -129,7 +129,7 @@ def cheapest_table(curves: dict[str, list[list[dict]]], budgets: list[float]) ->
     return out
 
 
-def plot_tradeoff(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path:
+def tradeoff_figure(curves: dict[str, list[list[dict]]], title: str):
     """One colour per option, every run or method a line from its first point to its last."""
     from forgetscope import plots
 
@@ -146,7 +146,14 @@ def plot_tradeoff(curves: dict[str, list[list[dict]]], path: Path, title: str) -
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    plots.save(fig, path)
+    return fig
+
+
+def plot_tradeoff(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path:
+    """`tradeoff_figure`, written to `path`."""
+    from forgetscope import plots
+
+    plots.save(tradeoff_figure(curves, title), path)
     return path
 
 

@@ -27,6 +27,7 @@ from forgetscope.files import write_atomically
 from forgetscope.laws.schema import Fits
 from forgetscope.laws.select import fit_sweep, load_fits, read_table
 from forgetscope.plots import png
+from forgetscope.records import sweep_records
 from forgetscope.report import figures, page
 from forgetscope.report.inputs import check_fitted_on, downstream_against_forgetting, mitigation_curves, sweep_title
 
@@ -41,17 +42,18 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
     # Every file is read and checked before anything is drawn: a bad one fails the report
     # with nothing written.
     title = sweep_title(directory)
+    records = sweep_records(directory) if (directory / "records.jsonl").is_file() else ([], 0)  # read once, used twice
     table, fits, not_fitted = None, None, None
     try:
-        table = read_table(directory)
+        table = read_table(directory, records)
         # Not fitted yet: fitted here as `forgetscope fit` would, and `fits.json` kept.
         found = (directory / "fits.json").is_file()
-        fits = cast(Fits, load_fits(directory) if found else fit_sweep(directory, n_bootstrap, seed))  # as `FitsFile` checks
+        fits = cast(Fits, load_fits(directory) if found else fit_sweep(directory, n_bootstrap, seed, table=table.copy()))  # as `FitsFile` checks
         check_fitted_on(fits, table, directory)
     except UserInputError as exc:
         table, fits, not_fitted = None, None, exc
     downstream = downstream_against_forgetting(directory, table) if table is not None else None
-    curves = mitigation_curves(directory)
+    curves = mitigation_curves(directory, records[0])
     if not_fitted is not None and curves is None:
         raise not_fitted
     # The images are written into a scratch folder and moved beside the records once the page
@@ -62,7 +64,8 @@ def write_report(directory: str | Path, n_bootstrap: int = 1000, seed: int = 0) 
         if table is not None and fits is not None:
             images = {name: page.Image(png(fig), caption) for name, fig, caption in figures.law_figures(table, fits, downstream)}
         if curves is not None:
-            images["tradeoff.png"] = page.Image(*figures.tradeoff(curves, drawn))
+            fig, caption = figures.tradeoff(curves)
+            images["tradeoff.png"] = page.Image(png(fig), caption)
         for name, image in images.items():
             (drawn / name).write_bytes(image.png)
         html = page.render(title, images, table=table, fits=fits, downstream=downstream, curves=curves,

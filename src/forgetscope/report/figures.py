@@ -7,7 +7,6 @@ Every run is labelled by rank and module set: a colour per rank, a line style pe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,13 +221,12 @@ def downstream_drops(summary: dict) -> Drawn:
     return fig, "Downstream drop of each task against forgetting L_f, one dot per point (± paired SE)"
 
 
-def tradeoff(curves: dict[str, list[list[dict]]], scratch: Path) -> tuple[bytes, str]:
-    """The trade-off of each mitigation as PNG bytes, and its caption. `mitigate.tradeoff`
-    draws only to a file: it is drawn into `scratch` and read back."""
-    from forgetscope.mitigate import tradeoff as mitigation
+def tradeoff(curves: dict[str, list[list[dict]]]) -> tuple[Figure, str]:
+    """The trade-off of each mitigation, and its caption."""
+    from forgetscope.mitigate.tradeoff import tradeoff_figure
 
-    path = mitigation.plot_tradeoff(curves, scratch / "tradeoff.png", "Fine-tuning gain against forgetting, per mitigation")
-    return path.read_bytes(), "Fine-tuning gain against KL to the base: one colour per mitigation, dashed lines post-hoc"
+    fig = tradeoff_figure(curves, "Fine-tuning gain against forgetting, per mitigation")
+    return fig, "Fine-tuning gain against KL to the base: one colour per mitigation, dashed lines post-hoc"
 
 
 def _run_label(rows: pd.DataFrame) -> str:

@@ -49,17 +49,16 @@ def downstream_against_forgetting(directory: str | Path, table: pd.DataFrame | N
     return downstream_correlation(table, {point_id: drops(cast(dict, base), result) for point_id, result in results.items()})
 
 
-def mitigation_curves(directory: Path) -> dict[str, list[list[dict]]] | None:
+def mitigation_curves(directory: Path, records: list) -> dict[str, list[list[dict]]] | None:
     """`{option: [curve of gain against KL]}` when the sweep has mitigated runs or kept
     `mitigate --sweep` results in `DIR/mitigation/` (each checked), else None: the runs of
     the size that was mitigated, unmitigated or not, and every post-hoc method's settings."""
     from forgetscope.mitigate import tradeoff
-    from forgetscope.records import is_mitigated, sweep_records
+    from forgetscope.records import is_mitigated
     from forgetscope.sweep.store import read_artifacts
 
-    # records.jsonl's second read (`laws.select.read_table` made the first): the table keeps
-    # only the unpenalised runs, and these curves need the penalised ones too.
-    records = sweep_records(directory)[0] if (directory / "records.jsonl").is_file() else []
+    # `records`: the sweep's finished records, penalised runs included (the laws' table keeps
+    # only the unpenalised ones, and these curves need them all).
     _, posthoc = read_artifacts(directory, "mitigation", schema=tradeoff.MitigationFile)
     if not posthoc and not any(is_mitigated(r) for r in records):
         return None
