@@ -160,6 +160,7 @@ class _Output:
     err: str = ""
 
 
+@pytest.mark.slow
 def test_getting_started_runs(started):
     if started["error"] is not None:
         raise started["error"]
@@ -169,6 +170,7 @@ def test_getting_started_runs(started):
         assert (workspace / name).is_file(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if p != FIRST])
 def test_the_page_runs(page, started, tmp_path, monkeypatch, capsys, in_cache):
     if not any(b.lang in ("bash", "python") and b.marker is None for b in blocks(page)):
