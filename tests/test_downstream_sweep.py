@@ -92,6 +92,7 @@ def test_the_report_shows_downstream_drop_against_forgetting(sweep):
     assert (result.directory / "downstream.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_ray_executor_stores_the_same_downstream_results(sweep, tmp_path):
     pytest.importorskip("ray")
     result, config = sweep
@@ -100,6 +101,7 @@ def test_the_ray_executor_stores_the_same_downstream_results(sweep, tmp_path):
     assert read_downstream(tmp_path / "ray") == read_downstream(result.directory)
 
 
+@pytest.mark.slow
 def test_the_submitit_executor_stores_the_same_downstream_results(sweep, tmp_path):
     pytest.importorskip("submitit")
     result, config = sweep

@@ -230,6 +230,7 @@ def test_dense_late_steps_see_the_start_and_put_most_points_past_a_fifth_of_the_
     assert sum(s >= 20 for s in steps) >= 8 and steps[1] == 1
 
 
+@pytest.mark.slow
 def test_a_kl_budget_forecasts_the_last_step_and_stops_the_run_once_crossed(llama_dir, tok, code_blocks, eval_blocks, tmp_path):
     def run(budget: float, stop: str, out):
         settings = TrainSettings(steps=40, learning_rate=1e-2, batch_size=4, seq_len=SEQ_LEN, eval_points=10,
@@ -278,6 +279,7 @@ def test_with_a_sweeps_law_as_prior_the_in_run_forecast_follows_the_laws_bend_at
     assert forecast["kl"] == pytest.approx(truth, rel=0.1)
 
 
+@pytest.mark.slow
 def test_train_law_gives_the_callback_the_sweeps_law_and_every_forecast_uses_it(llama_dir, eval_files, tmp_path, capsys):
     from forgetscope.laws.select import fit_sweep
     from law_helpers import write_sweep
