@@ -46,7 +46,7 @@ CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 def load_base(model_name: str):
     from transformers import AutoModelForCausalLM
 
-    from forgetscope.testing import llama
+    from forgetscope.tiny.model import llama
 
     if model_name == "tiny":
         from forgetscope.tiny.model import ensure_tiny_base

@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["files", "sources", "registry"],
     ["extensions"],
     ["settings"],
-    ["records", "data", "models", "plots", "judges", "testing"],
+    ["records", "data", "models", "plots", "judges"],
     ["base_cache", "laws"],
     ["metric"],
     ["meter", "budget"],

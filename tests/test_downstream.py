@@ -13,8 +13,9 @@ import yaml
 from cli_helpers import assert_user_error, run_cli
 from conftest import make_llama
 from forgetscope.downstream import offline
-from forgetscope.downstream.evaluate import EvalSettings, evaluate_pair, resolve_tasks
+from forgetscope.downstream.evaluate import evaluate_pair, resolve_tasks
 from forgetscope.errors import UserInputError
+from forgetscope.settings import EvalSettings
 from forgetscope.tiny import corpora
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixed threads: the same numbers on every machine
@@ -207,9 +208,9 @@ def test_bad_tasks_and_unreachable_data_are_one_line_errors(extra, fragment, lla
 
 
 def test_settings_are_checked():
-    with pytest.raises(UserInputError, match="--batch-size"):
+    with pytest.raises(UserInputError, match="`batch_size`: Input should be greater than or equal to 1"):
         EvalSettings(batch_size=0)
-    with pytest.raises(UserInputError, match="--num-fewshot"):
+    with pytest.raises(UserInputError, match="`num_fewshot`: Input should be greater than or equal to 0"):
         EvalSettings(num_fewshot=-1)
 
 

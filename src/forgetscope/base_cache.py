@@ -1,4 +1,4 @@
-"""Recorded base predictions (seed step 2): the base model's final hidden states, once per
+"""Recorded base predictions: the base model's final hidden states, once per
 (model, eval set, sequence length), reused at every measurement.
 
 When the output head is frozen (the LoRA default), `head(final hidden state)` reproduces the

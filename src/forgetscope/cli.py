@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from forgetscope import render
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, first_line
 from forgetscope.files import check_output_dir, check_output_file, write_atomically
 from forgetscope.options import settings_options
 from forgetscope.settings import CommandOptions, EvalSettings, LoraSettings, MitigationSettings, Settings, TrainSettings
@@ -557,27 +557,22 @@ def main() -> None:
         if debug:
             raise
         log = _save_traceback()
-        _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)} (a bug in forgetscope; the traceback is in {log}, "
+        _fail(f"unexpected {type(exc).__name__}: {first_line(exc)} (a bug in forgetscope; the traceback is in {log}, "
               "or run again with --debug)", 1)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
 
 
 def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
-    for message in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()):
+    for message in dict.fromkeys(first_line(w.message) for w in caught if first_line(w.message)):
         print(f"warning: {message}", file=sys.stderr)
 
 
 def describe_os_error(exc: OSError) -> str:
     """`PATH: reason` for what the operating system refused (the reason in its own words)."""
-    reason = exc.strerror or _first_line(exc) or type(exc).__name__
+    reason = exc.strerror or first_line(exc) or type(exc).__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     return f"{' -> '.join(paths)}: {reason}" if paths else f"{type(exc).__name__}: {reason}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _fail(message: str, code: int) -> None:

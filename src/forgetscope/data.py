@@ -39,13 +39,22 @@ def check_data_sources(sources: Sequence[str | Path], what: str) -> None:
     folders and hub names are checked when they are read."""
     for source in sources:
         location, _ = split_spec(source)
-        path = Path(location)
-        try:
-            exists = path.exists()
-        except OSError as exc:  # a symlink loop, a path under a file
-            raise UserInputError(f"{what} {source}: {exc.strerror}") from None
-        if not exists and path.suffix.lower() in _LOADERS:
+        if not _exists(Path(location), f"{what} {source}") and Path(location).suffix.lower() in _LOADERS:
             raise UserInputError(f"{what} not found: {location}")
+
+
+def _exists(path: Path, what: str) -> bool:
+    """Whether `path` is there. A path that cannot be looked at (a symlink loop or to nothing,
+    a path under a file) is one line naming why, not taken for a hub name."""
+    try:
+        path.stat()
+        return True
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise UserInputError(f"{what}: a symbolic link to nothing ({path.readlink()})") from None
+        return False
+    except OSError as exc:
+        raise UserInputError(f"{what}: {exc.strerror}") from None
 
 
 def read_documents(source: str | Path, text_column: str = "text") -> dict[str, list[str]]:
@@ -65,6 +74,7 @@ def read_documents(source: str | Path, text_column: str = "text") -> dict[str, l
 
     location, split = split_spec(source)
     path = Path(location)
+    _exists(path, f"data source {source}")  # a loop or a dangling link is named as such, not sent to the hub
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log lines would come before the one error line

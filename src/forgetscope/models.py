@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, first_line
 from forgetscope.sources import resolve_model
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -80,7 +80,7 @@ def load_tokenizer(name: str):
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot load a tokenizer from {name}: {_first_line(exc)}") from exc
+        raise UserInputError(f"cannot load a tokenizer from {name}: {(first_line(exc) or type(exc).__name__)}") from exc
 
 
 def causal_lm_config(name: str, what: str = "model"):
@@ -95,7 +95,7 @@ def causal_lm_config(name: str, what: str = "model"):
     try:
         config = AutoConfig.from_pretrained(resolved)
     except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot load a model config from {resolved}: {_first_line(exc)}") from exc
+        raise UserInputError(f"cannot load a model config from {resolved}: {(first_line(exc) or type(exc).__name__)}") from exc
     architectures = getattr(config, "architectures", None) or []
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or getattr(config, "is_decoder", False)
     if getattr(config, "is_encoder_decoder", False) or (architectures and not causal):
@@ -118,14 +118,14 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise UserInputError(f"{name} is not a causal language model (its config is {type(config).__name__})") from exc
-        raise UserInputError(f"cannot load {name}: {_first_line(exc)}") from exc
+        raise UserInputError(f"cannot load {name}: {(first_line(exc) or type(exc).__name__)}") from exc
     except OSError as exc:  # a permission refused says so, not "no such file"
-        reason = f"{exc.filename}: {exc.strerror}" if exc.strerror and exc.filename else _first_line(exc)
+        reason = f"{exc.filename}: {exc.strerror}" if exc.strerror and exc.filename else (first_line(exc) or type(exc).__name__)
         raise UserInputError(f"cannot load {name}: {reason}") from exc
     except pickle.UnpicklingError:
         raise UserInputError(unsafe_pickle(name)) from None
     except SafetensorError as exc:
-        raise UserInputError(f"cannot load {name}: its weights are not a readable safetensors file ({_first_line(exc)})") from None
+        raise UserInputError(f"cannot load {name}: its weights are not a readable safetensors file ({(first_line(exc) or type(exc).__name__)})") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserInputError(f"{name} lacks {len(missing)} of the model's weights ({', '.join(missing[:2])}"
@@ -150,7 +150,7 @@ def load_adapter(base_model, adapter: str):
     except pickle.UnpicklingError:
         raise UserInputError(unsafe_pickle(adapter)) from None
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
-        raise UserInputError(f"cannot apply adapter {adapter} to the base model: {_first_line(exc)}") from exc
+        raise UserInputError(f"cannot apply adapter {adapter} to the base model: {(first_line(exc) or type(exc).__name__)}") from exc
 
 
 def check_same_tokenizer(base_tok, ft_tok, base_model, ft_model) -> None:
@@ -237,9 +237,6 @@ def load_pair(
     return ModelPair(finetuned=ft_model, base=base_model, tokenizer=tokenizer)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def count_trainable_params(model: torch.nn.Module) -> int:

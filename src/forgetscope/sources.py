@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def convert_gguf(path: Path, out_dir: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc) or type(exc).__name__
         raise UserInputError(f"cannot dequantise {path.name}: {first}") from exc
     # transformers marks a model loaded from GGUF as quantised and refuses to save it, though
     # its weights are now plain floats: clear the marks.

@@ -18,7 +18,7 @@ import torch
 
 from forgetscope.base_cache import BasePredictions
 from forgetscope.callback import ForgettingCallback
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, first_line
 from forgetscope.files import check_output_dir, write_atomically
 from forgetscope.models import count_trainable_params
 from forgetscope.settings import LoraSettings, TrainSettings
@@ -31,7 +31,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings):
     try:
         peft_model = get_peft_model(model, lora.to_peft(model))
     except ValueError as exc:
-        msg = str(exc).splitlines()[0]
+        msg = first_line(exc) or type(exc).__name__
         raise UserInputError(f"LoRA settings do not fit the model: {msg}") from exc
     check_adapted(peft_model, lora)
     return peft_model

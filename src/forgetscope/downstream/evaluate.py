@@ -21,7 +21,7 @@ from pathlib import Path
 
 from forgetscope.downstream import offline, safety
 from forgetscope.downstream.compare import compare
-from forgetscope.errors import UserInputError
+from forgetscope.errors import UserInputError, first_line
 from forgetscope.files import read_yaml
 from forgetscope.judges import load_judge
 from forgetscope.settings import EvalSettings
@@ -113,10 +113,10 @@ def _load(manager, specs: list) -> dict:
     except (KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, KeyError) and "not a registered" in str(exc):
             raise UserInputError(f"unknown task: {str(exc).strip(chr(34) + chr(39))}") from None
-        raise UserInputError(f"cannot load the task data: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise UserInputError(f"cannot load the task data: {type(exc).__name__}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - datasets/hub raise many types (offline, 404, gated, network)
         hint = " (offline: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set)" if _offline_env() else ""
-        raise UserInputError(f"cannot load the task data{hint}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise UserInputError(f"cannot load the task data{hint}: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def _offline_env() -> bool:
@@ -125,9 +125,6 @@ def _offline_env() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _top_level(loaded: dict) -> list:

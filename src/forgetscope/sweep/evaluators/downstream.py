@@ -9,20 +9,35 @@ point when its fine-tune ends.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, create_model
 
 from forgetscope.settings import EvalSettings
 from forgetscope.sweep.evaluators import EVALUATORS
 
 
-class DownstreamSection(EvalSettings):
-    """Benchmarks run through lm-evaluation-harness (`settings.EvalSettings`): on the base
-    once, on every point at its end."""
+class DownstreamSection(BaseModel):
+    """Benchmarks run through lm-evaluation-harness: on the base once, on every point at its
+    end. Its fields are `settings.EvalSettings`'s (a plain pydantic model here, so the sweep
+    config names a bad field `downstream.FIELD`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     def resolve_paths(self, folder: Path) -> None:
         """Take a relative `harmful` path from the config file's folder."""
-        if self.harmful is not None and not Path(self.harmful).is_absolute():
-            self.harmful = str((folder / self.harmful).resolve())
+        harmful = self.harmful
+        if harmful is not None and not Path(harmful).is_absolute():
+            self.harmful = str((folder / harmful).resolve())
+
+    def settings(self) -> EvalSettings:
+        return EvalSettings(**self.model_dump())
+
+
+if not TYPE_CHECKING:
+    DownstreamSection = create_model("DownstreamSection", __base__=DownstreamSection, __module__=__name__,
+                                     __doc__=DownstreamSection.__doc__,
+                                     **{name: (field.annotation, field) for name, field in EvalSettings.model_fields.items()})
 
 
 class Downstream:
@@ -32,20 +47,20 @@ class Downstream:
     def check(self, settings: DownstreamSection) -> None:
         from forgetscope.downstream.evaluate import prepare_tasks
 
-        prepare_tasks(settings)  # unknown tasks or unreachable data: one-line errors
+        prepare_tasks(settings.settings())  # unknown tasks or unreachable data: one-line errors
 
     def evaluate_base(self, settings: DownstreamSection, base_path: str, tokenizer_path: str, device: Any) -> dict:
         from forgetscope.downstream.evaluate import evaluate_model, prepare_tasks
         from forgetscope.models import load_causal_lm, load_tokenizer
 
         model = load_causal_lm(base_path, device=device)
-        eval_settings = settings
+        eval_settings = settings.settings()
         return evaluate_model(model, load_tokenizer(tokenizer_path), eval_settings, prepare_tasks(eval_settings))
 
     def evaluate_point(self, settings: DownstreamSection, model: Any, tokenizer: Any) -> dict:
         from forgetscope.downstream.evaluate import evaluate_model, prepare_tasks
 
-        eval_settings = settings
+        eval_settings = settings.settings()
         return evaluate_model(model, tokenizer, eval_settings, prepare_tasks(eval_settings))
 
 
