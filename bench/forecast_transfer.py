@@ -58,7 +58,7 @@ def make(name: str) -> None:
 
 def last_records(directory: Path) -> dict[str, list[dict]]:
     """Each finished point's records, in step order."""
-    from forgetscope.records import sweep_records
+    from forgetscope.sweepdir import sweep_records
 
     records, _ = sweep_records(directory)
     runs: dict[str, list[dict]] = {}

@@ -24,6 +24,7 @@ LAYERS: list[list[str]] = [
     ["extensions"],
     ["settings"],
     ["records", "data", "models", "plots", "judges"],
+    ["sweepdir"],
     ["base_cache", "laws"],
     ["metric"],
     ["meter", "budget"],

@@ -359,7 +359,7 @@ def test_a_crafted_verdict_never_reaches_the_report(fitted, tmp_path, capsys):
 
 
 def test_a_sweep_killed_during_its_first_config_write_starts_again(tmp_path):
-    from forgetscope.sweep.store import SweepStore
+    from forgetscope.sweepdir import SweepStore
 
     out = tmp_path / "sweep"
     out.mkdir()
@@ -382,7 +382,7 @@ def test_a_sweep_refused_for_its_data_writes_no_directory(paths, tmp_path, capsy
 
 
 def test_a_sweep_resumed_on_changed_data_is_refused(tmp_path):
-    from forgetscope.sweep.store import SweepStore
+    from forgetscope.sweepdir import SweepStore
 
     with SweepStore(tmp_path / "s", {"name": "x"}) as store:
         store.check_data("aaa")

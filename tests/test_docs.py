@@ -195,6 +195,13 @@ def test_every_code_block_is_run_or_says_why_not():
                     assert shlex.split(command, comments=True)[0] in SHELL | {"forgetscope"}, f"{block.where()}: {command}"
 
 
+def test_the_set_up_lines_are_the_readmes():
+    """Getting started repeats the README's two set-up lines (which CI runs: tests/test_readme.py)."""
+    readme = re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)[:2]
+    install = next(b for b in blocks(FIRST) if b.lang == "bash" and "pip install" in b.code)
+    assert install.code.splitlines() == readme
+
+
 def test_the_readmes_tour_is_what_the_guides_run():
     readme = (ROOT / "README.md").read_text()
     tour = readme[readme.index("## A 30-second tour"):readme.index("\n## ", readme.index("## A 30-second tour") + 1)]

@@ -9,7 +9,7 @@ from cli_helpers import assert_user_error, run_cli
 from forgetscope.report import downstream_against_forgetting, write_report
 from forgetscope.sweep.config import parse_config
 from forgetscope.sweep.run import run_sweep
-from forgetscope.sweep.store import read_artifacts
+from forgetscope.sweepdir import read_artifacts
 from sweep_helpers import tiny_sweep_config, write_config
 
 

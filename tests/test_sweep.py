@@ -16,7 +16,7 @@ from forgetscope.metric import METRIC_KEYS
 from forgetscope.sweep.config import Grid, load_config, parse_config
 from forgetscope.sweep.grid import expand
 from forgetscope.sweep.run import run_sweep
-from forgetscope.sweep.store import SweepStore, read_records
+from forgetscope.sweepdir import SweepStore, read_records
 from sweep_helpers import by_point_and_step, tiny_sweep_config, write_config
 
 RECORD_FIELDS = {"point_id", "rank", "target_modules", "layers", "rslora", "lora_alpha", "learning_rate", "seed",

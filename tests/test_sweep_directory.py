@@ -13,13 +13,13 @@ import pytest
 from forgetscope.errors import UserInputError
 from forgetscope.laws.select import read_table
 from forgetscope.records import read_records
-from forgetscope.sweep.store import SweepStore
+from forgetscope.sweepdir import SweepStore
 from law_helpers import write_sweep
 from sweep_helpers import tiny_sweep_config, write_config
 
 HELD_SWEEP = """
 import os, sys, time
-from forgetscope.sweep.store import SweepStore
+from forgetscope.sweepdir import SweepStore
 from forgetscope.cli import main
 
 real_append, release = SweepStore.append, sys.argv.pop(1)

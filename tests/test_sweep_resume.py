@@ -16,12 +16,12 @@ import pytest
 
 from forgetscope.sweep.config import parse_config
 from forgetscope.sweep.run import run_sweep
-from forgetscope.sweep.store import read_records
+from forgetscope.sweepdir import read_records
 from sweep_helpers import by_point_and_step, tiny_sweep_config, write_config
 
 KILLING_SWEEP = """
 import os, signal, sys
-from forgetscope.sweep.store import SweepStore
+from forgetscope.sweepdir import SweepStore
 from forgetscope.cli import main
 
 kill_after, torn = int(sys.argv[1]), sys.argv[2] == "torn"

@@ -145,34 +145,3 @@ def digest(records: list[Record]) -> str:
     for record in records:
         h.update(json.dumps(record, sort_keys=True).encode())
     return h.hexdigest()
-
-
-def point_statuses(directory: str | Path) -> dict[str, dict]:
-    """`{point_id: its DIR/points/ID.json}` for every point of a sweep directory that ended
-    ("finished" or "failed"): the one reader of that folder, for the store and the laws alike."""
-    statuses = {}
-    for path in sorted((Path(directory) / "points").glob("*.json")):
-        try:
-            status = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue  # written atomically, so only a foreign file can be torn
-        if isinstance(status, dict):
-            statuses[path.stem] = status
-    return statuses
-
-
-def finished_points(directory: str | Path) -> set[str]:
-    """The ids of the points `DIR/points/` of a sweep marks finished: the only ones whose records count."""
-    return {pid for pid, status in point_statuses(directory).items() if status.get("status") == "finished"}
-
-
-def sweep_records(directory: str | Path) -> tuple[list[Record], int]:
-    """The records of a sweep directory's finished points, and how many records of unfinished
-    ones (a sweep killed and not yet resumed, or still running) were left out. A directory with
-    no `points/` (one `train` run) has all its records."""
-    records = read_records(Path(directory) / "records.jsonl")
-    if not (Path(directory) / "points").is_dir():
-        return records, 0
-    finished = finished_points(directory)
-    kept = [r for r in records if r.get("point_id") in finished]
-    return kept, len(records) - len(kept)

@@ -45,7 +45,8 @@ from forgetscope.laws.fit import (
 )
 from forgetscope.laws.forms import FORMS, candidate_forms
 from forgetscope.laws.schema import FitsFile
-from forgetscope.records import FIT_KEYS, digest, is_mitigated, sweep_records
+from forgetscope.records import FIT_KEYS, digest, is_mitigated
+from forgetscope.sweepdir import sweep_records
 
 TARGETS = ("forgetting_ce", "kl", "ft_loss")
 
@@ -54,7 +55,7 @@ def read_table(directory: str | Path, records: tuple[list, int] | None = None) -
     """One row per (point, step) in `DIR/records.jsonl` (a torn last line is skipped), but for
     runs with a penalty (a training mitigation other than replay): the laws describe
     fine-tuning with replay as their only knob; the penalised runs are compared on their
-    trade-off curves (`mitigate.tradeoff`). `records`: what `records.sweep_records` read of
+    trade-off curves (`mitigate.tradeoff`). `records`: what `sweepdir.sweep_records` read of
     the directory already, if it did."""
     path = Path(directory) / "records.jsonl"
     if not path.is_file():

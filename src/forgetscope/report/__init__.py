@@ -27,9 +27,9 @@ from forgetscope.files import write_atomically
 from forgetscope.laws.schema import Fits
 from forgetscope.laws.select import fit_sweep, load_fits, read_table
 from forgetscope.plots import png
-from forgetscope.records import sweep_records
 from forgetscope.report import figures, page
 from forgetscope.report.inputs import check_fitted_on, downstream_against_forgetting, mitigation_curves, sweep_title
+from forgetscope.sweepdir import sweep_records
 
 __all__ = ["downstream_against_forgetting", "write_report"]
 

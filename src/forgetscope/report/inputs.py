@@ -15,7 +15,7 @@ from forgetscope.laws.schema import Fits
 
 def sweep_title(directory: Path) -> str:
     """`name on base` from the sweep's `config.yaml`; the directory's name without one."""
-    from forgetscope.sweep.store import read_config_data
+    from forgetscope.sweepdir import read_config_data
 
     config = directory / "config.yaml"
     data = read_config_data(config) if config.is_file() else {}
@@ -39,7 +39,7 @@ def downstream_against_forgetting(directory: str | Path, table: pd.DataFrame | N
     from forgetscope.downstream.compare import drops
     from forgetscope.laws.analyses import downstream_correlation
     from forgetscope.laws.select import read_table
-    from forgetscope.sweep.store import read_artifacts
+    from forgetscope.sweepdir import read_artifacts
 
     base, points = read_artifacts(directory, "downstream")
     if base is None or not points:
@@ -55,7 +55,7 @@ def mitigation_curves(directory: Path, records: list) -> dict[str, list[list[dic
     the size that was mitigated, unmitigated or not, and every post-hoc method's settings."""
     from forgetscope.mitigate import tradeoff
     from forgetscope.records import is_mitigated
-    from forgetscope.sweep.store import read_artifacts
+    from forgetscope.sweepdir import read_artifacts
 
     # `records`: the sweep's finished records, penalised runs included (the laws' table keeps
     # only the unpenalised ones, and these curves need them all).

@@ -13,7 +13,7 @@ from forgetscope.mitigate.inputs import MitigationInputs
 
 def _last_records(directory: Path) -> dict[str, dict]:
     """Each finished point's last record."""
-    from forgetscope.records import sweep_records
+    from forgetscope.sweepdir import sweep_records
 
     last: dict[str, dict] = {}
     for record in sweep_records(directory)[0]:
@@ -48,7 +48,7 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
     from forgetscope.models import load_adapter, load_causal_lm, load_tokenizer, resolve_device
     from forgetscope.sweep.config import parse_config
     from forgetscope.sweep.prepare import prepare, resolve_base
-    from forgetscope.sweep.store import read_config_data, read_heldout
+    from forgetscope.sweepdir import read_config_data, read_heldout
 
     if point != "largest":
         plain_name(point, "--point")  # an id, never a path out of the sweep

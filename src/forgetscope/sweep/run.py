@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetscope.records import finished_points
 from forgetscope.sweep.config import SweepConfig, parse_config
 from forgetscope.sweep.evaluators import EVALUATORS
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext
 from forgetscope.sweep.grid import Point, expand
 from forgetscope.sweep.point import PointResult
 from forgetscope.sweep.prepare import check_modules, point_device, point_threads, prepare, resolve_base
-from forgetscope.sweep.store import SweepStore, check_resumable
+from forgetscope.sweepdir import SweepStore, check_resumable, finished_points
 from forgetscope.train import data_digest
 
 

@@ -1,4 +1,6 @@
 """The sweep directory: the only place a sweep's results live, and what makes resuming safe.
+This module owns its layout: it writes it (`SweepStore`) and reads it (`sweep_records`,
+`finished_points`, `read_artifacts`, `read_heldout`) for the laws, the report and `mitigate`.
 
     DIR/config.yaml      the config as resolved (every default filled in), written first
     DIR/.lock            held (`fcntl.flock`) by the one process that writes the directory
@@ -34,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from forgetscope.errors import UserInputError, first_line
 from forgetscope.files import atomic_path, plain_name, read_json, read_yaml, write_atomically
-from forgetscope.records import Record, finished_points, point_statuses, read_records
+from forgetscope.records import Record, read_records
 
 
 class AnyObject(BaseModel):
@@ -299,3 +301,37 @@ def _lock(directory: Path):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+# -- reading: which points finished, and their records ----------------------------------------
+
+
+def point_statuses(directory: str | Path) -> dict[str, dict]:
+    """`{point_id: its DIR/points/ID.json}` for every point of a sweep directory that ended
+    ("finished" or "failed"): the one reader of that folder, for the store and the laws alike."""
+    statuses = {}
+    for path in sorted((Path(directory) / "points").glob("*.json")):
+        try:
+            status = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # written atomically, so only a foreign file can be torn
+        if isinstance(status, dict):
+            statuses[path.stem] = status
+    return statuses
+
+
+def finished_points(directory: str | Path) -> set[str]:
+    """The ids of the points `DIR/points/` of a sweep marks finished: the only ones whose records count."""
+    return {pid for pid, status in point_statuses(directory).items() if status.get("status") == "finished"}
+
+
+def sweep_records(directory: str | Path) -> tuple[list[Record], int]:
+    """The records of a sweep directory's finished points, and how many records of unfinished
+    ones (a sweep killed and not yet resumed, or still running) were left out. A directory with
+    no `points/` (one `train` run) has all its records."""
+    records = read_records(Path(directory) / "records.jsonl")
+    if not (Path(directory) / "points").is_dir():
+        return records, 0
+    finished = finished_points(directory)
+    kept = [r for r in records if r.get("point_id") in finished]
+    return kept, len(records) - len(kept)
