@@ -29,6 +29,10 @@ import pytest
 
 from cli_helpers import run_cli
 
+# One torch thread, as a sweep point of the guides' has: on a shared machine, idle threads of
+# a tiny model's matmuls spin and cost more than they save.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 FIRST = "guides/getting-started.md"
@@ -133,7 +137,7 @@ def in_cache(cache, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def started(tmp_path_factory, cache) -> dict:
+def started(tmp_path_factory, cache, one_thread) -> dict:
     """Getting started, run once: its folder, or the failure to report."""
     workspace = workspace_at(tmp_path_factory.mktemp("docs") / "started")
     with pytest.MonkeyPatch.context() as mp:
