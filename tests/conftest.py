@@ -81,6 +81,7 @@ class Registries:
         from forgetscope.registry import Registry
 
         registry = next(v for v in vars(package).values() if isinstance(v, Registry))
+        registry.discover()  # the built-ins register into the registry kept after the test (their modules import once)
         self.monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
         self.monkeypatch.setattr(registry, "_items", dict(registry._items))
         self.monkeypatch.setattr(registry, "_origins", dict(registry._origins))

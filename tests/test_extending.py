@@ -24,14 +24,14 @@ from sweep_helpers import tiny_sweep_config
 
 ANCHOR = '''
 """An anchor: pull the trainable parameters toward where they started (EWC with a flat Fisher)."""
-from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from forgetscope.extensions import TRAINING_MITIGATIONS
 
 
 class Anchor:
     name, tag, order, needs_replay = "anchor_weight", "anchor", 30, False
-    field = Field(0.0, ge=0.0, description="Weight of a pull of the trained parameters toward their start.")
+    field = FieldInfo.from_field(0.0, ge=0.0, description="Weight of a pull of the trained parameters toward their start.")
 
     def describe(self, value):
         return f"anchor {value:g}"

@@ -9,8 +9,10 @@ the budget (`measured`), when the forecast's 95% lower bound does (`forecast`), 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from forgetscope.laws.forecast import Query, RunPrior, forecast_run, run_prior
+from forgetscope.laws.schema import Fits
 from forgetscope.settings import TrainSettings
 
 
@@ -29,7 +31,7 @@ class KLBudget:
     def begin(self, max_steps: int, trainable_params: int, learning_rate: float | None) -> None:
         self.max_steps = max_steps
         if self.law is not None:
-            self.prior = run_prior(dict(self.law), Query(P=trainable_params, arm=self.law_arm, learning_rate=learning_rate,
+            self.prior = run_prior(cast(Fits, self.law), Query(P=trainable_params, arm=self.law_arm, learning_rate=learning_rate,
                                                          extrapolate=True))
 
     def forecast(self, earlier: Sequence[Mapping], step: int, kl: float) -> dict | None:

@@ -4,7 +4,7 @@ A training mitigation is one module of `forgetscope.mitigate.training` that regi
 `TrainingMitigation` here. Its setting becomes a field of `settings.TrainSettings`, and so,
 with nothing else edited, a sweep grid axis, a record label, a part of point ids, a
 `forgetscope train` option, and a curve of the trade-off plot. A plug-in module imports this
-module (never `settings`, which is built from it) and pydantic's `Field`.
+module (never `settings`, which is built from it) and pydantic's `FieldInfo`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -55,11 +56,13 @@ class ForgettingMeter:
         """One record at `step` (`forgetscope.records.Record`: the metric overall and per domain,
         `ft_loss` when there is held-out fine-tuning text), and the result it came from."""
         result = self.result(model)
-        record: Record = {"step": step, "train_loss": None}
+        record: Record = {
+            "step": step, "train_loss": None,
+            **{key: result.overall[key] for key in METRIC_KEYS},  # type: ignore[typeddict-item]  # METRIC_KEYS are DomainMetrics
+            "eval_tokens": result.overall["tokens"],
+            "domains": {name: {key: values[key] for key in METRIC_KEYS} for name, values in result.domains.items()},
+            "vocab_size": int(cast(torch.nn.Module, model.get_output_embeddings()).weight.shape[0]),
+        }
         if self.ft_eval_blocks is not None:
             record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)
-        record.update({key: result.overall[key] for key in METRIC_KEYS})  # type: ignore[typeddict-item]
-        record["eval_tokens"] = result.overall["tokens"]
-        record["domains"] = {name: {key: values[key] for key in METRIC_KEYS} for name, values in result.domains.items()}  # type: ignore[misc]
-        record["vocab_size"] = int(model.get_output_embeddings().weight.shape[0])
         return record, result

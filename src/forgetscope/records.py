@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, Optional, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic.fields import FieldInfo
@@ -104,11 +104,12 @@ class _RecordSchema(BaseModel):
         return value
 
 
-RecordSchema: type[BaseModel] = create_model(
-    "RecordSchema", __base__=_RecordSchema, __module__=__name__, __doc__=_RecordSchema.__doc__,
-    **{name: (owner.model_fields[name].annotation | None,  # type: ignore[operator]
-              FieldInfo.merge_field_infos(owner.model_fields[name], default=None))
-       for name, owner in grid_axes().items()})
+_AXIS_LABELS: dict[str, Any] = {
+    # `Optional[...]`: mypy cannot join an annotation object and None with `|`
+    name: (Optional[owner.model_fields[name].annotation], FieldInfo.merge_field_infos(owner.model_fields[name], default=None))  # noqa: UP045
+    for name, owner in grid_axes().items()}
+RecordSchema: type[BaseModel] = create_model("RecordSchema", __base__=_RecordSchema, __module__=__name__,
+                                             __doc__=_RecordSchema.__doc__, **_AXIS_LABELS)
 
 
 def read_records(path: str | Path) -> list[Record]:
@@ -136,7 +137,7 @@ def read_records(path: str | Path) -> list[Record]:
         except ValidationError as exc:
             raise UserInputError(describe(exc, f"{path}: line {number}")) from None
         records.append(record)
-    return records
+    return cast(list[Record], records)
 
 
 def digest(records: list[Record]) -> str:

@@ -11,10 +11,11 @@ defaults), so names and defaults agree everywhere. Bad values are one-line `User
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonDict
 
 from forgetscope.errors import UserInputError, describe
 from forgetscope.extensions import training_mitigations
@@ -24,7 +25,7 @@ MODULE_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 """A module name or dotted suffix (`q_proj`, `self_attn.q_proj`): never a path."""
 
 
-AXIS = {"axis": "always"}
+AXIS: JsonDict = {"axis": "always"}
 """Field metadata of the settings a sweep's grid can vary and every point id names. A field
 marked `{"axis": TAG}` is an axis too, named in ids (as `-TAG<value>`) only when it differs
 from its default, so adding one never changes the ids of existing points."""
@@ -130,9 +131,9 @@ class LoraSettings(Settings):
             from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
             resolved = _maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM"), model)
-            modules = sorted({name.rsplit(".", 1)[-1] for name in resolved.target_modules})
+            modules = sorted({name.rsplit(".", 1)[-1] for name in cast(LoraConfig, resolved).target_modules or []})
         return LoraConfig(
-            r=self.rank, lora_alpha=self.lora_alpha, target_modules=modules, layers_to_transform=self.layers,
+            r=self.rank, lora_alpha=self.lora_alpha, target_modules=modules,  # type: ignore[arg-type]  # PEFT takes a float alpha layers_to_transform=self.layers,
             lora_dropout=self.dropout, use_rslora=self.rslora, task_type="CAUSAL_LM",
         )
 
@@ -219,9 +220,9 @@ def grid_axes() -> dict[str, type[Settings]]:
 def axis_tag(name: str) -> str | None:
     """How a point id shows axis `name` when it differs from its default, or None for the axes
     every id always holds (rank, modules, scaling, seed, ... : `AXIS`)."""
-    owner = grid_axes()[name]
-    tag = owner.model_fields[name].json_schema_extra["axis"]  # type: ignore[index]
-    return None if tag == "always" else tag
+    extra = grid_axes()[name].model_fields[name].json_schema_extra
+    tag = extra.get("axis") if isinstance(extra, dict) else None
+    return None if tag in ("always", None) else str(tag)
 
 
 class MitigationSettings(Settings):

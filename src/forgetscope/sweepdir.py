@@ -182,7 +182,7 @@ class SweepStore:
         """Append one record and flush it to the OS: a killed process loses nothing written."""
         self._records.write(json.dumps(record) + "\n")
         self._records.flush()
-        self._streamed[record.get("point_id")] += 1
+        self._streamed[str(record.get("point_id"))] += 1
 
     def streamed(self, point_id: str) -> int:
         """How many records of `point_id` were appended since the store was opened."""

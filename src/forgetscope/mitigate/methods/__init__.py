@@ -18,11 +18,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
 from forgetscope.registry import Registry
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
 
 
 class Edit(Protocol):
@@ -66,11 +69,11 @@ class Method(Protocol):
 METHODS: Registry[Method] = Registry("mitigations", __name__, Method)
 
 
-def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module, str]]:
+def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, LoraLayer, str]]:
     """`(module name in the base model, LoRA layer, adapter name)` of every adapted layer."""
     from peft.tuners.lora import LoraLayer
 
-    inner = model.get_base_model()
+    inner = cast(torch.nn.Module, model.get_base_model())  # type: ignore[operator]  # a PeftModel's method, typed as a Module's attribute
     for name, module in inner.named_modules():
         if isinstance(module, LoraLayer):
             for adapter in module.active_adapters:

@@ -46,8 +46,8 @@ class _ScaledAdapter(_Scaled):
 
     def __init__(self, finetuned: PeftModel, settings: list[float]):
         self.model, self.settings = finetuned, settings
-        # torch types sub-modules as `Module`: `lora_B` is a `ModuleDict` of `Linear`s (or convolutions).
-        self.b_weights = [cast(torch.nn.Linear, cast(torch.nn.ModuleDict, layer.lora_B)[adapter]).weight
+        # `lora_B` is a `ModuleDict` of `Linear`s (or convolutions), typed as modules.
+        self.b_weights = [cast(torch.nn.Linear, layer.lora_B[adapter]).weight
                           for _, layer, adapter in lora_layers(finetuned)]
 
     @contextlib.contextmanager

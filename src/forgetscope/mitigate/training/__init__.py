@@ -6,7 +6,7 @@ the setting becomes a `TrainSettings` field, a grid axis, a record label and a `
 
     class Mine:
         name, tag, order, needs_replay = "mine_weight", "mine", 40, False
-        field = Field(0.0, ge=0.0, description="Weight of my penalty.")
+        field = FieldInfo.from_field(0.0, ge=0.0, description="Weight of my penalty.")
         def describe(self, value): return f"my penalty {value:g}"
         def apply(self, value, run): run.loss_terms.append(lambda model: value * my_penalty(model))
 

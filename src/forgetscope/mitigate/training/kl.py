@@ -5,7 +5,7 @@ no second model runs."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from forgetscope.errors import UserInputError
 from forgetscope.extensions import TRAINING_MITIGATIONS
@@ -49,7 +49,7 @@ class ReplayDistillation:
 
 class KLPenalty:
     name, tag, order, needs_replay = "kl_weight", "kl", 10, True
-    field = Field(0.0, ge=0.0, description="Weight of a KL(base || model) penalty on a batch of replay text each step (self-distillation toward the base); needs replay text.")
+    field = FieldInfo.from_field(0.0, ge=0.0, description="Weight of a KL(base || model) penalty on a batch of replay text each step (self-distillation toward the base); needs replay text.")
 
     def describe(self, value: float) -> str:
         return f"KL penalty {value:g}"

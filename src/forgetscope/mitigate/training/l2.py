@@ -4,10 +4,15 @@ the product is split), computed as `s^2 tr((B^T B)(A A^T))` in r x r."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import TYPE_CHECKING, cast
+
+from pydantic.fields import FieldInfo
 
 from forgetscope.errors import UserInputError
 from forgetscope.extensions import TRAINING_MITIGATIONS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def l2_of_update(model):
@@ -16,7 +21,7 @@ def l2_of_update(model):
 
     total = None
     for _, layer, adapter in lora_layers(model):
-        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        a, b = cast("torch.Tensor", layer.lora_A[adapter].weight), cast("torch.Tensor", layer.lora_B[adapter].weight)
         term = layer.scaling[adapter] ** 2 * ((b.T @ b) * (a @ a.T)).sum()
         total = term if total is None else total + term
     if total is None:
@@ -26,7 +31,7 @@ def l2_of_update(model):
 
 class L2Pull:
     name, tag, order, needs_replay = "l2_weight", "l2", 20, False
-    field = Field(0.0, ge=0.0, description="Weight of an L2 pull of the LoRA update toward zero: sum over layers of ||s B A||_F^2.")
+    field = FieldInfo.from_field(0.0, ge=0.0, description="Weight of an L2 pull of the LoRA update toward zero: sum over layers of ||s B A||_F^2.")
 
     def describe(self, value: float) -> str:
         return f"L2 pull {value:g}"

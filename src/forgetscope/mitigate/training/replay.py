@@ -5,7 +5,7 @@ about 1% prevents forgetting of the pretraining set)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from forgetscope.extensions import TRAINING_MITIGATIONS
 
@@ -26,7 +26,7 @@ def with_replay(train_blocks, replay_blocks, fraction: float, seed: int):
 
 class Replay:
     name, tag, order, needs_replay = "replay_fraction", "replay", 0, True
-    field = Field(0.0, ge=0.0, lt=1.0, description="Share of the training sequences drawn from the replay corpus (pretraining-data injection, Bethune et al. 2025); needs replay text.")
+    field = FieldInfo.from_field(0.0, ge=0.0, lt=1.0, description="Share of the training sequences drawn from the replay corpus (pretraining-data injection, Bethune et al. 2025); needs replay text.")
 
     def describe(self, value: float) -> str:
         return f"replay {value:.0%}"
