@@ -1,4 +1,4 @@
-"""Eval text becomes blocks exactly as the README's contract says."""
+"""Eval text becomes blocks exactly as the data contract says (docs/guides/measure.md)."""
 
 from __future__ import annotations
 

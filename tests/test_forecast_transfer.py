@@ -50,7 +50,7 @@ def test_every_target_gets_a_forecast_with_an_interval_around_it(results):
 
 def test_the_figures_stay_within_what_was_measured(bench, results):
     every = bench.summarise([t for r in results for t in r["targets"]])
-    # Measured on the stored records (README, "Forecasts that transfer"); a change to the laws
+    # Measured on the stored records (docs/results/forecasts.md); a change to the laws
     # that makes them worse fails here.
     assert every["median_error"] <= MEASURED["median_error"] * 1.1 + 0.01, every
     assert every["coverage"] >= MEASURED["coverage"] - 0.05, every

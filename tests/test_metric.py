@@ -1,4 +1,4 @@
-"""The forgetting metric on hand-made logits: it is exactly the formulas of the README."""
+"""The forgetting metric on hand-made logits: it is exactly the formulas of the measure guide."""
 
 from __future__ import annotations
 

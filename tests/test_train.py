@@ -157,7 +157,7 @@ def test_tensorboard_event_files_are_kept_under_out_runs(llama_dir, eval_files, 
     assert code == 0, err
     events = list((tmp_path / "o" / "runs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
-    assert b"train/forgetting/kl" in events[0].read_bytes()  # the tag the README names
+    assert b"train/forgetting/kl" in events[0].read_bytes()  # the tag the watch guide names
 
 
 def test_the_callback_with_a_separate_base_model_matches_disable_adapter(llama_dir, eval_blocks):

@@ -1,4 +1,4 @@
-"""The forgetting metric of Kalajdzievski (2024), computed exactly as the README defines it.
+"""The forgetting metric of Kalajdzievski (2024), computed exactly as the measure guide defines it (docs/guides/measure.md).
 
 For eval tokens with base next-token distribution p_t and fine-tuned q_t:
 
