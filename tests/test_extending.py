@@ -3,8 +3,8 @@ touching nothing else, and shows that everything that should pick it up does:
 
 - a training mitigation (`mitigate/training/`): its setting becomes a `TrainSettings` field,
   a sweep grid axis, a record label, a part of point ids, a `train` option and a curve label;
-- a post-hoc mitigation (`mitigate/methods/`): `mitigate` measures its settings, and its rows
-  carry its label;
+- a post-hoc mitigation (`mitigate/methods/`): its options become `MitigationSettings` fields
+  (so `mitigate` options), `mitigate` measures its settings, and its rows carry its label;
 - a grid axis: a field of a `Settings` class marked `{"axis": TAG}`.
 
 Law forms, evaluators and transforms have theirs beside their own tests (`test_laws.py`,
@@ -97,33 +97,35 @@ def test_a_training_mitigation_is_one_file_that_settings_sweeps_records_and_the_
     assert last[anchored]["kl"] < last[plain]["kl"]  # and it does what it says: the anchored run moves less
 
 
-HALVE = '''
-"""Halve the update: one post-hoc method as one file."""
+SHRINK = '''
+"""Shrink the update by its own factors: one post-hoc method, and its option, as one file."""
 import contextlib
 
-import torch
+from pydantic.fields import FieldInfo
 
 from forgetscope.mitigate.methods import METHODS, lora_layers, restored
 
 
-class Halve:
-    name, label, order, base_setting, full_setting = "halve", "post-hoc: halve", 90, None, 1.0
+class Shrink:
+    name, label, order, base_setting, full_setting = "shrink", "post-hoc: shrink", 90, None, 1.0
+    options = {"shrink_factors": (list[float], FieldInfo.from_field([0.5, 1.0], description="Factors of B to measure."))}
+    measures = "shrink_factors"
 
     def prepare(self, finetuned, base, options):
         if base is not None:
-            return "halve needs a LoRA adapter"
-        return _Halved(finetuned)
+            return "shrink needs a LoRA adapter"
+        return _Shrunk(finetuned, options.shrink_factors)
 
 
-class _Halved:
-    settings = [0.5, 1.0]
-
-    def __init__(self, model):
-        self.model = model
+class _Shrunk:
+    def __init__(self, model, settings):
+        self.model, self.settings = model, settings
         self.weights = [layer.lora_B[a].weight for _, layer, a in lora_layers(model)]
 
     @contextlib.contextmanager
     def applied(self, setting):
+        import torch
+
         with restored(self.weights), torch.no_grad():
             for w in self.weights:
                 w.mul_(setting)
@@ -140,53 +142,69 @@ class _Halved:
             self.model.save_pretrained(directory)
 
 
-METHODS.register("halve", Halve())
+METHODS.register("shrink", Shrink())
+'''
+
+# In a fresh interpreter, as for the training mitigation: the method's option is a field of
+# `MitigationSettings` (so a `mitigate` option) from the first import of the settings.
+POSTHOC_DRIVER = '''
+import json, sys
+import forgetscope.mitigate.methods as package
+package.__path__.append(sys.argv[1])
+
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from forgetscope.cli import app
+from forgetscope.mitigate.posthoc import mitigation_grid
+from forgetscope.mitigate.tradeoff import posthoc_curves
+from forgetscope.settings import LoraSettings, MitigationSettings
+
+torch.manual_seed(0)
+model = get_peft_model(AutoModelForCausalLM.from_pretrained(sys.argv[2]), LoraSettings(rank=2).to_peft())
+for name, param in model.named_parameters():
+    if "lora_B" in name:
+        torch.nn.init.normal_(param, std=0.5)  # an update that forgets
+ids = AutoTokenizer.from_pretrained(sys.argv[2])(open(sys.argv[3]).read())["input_ids"][: 4 * 32]
+blocks = torch.tensor(ids).view(4, 32)
+settings = MitigationSettings(scales=[0.0, 1.0], intruder_scales=[], shrink_factors=[0.25, 1.0])
+grid = mitigation_grid(model, {"scripture": blocks}, blocks, settings, progress=False)
+print(json.dumps({"rows": [[r["method"], r["setting"], r["kl"]] for r in grid.rows],
+                  "curves": sorted(posthoc_curves(grid.to_dict())),
+                  "option": "--shrink-factors" in CliRunner().invoke(app, ["mitigate", "--help"]).output}))
 '''
 
 
-def test_a_post_hoc_method_is_one_file_that_mitigate_measures(llama_dir, eval_files, tmp_path, registries):
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import forgetscope.mitigate.methods as methods_package
-    from forgetscope.mitigate.posthoc import mitigation_grid
-    from forgetscope.mitigate.tradeoff import posthoc_curves
-    from forgetscope.settings import LoraSettings, MitigationSettings
-
-    (tmp_path / "halve.py").write_text(HALVE)
-    registries.extend_package(methods_package, tmp_path)
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), LoraSettings(rank=2).to_peft())
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.5)  # an update that forgets
-    ids = AutoTokenizer.from_pretrained(llama_dir)(open(eval_files[0]).read())["input_ids"][: 4 * 32]
-    blocks = torch.tensor(ids).view(4, 32)
-    grid = mitigation_grid(model, {"scripture": blocks}, blocks, MitigationSettings(scales=[0.0, 1.0], intruder_scales=[]),
-                           progress=False)
-    rows = {(r["method"], r["setting"]): r for r in grid.rows}
-    assert {("halve", 0.5), ("halve", 1.0)} <= set(rows)
-    assert rows[("halve", 1.0)]["kl"] == rows[("scale", 1.0)]["kl"]  # its full setting is the fine-tune
-    assert rows[("halve", 0.5)]["kl"] < rows[("halve", 1.0)]["kl"]
-    assert "post-hoc: halve" in posthoc_curves(grid.to_dict())
+def test_a_post_hoc_method_is_one_file_whose_option_mitigate_takes(llama_dir, eval_files, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "shrink.py").write_text(SHRINK)
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(POSTHOC_DRIVER), str(plugins), str(llama_dir), str(eval_files[0])],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    rows = {(method, setting): kl for method, setting, kl in seen["rows"]}
+    assert {("shrink", 0.25), ("shrink", 1.0)} <= set(rows)  # its settings, from its own option
+    assert rows[("shrink", 1.0)] == rows[("scale", 1.0)]  # its full setting is the fine-tune
+    assert rows[("shrink", 0.25)] < rows[("shrink", 1.0)]
+    assert "post-hoc: shrink" in seen["curves"] and seen["option"]
 
 
 def test_a_grid_axis_is_a_settings_field_marked_as_one(monkeypatch):
     """Marking a setting as an axis is all it takes: the grid offers it, points carry it, and
-    ids name it only when set, so every existing id stays as it was."""
+    ids name it only when set, so every existing id stays as it was. (`dropout` marked here,
+    as `settings.py` would mark it.)"""
     from pydantic import create_model
 
     import forgetscope.settings as settings
-    from forgetscope.settings import LoraSettings, grid_axes
+    import forgetscope.sweep.grid as grid  # imported before anything is patched: its names are restored after
 
-    with_dropout = create_model("LoraSettings", __base__=LoraSettings,
-                                dropout=(float, LoraSettings.field("dropout", json_schema_extra={"axis": "do"})))
-    monkeypatch.setattr(settings, "LoraSettings", with_dropout)
-    monkeypatch.setattr(settings, "grid_axes", lambda: {"dropout": with_dropout, **grid_axes()})
-    import forgetscope.sweep.grid as grid
-
-    monkeypatch.setattr(grid, "grid_axes", settings.grid_axes)
+    with_dropout = create_model("LoraSettings", __base__=settings.LoraSettings,
+                                dropout=(float, settings.LoraSettings.field("dropout", json_schema_extra={"axis": "do"})))
+    axes = {"dropout": with_dropout, **settings.grid_axes()}
+    monkeypatch.setattr(grid, "grid_axes", lambda: axes)
     monkeypatch.setattr(grid, "axis_tag", lambda name: "do" if name == "dropout" else settings.axis_tag(name))
     monkeypatch.setattr(grid, "LoraSettings", with_dropout)
     plain = grid.Point.of(rank=4)

@@ -161,9 +161,9 @@ def test_mitigate_cli_prints_rows_writes_the_plot_and_saves_within_budget(llama_
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--scales", "0,1.5"], "[0, 1]"),
+    (["--scales", "0,1.5"], "--scales: Input should be less than or equal to 1"),
     (["--scales", "half"], "--scales"),
-    (["--intruder-scales", "-0.1"], "[0, 1]"),
+    (["--intruder-scales", "-0.1"], "--intruder-scales: Input should be greater than or equal to 0"),
     (["--save", "x"], "--budget"),
 ])
 def test_mitigate_bad_settings_are_one_line_errors(extra, fragment, llama_dir, adapter_dir, eval_files, capsys):

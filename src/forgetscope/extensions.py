@@ -1,10 +1,16 @@
-"""The plug-ins that extend the run settings themselves, so they sit below `settings`.
+"""The plug-ins that extend the settings themselves, so they sit below `settings`.
 
 A training mitigation is one module of `forgetscope.mitigate.training` that registers a
 `TrainingMitigation` here. Its setting becomes a field of `settings.TrainSettings`, and so,
 with nothing else edited, a sweep grid axis, a record label, a part of point ids, a
-`forgetscope train` option, and a curve of the trade-off plot. A plug-in module imports this
-module (never `settings`, which is built from it) and pydantic's `FieldInfo`.
+`forgetscope train` option, and a curve of the trade-off plot.
+
+A post-hoc mitigation is one module of `forgetscope.mitigate.methods` that registers a
+`Method` here. Its options become fields of `settings.MitigationSettings`, and so options of
+`forgetscope mitigate`.
+
+A plug-in module imports this module (never `settings`, which is built from it), pydantic's
+`FieldInfo`, and torch only inside its functions (settings are read at every command's start).
 """
 
 from __future__ import annotations
@@ -36,6 +42,38 @@ class TrainingMitigation(Protocol):
     def apply(self, value: float, run: Any) -> None:
         """Change a run about to train (`forgetscope.mitigate.training.TrainingRun`): its
         training sequences, or the loss terms its Trainer adds."""
+
+
+class Method(Protocol):
+    """A post-hoc mitigation: what it is called, where its rows go, which of its settings are
+    the two ends of its curve, and its options, so that no other module names any method."""
+
+    name: str
+    label: str
+    """Its curve's name in plots and tables ("post-hoc: update scale")."""
+    order: int
+    """Rows and curves of lower orders come first."""
+    base_setting: float | None
+    """The setting that gives the base model exactly (its `ft_loss` is the base's), or None."""
+    full_setting: float
+    """The setting that leaves the fine-tune as it is."""
+    options: dict[str, tuple[Any, FieldInfo]]
+    """`{name: (type, definition)}`: its fields of `MitigationSettings` (`mitigate` options)."""
+    measures: str
+    """Which of its options lists the settings it measures (empty: it measures none)."""
+
+    def prepare(self, finetuned: Any, base: Any, options: Any) -> Any:
+        """An `Edit` of `finetuned` (`forgetscope.mitigate.methods.Edit`; a PEFT model when
+        `base` is None, else a full fine-tune of `base`), or a sentence saying why this method
+        does not apply to it. `options`: the `MitigationSettings`."""
+
+
+METHODS: Registry[Method] = Registry("mitigations", "forgetscope.mitigate.methods", Method)
+
+
+def posthoc_methods() -> list[Method]:
+    """Every registered post-hoc method, in order."""
+    return sorted(METHODS.values(), key=lambda m: (m.order, m.name))
 
 
 TRAINING_MITIGATIONS: Registry[TrainingMitigation] = Registry("training_mitigations", "forgetscope.mitigate.training",

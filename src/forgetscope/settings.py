@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonDict
 
 from forgetscope.errors import UserInputError, describe
-from forgetscope.extensions import training_mitigations
+from forgetscope.extensions import posthoc_methods, training_mitigations
 
 TargetModules = list[str] | Literal["all-linear"]
 MODULE_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
@@ -225,27 +225,25 @@ def axis_tag(name: str) -> str | None:
     return None if tag in ("always", None) else str(tag)
 
 
-class MitigationSettings(Settings):
-    """Which post-hoc edits are measured."""
-
-    scales: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], description="Update scales lambda in [0, 1], comma-separated (LoRA: lambda s B A; full fine-tune: WiSE-FT interpolation); 1 is the fine-tune as it is; none for no rows.")
-    intruder_scales: list[float] = Field([0.0, 0.5], description="Scales in [0, 1] of the intruder dimensions' singular values (Shuttleworth et al. 2024), comma-separated; none to skip.")
-    intruder_threshold: float = Field(0.5, gt=0, lt=1, description="Intruder dimension: a top singular vector of the fine-tuned weight whose |cosine| with every base singular vector is below this.")
-    intruder_top_k: int = Field(10, ge=1, description="Top singular vectors of each fine-tuned weight examined for intruders.")
-
-    @field_validator("scales", "intruder_scales")
-    @classmethod
-    def _in_unit_interval(cls, values: list[float]) -> list[float]:
-        bad = [v for v in values if not 0.0 <= v <= 1.0]
-        if bad:
-            raise ValueError(f"scales must lie in [0, 1], got {bad[0]}")
-        return values
+class _MitigationSettings(Settings):
+    """Which post-hoc edits `forgetscope mitigate` measures: each method's options (`options`
+    of the methods in `forgetscope.mitigate.methods`), one field each."""
 
     @model_validator(mode="after")
-    def _some_setting(self) -> MitigationSettings:
-        if not self.scales and not self.intruder_scales:
-            raise ValueError("both scales and intruder_scales are none: there is nothing to measure")
+    def _some_setting(self) -> _MitigationSettings:
+        lists = [m.measures for m in posthoc_methods() if m.measures]
+        if lists and not any(getattr(self, name) for name in lists):
+            raise ValueError(f"{' and '.join(lists)} are all none: there is nothing to measure")
         return self
+
+
+if TYPE_CHECKING:
+    class MitigationSettings(_MitigationSettings):
+        def __getattr__(self, name: str) -> Any: ...  # the post-hoc methods' options
+else:
+    MitigationSettings = create_model(
+        "MitigationSettings", __base__=_MitigationSettings, __module__=__name__, __doc__=_MitigationSettings.__doc__,
+        **{name: option for method in posthoc_methods() for name, option in method.options.items()})
 
 
 class EvalSettings(Settings):

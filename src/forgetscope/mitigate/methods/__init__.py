@@ -1,6 +1,7 @@
 """Post-hoc mitigations: edits of an existing fine-tune that trade fine-tuning progress for
 less forgetting, with no retraining. A method is one module in this package that registers
-a `Method`; `forgetscope.mitigate.posthoc` measures every setting of every method.
+a `Method` (`forgetscope.extensions`); `forgetscope.mitigate.posthoc` measures every setting
+of every method, and its options are `forgetscope mitigate`'s.
 
     class MyMethod:
         name = "mine"
@@ -8,9 +9,14 @@ a `Method`; `forgetscope.mitigate.posthoc` measures every setting of every metho
         order = 50                                   # where its rows come in the table
         base_setting = None                          # the setting that is the base exactly, if any
         full_setting = 1.0                           # the setting that is the fine-tune as it is
+        options = {"mine_scales": (list[float], FieldInfo.from_field([0.0, 1.0], description="..."))}
+        measures = "mine_scales"                     # the option listing the settings it measures
         def prepare(self, finetuned, base, options) -> Edit | str: ...   # str: why it does not apply
 
     METHODS.register("mine", MyMethod())
+
+Modules here import torch inside their functions: the settings are built from the methods'
+options when any command starts.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import torch
-
-from forgetscope.registry import Registry
+from forgetscope.extensions import METHODS, Method
 
 if TYPE_CHECKING:
+    import torch
     from peft.tuners.lora import LoraLayer
+
+__all__ = ["METHODS", "Edit", "Method", "lora_layers", "restored"]
 
 
 class Edit(Protocol):
@@ -47,30 +54,9 @@ class Edit(Protocol):
         """Write the edited fine-tune as an ordinary PEFT adapter (or full model) directory."""
 
 
-class Method(Protocol):
-    """A post-hoc mitigation: what it is called, where its rows go, and which of its settings
-    are the two ends of its curve, so that no other module needs to know any method by name."""
-
-    name: str
-    label: str
-    """Its curve's name in plots and tables ("post-hoc: update scale")."""
-    order: int
-    """Rows and curves of lower orders come first."""
-    base_setting: float | None
-    """The setting that gives the base model exactly (its `ft_loss` is the base's), or None."""
-    full_setting: float
-    """The setting that leaves the fine-tune as it is."""
-
-    def prepare(self, finetuned: torch.nn.Module, base: torch.nn.Module | None, options: Any) -> Edit | str:
-        """An `Edit` of `finetuned` (a PEFT model when `base` is None, else a full fine-tune of
-        `base`), or a sentence saying why this method does not apply to it."""
-
-
-METHODS: Registry[Method] = Registry("mitigations", __name__, Method)
-
-
 def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, LoraLayer, str]]:
     """`(module name in the base model, LoRA layer, adapter name)` of every adapted layer."""
+    import torch
     from peft.tuners.lora import LoraLayer
 
     inner = cast(torch.nn.Module, model.get_base_model())  # type: ignore[operator]  # a PeftModel's method, typed as a Module's attribute
@@ -84,6 +70,8 @@ def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, LoraLayer, str]]:
 @contextlib.contextmanager
 def restored(tensors: list[torch.Tensor]) -> Iterator[None]:
     """Whatever the block does to `tensors` in place is undone exactly (copies back)."""
+    import torch
+
     saved = [t.detach().clone() for t in tensors]
     try:
         yield

@@ -26,13 +26,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
-import torch
+from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from forgetscope.mitigate.methods import METHODS, Edit, lora_layers, restored
 
 if TYPE_CHECKING:
+    import torch
     from peft import PeftModel
     from peft.tuners.lora import LoraConfig
     from peft.tuners.lora.layer import Linear as LoraLinear
@@ -58,6 +60,8 @@ def _oriented(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
 def find_intruders(base_weight: torch.Tensor, tuned_weight: torch.Tensor, threshold: float, top_k: int) -> tuple[int, torch.Tensor]:
     """`(count, sum_j sigma_j u_j v_j^T)` of the intruder dimensions of `tuned_weight` against
     `base_weight` (both `[out, in]`), computed in float64."""
+    import torch
+
     u0 = torch.linalg.svd(base_weight.double(), full_matrices=False).U
     ut, st, vht = torch.linalg.svd(tuned_weight.double(), full_matrices=False)
     k = min(top_k, len(st))
@@ -70,11 +74,15 @@ def find_intruders(base_weight: torch.Tensor, tuned_weight: torch.Tensor, thresh
 def _base_weight(layer: LoraLinear) -> torch.Tensor:
     """The frozen weight under a LoRA layer (torch types a sub-module's attributes as
     `Tensor | Module`: the base layer's `weight` is a tensor)."""
+    import torch
+
     return cast(torch.Tensor, layer.get_base_layer().weight)
 
 
 class _IntruderEdit:
     def __init__(self, finetuned: PeftModel, options: Any):
+        import torch
+
         self.model, self.settings = finetuned, list(options.intruder_scales)
         self.threshold, self.top_k = options.intruder_threshold, options.intruder_top_k
         self.layers: list[_Layer] = []
@@ -90,6 +98,8 @@ class _IntruderEdit:
 
     @contextlib.contextmanager
     def applied(self, setting: float) -> Iterator[None]:
+        import torch
+
         weights = [_base_weight(layer.module) for layer in self.layers]
         with restored(weights), torch.no_grad():
             for layer, weight in zip(self.layers, weights):
@@ -104,6 +114,7 @@ class _IntruderEdit:
                 "intruders": sum(layer.intruders for layer in self.layers), "layers_with_intruders": len(self.layers)}
 
     def save(self, setting: float, directory: Path) -> None:
+        import torch
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
@@ -137,6 +148,12 @@ class IntruderMethod:
     order = 10
     base_setting: float | None = None  # no scale of the intruders alone gives the base back
     full_setting = 1.0
+    options = {
+        "intruder_scales": (list[Annotated[float, Field(ge=0.0, le=1.0)]], FieldInfo.from_field([0.0, 0.5], description="Scales in [0, 1] of the intruder dimensions' singular values (Shuttleworth et al. 2024), comma-separated; none to skip.")),
+        "intruder_threshold": (float, FieldInfo.from_field(0.5, gt=0, lt=1, description="Intruder dimension: a top singular vector of the fine-tuned weight whose |cosine| with every base singular vector is below this.")),
+        "intruder_top_k": (int, FieldInfo.from_field(10, ge=1, description="Top singular vectors of each fine-tuned weight examined for intruders.")),
+    }
+    measures = "intruder_scales"
 
     def prepare(self, finetuned, base, options) -> Edit | str:
         if not options.intruder_scales:

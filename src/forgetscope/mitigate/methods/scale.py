@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
-import torch
+from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from forgetscope.mitigate.methods import METHODS, Edit, lora_layers, restored
 
@@ -45,6 +46,8 @@ class _ScaledAdapter(_Scaled):
     """LoRA: `B` times lambda, so the update `s B A` is."""
 
     def __init__(self, finetuned: PeftModel, settings: list[float]):
+        import torch
+
         self.model, self.settings = finetuned, settings
         # `lora_B` is a `ModuleDict` of `Linear`s (or convolutions), typed as modules.
         self.b_weights = [cast(torch.nn.Linear, layer.lora_B[adapter]).weight
@@ -52,6 +55,8 @@ class _ScaledAdapter(_Scaled):
 
     @contextlib.contextmanager
     def applied(self, setting: float) -> Iterator[None]:
+        import torch
+
         with restored(self.b_weights), torch.no_grad():
             for weight in self.b_weights:
                 weight.mul_(setting)
@@ -69,6 +74,8 @@ class _Interpolated(_Scaled):
 
     @contextlib.contextmanager
     def applied(self, setting: float) -> Iterator[None]:
+        import torch
+
         with restored([p for p, _ in self.pairs]), torch.no_grad():
             for param, base_param in self.pairs:
                 # (1 - l) W0 + l W1, in this order so l = 0 and l = 1 give W0 and W1 exactly.
@@ -82,6 +89,10 @@ class ScaleMethod:
     order = 0
     base_setting: float | None = 0.0
     full_setting = 1.0
+    options = {"scales": (list[Annotated[float, Field(ge=0.0, le=1.0)]], FieldInfo.from_field(
+        [0.0, 0.25, 0.5, 0.75, 1.0], description="Update scales lambda in [0, 1], comma-separated (LoRA: lambda s B A; full fine-tune: "
+                                                 "WiSE-FT interpolation); 1 is the fine-tune as it is; none for no rows."))}
+    measures = "scales"
 
     def prepare(self, finetuned, base, options) -> Edit | str:
         if not options.scales:
