@@ -132,8 +132,8 @@ class LoraSettings(Settings):
 
             resolved = _maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM"), model)
             modules = sorted({name.rsplit(".", 1)[-1] for name in cast(LoraConfig, resolved).target_modules or []})
-        return LoraConfig(
-            r=self.rank, lora_alpha=self.lora_alpha, target_modules=modules,  # type: ignore[arg-type]  # PEFT takes a float alpha layers_to_transform=self.layers,
+        return LoraConfig(  # PEFT types lora_alpha as an int, and takes a float
+            r=self.rank, lora_alpha=self.lora_alpha, target_modules=modules, layers_to_transform=self.layers,  # type: ignore[arg-type]
             lora_dropout=self.dropout, use_rslora=self.rslora, task_type="CAUSAL_LM",
         )
 
