@@ -25,11 +25,13 @@ class ForgettingMeter:
     `ft_eval_blocks`, against the base: a separate `base_model`, predictions already recorded
     (`base_predictions`), or the PEFT model's own `disable_adapter()`, recorded once at the
     start when `record_base` and the output head allow it (kept in `cache_dir` and reused
-    from there when given)."""
+    from there when given); or a `base_source` its caller chose itself (`mitigate` records
+    the base once and keeps its log-probabilities)."""
 
     def __init__(self, eval_blocks: Mapping[str, torch.Tensor], *, ft_eval_blocks: torch.Tensor | None = None,
                  base_model: torch.nn.Module | None = None, base_predictions: BasePredictions | None = None,
-                 record_base: bool = True, cache_dir: str | Path | None = None, batch_size: int = 16, progress: bool = False):
+                 record_base: bool = True, cache_dir: str | Path | None = None, base_source: BaseSource | None = None,
+                 batch_size: int = 16, progress: bool = False):
         if not eval_blocks:
             raise ValueError("a ForgettingMeter needs eval_blocks: {domain: [n, seq_len] token ids}")
         self.eval_blocks = dict(eval_blocks)
@@ -37,7 +39,7 @@ class ForgettingMeter:
         self.base_model, self.base_predictions, self.record_base = base_model, base_predictions, record_base
         self.cache_dir = cache_dir
         self.batch_size, self.progress = batch_size, progress
-        self.base_source: BaseSource | None = None
+        self.base_source: BaseSource | None = base_source
         """Where base predictions come from, chosen by `start` (or the first measurement)."""
 
     def start(self, model: torch.nn.Module) -> BaseSource:
@@ -47,10 +49,19 @@ class ForgettingMeter:
                                                   record=self.record_base, cache_dir=self.cache_dir, batch_size=self.batch_size)
         return self.base_source
 
-    def result(self, model: torch.nn.Module, n_bootstrap: int = 0, seed: int = 0) -> ForgettingResult:
-        """The metric overall, per domain and per sequence (bootstrapped intervals with `n_bootstrap`)."""
+    def result(self, model: torch.nn.Module, n_bootstrap: int = 0, seed: int = 0,
+               finetuned_hidden: Mapping[str, torch.Tensor] | None = None) -> ForgettingResult:
+        """The metric overall, per domain and per sequence (bootstrapped intervals with
+        `n_bootstrap`); `finetuned_hidden`: the model's final hidden states, when known to be
+        the base's (`metric.measure_forgetting`)."""
         return measure_forgetting(model, self.eval_blocks, base=self.start(model), batch_size=self.batch_size,
-                                  n_bootstrap=n_bootstrap, seed=seed, progress=self.progress)
+                                  n_bootstrap=n_bootstrap, seed=seed, progress=self.progress, finetuned_hidden=finetuned_hidden)
+
+    def ft_loss(self, model: torch.nn.Module) -> float:
+        """The mean loss on the held-out fine-tuning text (`ft_eval_blocks`)."""
+        if self.ft_eval_blocks is None:
+            raise ValueError("this ForgettingMeter has no held-out fine-tuning text (ft_eval_blocks)")
+        return mean_loss(model, self.ft_eval_blocks, self.batch_size)
 
     def record(self, model: torch.nn.Module, step: int) -> tuple[Record, ForgettingResult]:
         """One record at `step` (`forgetscope.records.Record`: the metric overall and per domain,
@@ -64,5 +75,5 @@ class ForgettingMeter:
             "vocab_size": int(cast(torch.nn.Module, model.get_output_embeddings()).weight.shape[0]),
         }
         if self.ft_eval_blocks is not None:
-            record["ft_loss"] = mean_loss(model, self.ft_eval_blocks, self.batch_size)
+            record["ft_loss"] = self.ft_loss(model)
         return record, result

@@ -22,7 +22,8 @@ import torch
 from forgetscope.base_cache import BaseSource, record_base_predictions
 from forgetscope.errors import UserInputError
 from forgetscope.files import atomic_directory
-from forgetscope.metric import base_chunk_log_probs, mean_loss, measure_forgetting
+from forgetscope.meter import ForgettingMeter
+from forgetscope.metric import base_chunk_log_probs
 from forgetscope.mitigate.methods import METHODS, Edit
 from forgetscope.settings import MitigationSettings
 
@@ -95,6 +96,7 @@ def mitigation_grid(
     n_scored = sum(ids.shape[0] * (ids.shape[1] - 1) for ids in eval_blocks.values())
     if 2 * n_scored * finetuned.get_output_embeddings().weight.shape[0] * 4 <= LOG_PROB_BYTES:
         source = base_chunk_log_probs(source, finetuned.get_output_embeddings(), batch_size)
+    meter = ForgettingMeter(eval_blocks, ft_eval_blocks=ft_blocks, base_source=source, batch_size=batch_size)
     edits, skipped = {}, {}
     for name, method in sorted(METHODS.items(), key=lambda item: item[1].order):
         edit = method.prepare(finetuned, base, settings)
@@ -110,9 +112,8 @@ def mitigation_grid(
                 # A setting that is the base exactly reuses the recorded pass: it costs the ft_loss pass only.
                 reuse = source.predictions.hidden if edit.is_base(setting) else None
                 with edit.applied(setting):
-                    result = measure_forgetting(finetuned, eval_blocks, source, batch_size, n_bootstrap=n_bootstrap,
-                                                finetuned_hidden=reuse)
-                    ft_loss = mean_loss(finetuned, ft_blocks, batch_size)
+                    result = meter.result(finetuned, n_bootstrap=n_bootstrap, finetuned_hidden=reuse)
+                    ft_loss = meter.ft_loss(finetuned)
                 overall = result.overall
                 rows.append({
                     "method": name, "setting": setting, "kl": overall["kl"], "forgetting_ce": overall["forgetting_ce"],
@@ -127,10 +128,10 @@ def mitigation_grid(
     base_ft_loss = next((r["ft_loss"] for r in rows if r["setting"] == METHODS.get(r["method"]).base_setting), None)
     if base_ft_loss is None:
         if base is not None:
-            base_ft_loss = mean_loss(base, ft_blocks, batch_size)
+            base_ft_loss = meter.ft_loss(base)
         else:
             with finetuned.disable_adapter():
-                base_ft_loss = mean_loss(finetuned, ft_blocks, batch_size)
+                base_ft_loss = meter.ft_loss(finetuned)
     for row in rows:
         row["ft_gain"] = base_ft_loss - row["ft_loss"]
     return MitigationGrid(rows, base_ft_loss, skipped, edits)
