@@ -76,6 +76,18 @@ def _shown(value: Any) -> Any:
     return value
 
 
+def _metavar(owner: type[Settings], name: str) -> str | None:
+    """How help shows what an option takes: its literal choices, `A,B,...` for a list, and
+    `none` where the setting may be empty."""
+    annotation = owner.model_fields[name].annotation
+    choices = [str(c) for arg in (annotation, *typing.get_args(annotation)) if typing.get_origin(arg) is Literal
+               for c in typing.get_args(arg)]
+    if not _admits_list(annotation):
+        return "|".join(choices) or None
+    empty = ["none"] if _takes(owner, name, []) or _takes(owner, name, None) else []
+    return "|".join(["A,B,...", *choices, *empty])
+
+
 def field_option(owner: type[Settings], name: str, flags: tuple[str, ...] = ()) -> tuple[Any, Any]:
     """`(annotation, default)` of the typer parameter for one setting."""
     field = owner.model_fields[name]
@@ -88,12 +100,7 @@ def field_option(owner: type[Settings], name: str, flags: tuple[str, ...] = ()) 
         return value if value is None else parse_value(owner, name, value, param.opts[0])
 
     default = _shown(owner.default(name))
-    choices = [a for arg in (typing.get_args(field.annotation) or ()) for a in (typing.get_args(arg) if typing.get_origin(arg) is Literal else [])]
-    if typing.get_origin(field.annotation) is Literal:
-        choices = list(typing.get_args(field.annotation))
-    metavar = "|".join(map(str, choices)) if kind is str and choices and not _admits_list(field.annotation) else \
-        "A,B,...|none" if _admits_list(field.annotation) else None
-    option = typer.Option(*flags, help=field.description or "", callback=validate, metavar=metavar)
+    option = typer.Option(*flags, help=field.description or "", callback=validate, metavar=_metavar(owner, name))
     annotation = kind | None if optional or default is None else kind
     return Annotated[annotation, option], default
 
@@ -117,10 +124,8 @@ def settings_options(exclude: tuple[str, ...] = (), flags: dict[str, tuple[str, 
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            for group, owner in groups.items():
-                values = {name: kwargs.pop(name) for name in list(kwargs) if fields.get(name) is owner}
-                values = {name: parse_value(owner, name, v, f"--{name.replace('_', '-')}") for name, v in values.items()}
-                kwargs[group] = owner(**values)
+            for group, owner in groups.items():  # each value already parsed and checked by its option's callback
+                kwargs[group] = owner(**{name: kwargs.pop(name) for name in list(kwargs) if fields.get(name) is owner})
             return command(**kwargs)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated

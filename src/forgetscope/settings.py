@@ -1,11 +1,14 @@
-"""Every setting of a fine-tuning run, defined once: name, type, default, bounds and help.
+"""Every setting, defined once: name, type, default, bounds and help.
 
 `LoraSettings` says which parameters are fine-tuned and how the adapter is scaled;
 `TrainSettings` the optimisation budget, the forgetting-measurement schedule and the
-training mitigations; `MitigationSettings` the post-hoc edits `forgetscope mitigate` measures. The same
-definitions serve `forgetscope.train.finetune`, the sweep config (whose fields and grid axes
-are these fields: `sweep.config`) and the CLI options (`option(...)` takes their help and
-defaults), so names and defaults agree everywhere. Bad values are one-line `UserInputError`s.
+training mitigations (one field each, contributed by `forgetscope.mitigate.training`);
+`MitigationSettings` the post-hoc edits `forgetscope mitigate` measures (each method's
+options, from `forgetscope.mitigate.methods`); `EvalSettings` the downstream benchmarks.
+The same definitions serve `forgetscope.train.finetune`, the sweep config (whose grid axes
+are the fields marked `AXIS`, and whose points, ids and record labels follow from them:
+`grid_axes`) and the CLI options (`forgetscope.options` makes them from the fields), so names
+and defaults agree everywhere. Bad values are one-line `UserInputError`s.
 """
 
 from __future__ import annotations
