@@ -244,7 +244,7 @@ def train(
 
         fits = load_fits(law)
     if settings.needs_replay and not replay_data:
-        raise UserInputError(f"{', '.join('--' + name.replace('_', '-') for name in settings.mitigations)} need a replay corpus: give --replay-data")
+        raise UserInputError(f"{', '.join('--' + name.replace('_', '-') for name in settings.replay_users)} need a replay corpus: give --replay-data")
     for files, what in ((train_data, "--train-data file"), (eval_data, "--eval-data file"),
                         (ft_eval_data or [], "--ft-eval-data file"), (replay_data or [], "--replay-data file")):
         check_data_sources(files, what)

@@ -184,14 +184,14 @@ class _TrainSettings(Settings):
         return value
 
     @property
-    def mitigations(self) -> dict[str, float]:
-        """`{setting: value}` of the training mitigations this run uses; none is `{}`."""
-        return {m.name: getattr(self, m.name) for m in training_mitigations() if getattr(self, m.name)}
+    def replay_users(self) -> list[str]:
+        """The settings of the training mitigations this run uses that draw on a replay corpus."""
+        return [m.name for m in training_mitigations() if m.needs_replay and getattr(self, m.name)]
 
     @property
     def needs_replay(self) -> bool:
         """Whether this run draws on a replay corpus."""
-        return any(m.needs_replay and getattr(self, m.name) for m in training_mitigations())
+        return bool(self.replay_users)
 
     @property
     def bf16(self) -> bool:

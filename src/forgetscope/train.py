@@ -138,7 +138,7 @@ def finetune(
         check_out_dir(Path(out_dir), identity, overwrite)
     if settings.needs_replay:
         if replay_blocks is None or len(replay_blocks) == 0:
-            raise UserInputError(f"{', '.join(settings.mitigations)} need a replay corpus (--replay-data, or replay_data in a sweep)")
+            raise UserInputError(f"{', '.join(settings.replay_users)} need a replay corpus (--replay-data, or replay_data in a sweep)")
         check_no_overlap(replay_blocks, eval_blocks)
     set_seed(settings.seed)  # LoRA's A init draws from the global generator
     peft_model = apply_lora(model, lora)

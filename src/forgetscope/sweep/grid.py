@@ -57,13 +57,6 @@ class Point:
                 if axis_tag(name) is not None and value != axes[name].default(name)}
 
     @property
-    def mitigations(self) -> dict[str, float]:
-        """The training mitigations this point uses (`forgetscope.mitigate.training`): none is `{}`."""
-        from forgetscope.records import mitigation_keys
-
-        return {name: self.values[name] for name in mitigation_keys() if self.values[name]}
-
-    @property
     def point_id(self) -> str:
         """A readable, stable id: the same settings get the same id in every sweep. An axis
         with a tag enters it only when set, so the points of sweeps from before that axis
