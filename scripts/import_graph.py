@@ -19,11 +19,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
-    ["errors"],
+    ["errors", "allocations"],
     ["files", "sources", "registry"],
     ["extensions"],
     ["settings"],
-    ["records", "data", "models", "plots", "judges"],
+    ["records", "data", "models", "plots", "judges", "heads"],
     ["sweepdir"],
     ["base_cache", "laws"],
     ["metric"],

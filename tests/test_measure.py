@@ -117,9 +117,9 @@ def test_full_finetune_and_adapter_paths_agree(arch, eval_files):
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     ids = torch.cat(list(blocks.values()))
     with torch.no_grad():
-        one_copy = token_stats(BaseSource("adapter").logits(peft_model)(ids)[:, :-1].reshape(-1, len(tok)),
+        one_copy = token_stats(BaseSource("adapter").run(peft_model)(ids)[:, :-1].reshape(-1, len(tok)),
                                peft_model(input_ids=ids).logits[:, :-1].reshape(-1, len(tok)), ids[:, 1:].reshape(-1))
-        two_models = token_stats(BaseSource("model", model=base).logits(peft_model)(ids)[:, :-1].reshape(-1, len(tok)),
+        two_models = token_stats(BaseSource("model", model=base).run(peft_model)(ids)[:, :-1].reshape(-1, len(tok)),
                                  merged(input_ids=ids).logits[:, :-1].reshape(-1, len(tok)), ids[:, 1:].reshape(-1))
     assert torch.max(torch.abs(one_copy["forgetting_ce"] - two_models["forgetting_ce"])) < 1e-5
     a = measure_forgetting(peft_model, blocks, n_bootstrap=0)

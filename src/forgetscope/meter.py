@@ -45,8 +45,10 @@ class ForgettingMeter:
     def start(self, model: torch.nn.Module) -> BaseSource:
         """Choose the base source for `model` (recording the base's predictions if asked), once."""
         if self.base_source is None:
+            # A separate base is run, not recorded: one measurement costs a forward pass either way.
             self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions,
-                                                  record=self.record_base, cache_dir=self.cache_dir, batch_size=self.batch_size)
+                                                  record=self.record_base and self.base_model is None, cache_dir=self.cache_dir,
+                                                  batch_size=self.batch_size)
         return self.base_source
 
     def result(self, model: torch.nn.Module, n_bootstrap: int = 0, seed: int = 0,

@@ -8,12 +8,13 @@ For eval tokens with base next-token distribution p_t and fine-tuned q_t:
     hard_ce_t       = -log q_t(argmax_v p_t(v))
     base_loss_t, finetuned_loss_t: the ordinary next-token losses of both models.
 
-The models, and the output head that turns recorded hidden states into logits, run in the
-model's own dtype (bfloat16 logits for a bfloat16 model). The logits are upcast to float32
-for the softmax; the sums over the vocabulary (the softmax's normaliser, the entropy, the KL)
-add float32 partial sums over blocks of the vocabulary in float64, and every per-position
-value, and every sum over positions, is float64. Positions go in chunks so that a 128k
-vocabulary does not materialise several [tokens, vocab] copies.
+The models run in their own dtype; the output head that turns final hidden states into
+logits runs in float32 whatever that dtype is (`heads.OutputHead`), on a chunk of positions
+at a time, so a 128k vocabulary never materialises a [tokens, vocab] tensor. The sums over
+the vocabulary (the softmax's normaliser, the entropy, the KL) add float32 partial sums over
+blocks of the vocabulary in float64, and every per-position value, and every sum over
+positions, is float64. Only a model whose head cannot be rebuilt from its hidden states
+(`heads.head_mismatch`) is measured from its whole logits.
 Means are token-weighted; 95% intervals come from a bootstrap over whole sequences.
 """
 
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from forgetscope.base_cache import BaseSource, backbone, final_hidden
+from forgetscope.base_cache import BaseSource
+from forgetscope.heads import OutputHead, backbone, final_hidden, full_logits, head_mismatch, output_head
 from forgetscope.records import DomainMetrics
 
 METRIC_KEYS = tuple(DomainMetrics.__annotations__)
@@ -49,8 +51,8 @@ def token_stats(
     finetuned_logits: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int | None = None,
-    head: torch.nn.Module | None = None,
-    base_head: torch.nn.Module | None = None,
+    head: torch.nn.Module | OutputHead | None = None,
+    base_head: torch.nn.Module | OutputHead | None = None,
     base_log_probs: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-position metric values for aligned `[n, vocab]` logits and `[n]` next tokens.
@@ -65,8 +67,8 @@ def token_stats(
     """
     if base_logits.shape != finetuned_logits.shape:
         raise ValueError(f"logit shapes differ: {tuple(base_logits.shape)} vs {tuple(finetuned_logits.shape)}")
-    vocab = _head_weight(head).shape[0] if head is not None else base_logits.shape[-1]
-    chunk_size = chunk_size or max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocab)
+    vocab = OutputHead.of(head).vocab if head is not None else base_logits.shape[-1]
+    chunk_size = chunk_size or chunk_positions(vocab)
     to_logits = _logits_maker(head)
     to_base_logits = _logits_maker(base_head) if base_head is not None else to_logits
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in METRIC_KEYS}
@@ -94,26 +96,17 @@ def token_stats(
     return {key: torch.cat(values) if values else torch.zeros(0, dtype=torch.float64) for key, values in parts.items()}
 
 
-def _head_weight(head: torch.nn.Module) -> torch.Tensor:
-    """The `[vocab, hidden]` weight of an output head (a `Linear`, or a layer that has one)."""
-    weight = head.weight
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"the output head {type(head).__name__} has no weight tensor")
-    return weight
+def chunk_positions(vocab: int) -> int:
+    """Positions per chunk for a vocabulary of `vocab`: `CHUNK_ELEMENTS` per chunk, at least
+    `MIN_CHUNK_POSITIONS`."""
+    return max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocab)
 
 
-def _output_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """`model.get_output_embeddings()` (transformers' and PEFT's models), or None."""
-    get = getattr(model, "get_output_embeddings", None)
-    return get() if get is not None else None
-
-
-def _logits_maker(head: torch.nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`hidden -> head(hidden)` in the head's dtype, or (no head) the logits as they are."""
+def _logits_maker(head: torch.nn.Module | OutputHead | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`hidden -> float32 logits` through the head, or (no head) the logits as they are."""
     if head is None:
         return lambda logits: logits
-    dtype = _head_weight(head).dtype
-    return lambda hidden: head(hidden.to(dtype))
+    return OutputHead.of(head)
 
 
 def log_probs(logits: torch.Tensor, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,8 +241,39 @@ class ForgettingResult:
         return out
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def _input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model takes its input ids: its input embeddings' device (the first shard's,
+    under `device_map="auto"`), else its first parameter's."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if get is not None else None
+    weight = getattr(embeddings, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else next(model.parameters()).device
+
+
+BaseHidden = Callable[[str, int, torch.Tensor], torch.Tensor]
+"""`(domain, first sequence, ids) -> the base's [batch, seq_len, hidden] final hidden states`."""
+
+
+def hidden_path(finetuned: torch.nn.Module, source: BaseSource, probe: torch.Tensor
+                ) -> tuple[OutputHead, OutputHead, BaseHidden] | None:
+    """The chunked path's parts for `finetuned` against `source`: the fine-tune's float32
+    head, the base's, and where the base's hidden states come from; None where a model's
+    head cannot rebuild its logits (checked on `probe`, one sequence), which then measures
+    from whole logits."""
+    head = output_head(finetuned)
+    if source.kind == "recorded":
+        if source.predictions is None or head is None:
+            raise ValueError("recorded base predictions need the recorded hidden states and the fine-tuned model's output head")
+        recorded = source.predictions.hidden
+        base_head = OutputHead.of(source.head) if source.head is not None else head
+        return head, base_head, lambda name, start, ids: recorded[name][start : start + len(ids)]
+    models = [finetuned] + ([source.model] if source.model is not None else [])
+    if head is None or any(backbone(m) is None or head_mismatch(m, probe.to(_input_device(m))) is not None for m in models):
+        return None
+    run = source.run(finetuned, final_hidden)
+    base_head = output_head(source.model) if source.model is not None else output_head(finetuned, adapter_off=True)
+    assert base_head is not None  # backbone() found one above
+    return head, base_head, lambda name, start, ids: run(ids)
 
 
 @torch.no_grad()
@@ -275,21 +299,14 @@ def measure_forgetting(
     states instead of running `finetuned` (a setting known to be the base, in `mitigate`).
     """
     source = BaseSource.of(base)
-    base_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
-    recorded: Mapping[str, torch.Tensor] = {}
-    if source.kind == "recorded":
-        if source.predictions is None:
-            raise ValueError("a recorded base source needs its recorded predictions")
-        recorded, head, base_head = source.predictions.hidden, _output_head(finetuned), source.head
-        if head is None:
-            raise ValueError("recorded base predictions need the fine-tuned model's output head")
-    else:
-        base_logits = source.logits(finetuned)
     models = [m for m in (finetuned, source.model) if m is not None]
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
-    device = _device_of(finetuned)
+    device = _input_device(finetuned)
+    probe = next((ids[:1] for ids in blocks.values() if len(ids)), None)
+    path = hidden_path(finetuned, source, probe) if probe is not None else None
+    base_logits = source.run(finetuned) if path is None and source.kind != "recorded" else None
     total_batches = sum((len(b) + batch_size - 1) // batch_size for b in blocks.values())
     bar = _ProgressBar(total_batches) if progress else nullcontext()
     try:
@@ -302,14 +319,16 @@ def measure_forgetting(
                 batch_sums: dict[str, list[np.ndarray]] = {k: [] for k in METRIC_KEYS}
                 for start in range(0, len(ids), batch_size):
                     batch = ids[start : start + batch_size].to(device)
-                    if base_logits is None:  # hidden states only: logits are made chunk by chunk
+                    if path is not None:  # hidden states only: logits are made chunk by chunk
+                        head, base_head, base_hidden = path
                         ft = (final_hidden(finetuned, batch) if finetuned_hidden is None
                               else finetuned_hidden[name][start : start + len(batch)].to(device))
-                        reference = recorded[name][start : start + len(batch)]
                         made = source.log_probs[name][start // batch_size] if source.log_probs else None
+                        reference = base_hidden(name, start, batch)
                         sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head, base_head, made)
-                    else:
-                        ft = finetuned(input_ids=batch).logits
+                    else:  # a head forgetscope cannot rebuild: the models' whole logits
+                        assert base_logits is not None
+                        ft = full_logits(finetuned, batch)
                         sums = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)
                     for k in METRIC_KEYS:
                         batch_sums[k].append(sums[k].numpy())
@@ -334,7 +353,8 @@ def measure_forgetting(
 
 
 @torch.no_grad()
-def base_chunk_log_probs(source: BaseSource, head: torch.nn.Module, batch_size: int, chunk_size: int | None = None) -> BaseSource:
+def base_chunk_log_probs(source: BaseSource, head: torch.nn.Module | OutputHead, batch_size: int,
+                         chunk_size: int | None = None) -> BaseSource:
     """`source` (recorded hidden states) with the base side made once: log-probabilities,
     probabilities and entropy, in the very batches and chunks `measure_forgetting` uses at
     `batch_size`, so measurements that reuse them give the same numbers bit for bit, minus a
@@ -345,45 +365,75 @@ def base_chunk_log_probs(source: BaseSource, head: torch.nn.Module, batch_size: 
     if source.predictions is None:
         raise ValueError("base log-probabilities are made from recorded hidden states: the source has none")
     made: dict[str, list[list[tuple[torch.Tensor, ...]]]] = {}
-    base_head = source.head or head
-    weight = _head_weight(base_head)
+    base_head = OutputHead.of(source.head or head)
+    size = chunk_size or chunk_positions(base_head.vocab)
     for name, hidden in source.predictions.hidden.items():
-        vocab = weight.shape[0]
-        size = chunk_size or max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocab)
         made[name] = []
         for start in range(0, len(hidden), batch_size):
             flat = hidden[start : start + batch_size, :-1].reshape(-1, hidden.shape[-1])
             chunks: list[tuple[torch.Tensor, ...]] = []
             for i in range(0, len(flat), size):
-                log_p, p = log_probs(base_head(flat[i : i + size].to(weight.dtype)), overwrite=True)
+                log_p, p = log_probs(base_head(flat[i : i + size].to(base_head.weight.device)), overwrite=True)
                 chunks.append((log_p, p, _row_dots(p, log_p).neg_(), log_p.argmax(-1, keepdim=True)))
             made[name].append(chunks)
     return dataclasses.replace(source, log_probs=made)
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
-    """Token-weighted next-token cross-entropy of `model` on `[n, seq_len]` blocks."""
+def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16, chunk_size: int | None = None) -> float:
+    """Token-weighted next-token cross-entropy of `model` on `[n, seq_len]` blocks: the float32
+    head on `chunk_size` positions at a time (`chunk_positions`), summed in float64."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    head = _output_head(model) if backbone(model) is not None else None
+    device = _input_device(model)
+    head = output_head(model) if backbone(model) is not None else None
+    if head is not None and len(blocks) and head_mismatch(model, blocks[:1].to(device)) is not None:
+        head = None
+    total, count = torch.zeros((), dtype=torch.float64), 0
     try:
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size].to(device)
-            if head is not None:  # the head on the scored positions only: no logits for the last one, no copy
+            if head is not None:  # the head on the scored positions only, a chunk at a time
                 hidden = final_hidden(model, batch)[:, :-1]
-                logits = head(hidden.reshape(-1, hidden.shape[-1])).float()
-            else:
-                logits = model(input_ids=batch).logits[:, :-1].float()
-                logits = logits.reshape(-1, logits.shape[-1])
-            loss = torch.nn.functional.cross_entropy(logits, batch[:, 1:].reshape(-1), reduction="sum")
-            total += float(loss)
+                hidden = hidden.reshape(-1, hidden.shape[-1])
+                size = chunk_size or chunk_positions(head.vocab)
+                targets = batch[:, 1:].reshape(-1).to(hidden.device)
+                for i in range(0, len(hidden), size):
+                    losses = torch.nn.functional.cross_entropy(head(hidden[i : i + size]), targets[i : i + size], reduction="none")
+                    total += losses.double().sum().cpu()
+            else:  # a head forgetscope cannot rebuild: the model's whole logits
+                logits = full_logits(model, batch)[:, :-1].float()
+                losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                           batch[:, 1:].reshape(-1).to(logits.device), reduction="none")
+                total += losses.double().sum().cpu()
             count += batch[:, 1:].numel()
     finally:
         model.train(was_training)
-    return total / count
+    return float(total) / count
+
+
+def kl_to_base(head: torch.nn.Module | OutputHead, hidden: torch.Tensor, base_hidden: torch.Tensor,
+               base_head: torch.nn.Module | OutputHead | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """Mean per-position `KL(base || model)` over `[n, width]` final hidden states, differentiable
+    in `hidden` (the KL penalty's loss). Positions go in chunks, each checkpointed: backward
+    recomputes one chunk's logits at a time instead of keeping `[n, vocab]` of them."""
+    from torch.utils.checkpoint import checkpoint
+
+    head = OutputHead.of(head)
+    base = OutputHead.of(base_head) if base_head is not None else head
+    size = chunk_size or chunk_positions(head.vocab)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(hidden), size):
+        total = total + checkpoint(_chunk_kl, hidden[start : start + size], base_hidden[start : start + size], head, base,
+                                   use_reentrant=False)
+    return total / max(1, len(hidden))
+
+
+def _chunk_kl(hidden: torch.Tensor, base_hidden: torch.Tensor, head: OutputHead, base_head: OutputHead) -> torch.Tensor:
+    with torch.no_grad():
+        log_p = torch.log_softmax(base_head(base_hidden), dim=-1)
+    log_q = torch.log_softmax(head(hidden), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum()
 
 
 class _ProgressBar:

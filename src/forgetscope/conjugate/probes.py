@@ -16,11 +16,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from forgetscope.base_cache import BaseSource
 from forgetscope.conjugate.tasks import ConflictTask, follows_context, make_conflict_tasks
 from forgetscope.errors import UserInputError
 from forgetscope.judges import Judge, refusal_judge
-from forgetscope.metric import METRIC_KEYS, sequence_sums, summarize
+from forgetscope.metric import METRIC_KEYS, measure_forgetting, summarize
 
 
 def _context_limit(model) -> int | None:
@@ -57,19 +56,15 @@ def greedy(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, use_base: b
 def prompt_forgetting(finetuned, base, prompts: Sequence[torch.Tensor], n_bootstrap: int = 1000, seed: int = 0) -> dict:
     """L_f, KL, ... of `finetuned` against `base` (or its disabled adapter when `base` is None),
     token-weighted over the next-token predictions inside each `[1, n]` prompt."""
-    base_logits = BaseSource.of(base).logits(finetuned)
     sums: dict[str, list[float]] = {key: [] for key in METRIC_KEYS}
     tokens = []
-    device = next(finetuned.parameters()).device
     for ids in prompts:
         if ids.shape[1] < 2:
             continue
-        ids = ids.to(device)
-        ft = finetuned(input_ids=ids).logits
-        row = sequence_sums(base_logits(ids).to(ft.device), ft, ids)
+        row = measure_forgetting(finetuned, {"prompt": ids}, base=base, batch_size=1, n_bootstrap=0).sequences[0]
         for key in METRIC_KEYS:
-            sums[key].append(float(row[key][0]))
-        tokens.append(ids.shape[1] - 1)
+            sums[key].append(row[key] * row["tokens"])
+        tokens.append(row["tokens"])
     if not tokens:
         raise UserInputError("no prompt is longer than one token: nothing to measure")
     return summarize({k: np.array(v) for k, v in sums.items()}, np.array(tokens), n_bootstrap, seed)

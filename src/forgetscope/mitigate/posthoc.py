@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from forgetscope.base_cache import BaseSource, record_base_predictions
+from forgetscope.base_cache import choose_base_source
 from forgetscope.errors import UserInputError
 from forgetscope.files import atomic_directory
+from forgetscope.heads import output_head
 from forgetscope.meter import ForgettingMeter
 from forgetscope.metric import base_chunk_log_probs
 from forgetscope.mitigate.methods import METHODS, Edit
@@ -85,17 +86,15 @@ def mitigation_grid(
     "ft_gain", "ci", "domains", ...}`; `ft_gain` is how far `ft_loss` fell from the base's.
     """
     finetuned.eval()
-    if base is None:
-        if not hasattr(finetuned, "disable_adapter"):
-            raise UserInputError("mitigate needs a PEFT adapter (--adapter) or a base model to interpolate toward (--finetuned)")
-        source = BaseSource("recorded", predictions=record_base_predictions(finetuned, eval_blocks, batch_size=batch_size))
-    else:
+    if base is None and not hasattr(finetuned, "disable_adapter"):
+        raise UserInputError("mitigate needs a PEFT adapter (--adapter) or a base model to interpolate toward (--finetuned)")
+    if base is not None:
         base.eval().requires_grad_(False)
-        source = BaseSource("recorded", predictions=record_base_predictions(base, eval_blocks, batch_size=batch_size),
-                            head=base.get_output_embeddings())
+    source = choose_base_source(finetuned, eval_blocks, base=base, record=True, batch_size=batch_size)
     n_scored = sum(ids.shape[0] * (ids.shape[1] - 1) for ids in eval_blocks.values())
-    if 2 * n_scored * finetuned.get_output_embeddings().weight.shape[0] * 4 <= LOG_PROB_BYTES:
-        source = base_chunk_log_probs(source, finetuned.get_output_embeddings(), batch_size)
+    head = output_head(finetuned)
+    if source.kind == "recorded" and head is not None and 2 * n_scored * head.vocab * 4 <= LOG_PROB_BYTES:
+        source = base_chunk_log_probs(source, head, batch_size)
     meter = ForgettingMeter(eval_blocks, ft_eval_blocks=ft_blocks, base_source=source, batch_size=batch_size)
     edits, skipped = {}, {}
     for name, method in sorted(METHODS.items(), key=lambda item: item[1].order):
@@ -110,7 +109,7 @@ def mitigation_grid(
         for name, edit in edits.items():
             for setting in edit.settings:
                 # A setting that is the base exactly reuses the recorded pass: it costs the ft_loss pass only.
-                reuse = source.predictions.hidden if edit.is_base(setting) else None
+                reuse = source.predictions.hidden if edit.is_base(setting) and source.predictions is not None else None
                 with edit.applied(setting):
                     result = meter.result(finetuned, n_bootstrap=n_bootstrap, finetuned_hidden=reuse)
                     ft_loss = meter.ft_loss(finetuned)

@@ -30,21 +30,20 @@ class ReplayDistillation:
         self.batch_size, self._next = batch_size, 0
 
     def penalty(self, model):
-        """Mean per-token `KL(base || model)` on the next batch of replay sequences."""
+        """Mean per-token `KL(base || model)` on the next batch of replay sequences, through the
+        float32 head a chunk of positions at a time (`metric.kl_to_base`)."""
         import torch
 
-        from forgetscope.base_cache import final_hidden
+        from forgetscope.heads import final_hidden, output_head
+        from forgetscope.metric import kl_to_base
 
         index = torch.arange(self._next, self._next + self.batch_size) % len(self.blocks)
         self._next = int(index[-1]) + 1
-        device = next(model.parameters()).device
-        head = model.get_output_embeddings()
+        device = model.get_input_embeddings().weight.device
         model_hidden = final_hidden(model, self.blocks[index].to(device))[:, :-1]
-        base_hidden = self.hidden[index].to(device, model_hidden.dtype)[:, :-1]
-        log_q = torch.log_softmax(head(model_hidden).float(), dim=-1)
-        with torch.no_grad():
-            log_p = torch.log_softmax(head(base_hidden).float(), dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        base_hidden = self.hidden[index].to(model_hidden.device)[:, :-1]
+        width = model_hidden.shape[-1]
+        return kl_to_base(output_head(model), model_hidden.reshape(-1, width), base_hidden.reshape(-1, width))
 
 
 class KLPenalty:
