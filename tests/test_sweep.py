@@ -251,7 +251,7 @@ class Weights:
     def check(self, settings):
         pass
 
-    def evaluate_base(self, settings, base_path, tokenizer_path, device):
+    def evaluate_base(self, settings, base_path, tokenizer_path, device, dtype=None):
         from transformers import AutoModelForCausalLM
 
         return {"parameters": settings.scale * AutoModelForCausalLM.from_pretrained(base_path).num_parameters()}

@@ -234,7 +234,7 @@ def train(
 ) -> None:
     """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
     from forgetscope.data import check_data_sources, prepare_run_data, read_domains
-    from forgetscope.models import check_seq_len, load_causal_lm, load_tokenizer, resolve_device
+    from forgetscope.models import check_seq_len, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
     from forgetscope.train import check_out_dir, finetune, run_identity
 
     check_out_dir(out, run_identity(lora, settings), overwrite)  # before anything is loaded or written
@@ -249,7 +249,7 @@ def train(
                         (ft_eval_data or [], "--ft-eval-data file"), (replay_data or [], "--replay-data file")):
         check_data_sources(files, what)
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base, device=resolve_device(device))
+    model = load_causal_lm(base, resolve_dtype(settings.dtype), resolve_device(device))
     check_seq_len(model, settings.seq_len)
 
     def documents(files: list[Path] | None) -> list[str] | None:

@@ -104,17 +104,20 @@ def causal_lm_config(name: str, what: str = "model"):
     return config
 
 
-def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-    """A `transformers` causal LM in eval mode, from a directory, hub id, GGUF file or known
-    source (`sources`); a model of another kind, or a checkpoint that lacks some of the
-    model's weights, is a `UserInputError`."""
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                   device_map: str | dict | None = None):
+    """A `transformers` causal LM in eval mode, its weights in `dtype`, from a directory, hub
+    id, GGUF file or known source (`sources`), on `device`, or spread by `device_map`
+    (accelerate's `"auto"`, or a map of module names to devices) when one is given; a model
+    of another kind, or a checkpoint that lacks some of the model's weights, is a
+    `UserInputError`."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     config = causal_lm_config(name)
     name = resolve_model(name)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map, output_loading_info=True)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise UserInputError(f"{name} is not a causal language model (its config is {type(config).__name__})") from exc
@@ -130,7 +133,7 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     if missing:
         raise UserInputError(f"{name} lacks {len(missing)} of the model's weights ({', '.join(missing[:2])}"
                              f"{', ...' if len(missing) > 2 else ''}), which would be newly initialised: not a complete causal LM")
-    return model.to(device).eval()
+    return (model if device_map is not None else model.to(device)).eval()
 
 
 def unsafe_pickle(where: str) -> str:

@@ -47,9 +47,33 @@ def _option_type(annotation: Any) -> tuple[Any, bool]:
     return str, optional
 
 
+def _admits_dict(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is dict
+
+
+def _key_values(raw: str, flag: str) -> dict[str, Any]:
+    """`KEY=VALUE,KEY=VALUE` with each value read as YAML (numbers, booleans, strings); `none` is empty."""
+    import yaml
+
+    if raw.strip().lower() in ("none", ""):
+        return {}
+    pairs = {}
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserInputError(f"{flag} takes KEY=VALUE pairs separated by commas, got {item!r}")
+        try:
+            pairs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pairs[key.strip()] = value
+    return pairs
+
+
 def parse_value(owner: type[Settings], name: str, raw: Any, flag: str) -> Any:
     """`raw` as parsed by typer, turned into the setting's value and validated by its definition."""
     annotation = owner.model_fields[name].annotation
+    if isinstance(raw, str) and _admits_dict(annotation):
+        return owner.check(name, _key_values(raw, flag), flag)
     if isinstance(raw, str) and _admits_list(annotation):
         if raw.strip().lower() == "none":
             return owner.check(name, [], flag) if _takes(owner, name, []) else owner.check(name, None, flag)
@@ -73,6 +97,8 @@ def _shown(value: Any) -> Any:
     """A default as the command line writes it."""
     if isinstance(value, list):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
     return value
 
 
@@ -82,6 +108,8 @@ def _metavar(owner: type[Settings], name: str) -> str | None:
     annotation = owner.model_fields[name].annotation
     choices = [str(c) for arg in (annotation, *typing.get_args(annotation)) if typing.get_origin(arg) is Literal
                for c in typing.get_args(arg)]
+    if _admits_dict(annotation):
+        return "KEY=VALUE,...|none"
     if not _admits_list(annotation):
         return "|".join(choices) or None
     empty = ["none"] if _takes(owner, name, []) or _takes(owner, name, None) else []

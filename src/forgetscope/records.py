@@ -45,6 +45,9 @@ class Record(DomainMetrics, total=False):
     domains: dict[str, DomainMetrics]
     trainable_params: int
     """`P`: non-embedding parameters being trained."""
+    tokens_per_step: int
+    """Tokens one optimizer step trains on (the global batch times the sequence length): what
+    turns `step` into tokens seen, the same on any number of devices or accumulation steps."""
     vocab_size: int
     """The output vocabulary: KL cannot sensibly exceed what a uniform prediction costs."""
     forecast: dict
@@ -81,6 +84,7 @@ class _RecordSchema(BaseModel):
     step: int | None = Field(None, ge=0)
     trainable_params: int | None = Field(None, ge=0)
     vocab_size: int | None = Field(None, ge=1)
+    tokens_per_step: int | None = Field(None, ge=1)
     eval_tokens: int | None = Field(None, ge=0)
     kl: float | None = None
     forgetting_ce: float | None = None

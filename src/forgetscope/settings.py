@@ -141,6 +141,17 @@ class LoraSettings(Settings):
         )
 
 
+MANAGED_TRAINER_ARGS = {
+    "output_dir": "--out", "max_steps": "steps", "per_device_train_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "batch_size / micro_batch_size", "learning_rate": "learning_rate",
+    "lr_scheduler_type": "scheduler", "warmup_steps": "warmup_steps", "report_to": "report_to", "seed": "seed",
+    "data_seed": "seed", "bf16": "dtype", "fp16": "dtype", "use_cpu": "--device", "gradient_checkpointing": "gradient_checkpointing",
+    "logging_steps": "eval_points (forgetscope logs every step)", "disable_tqdm": "progress",
+}
+"""The `TrainingArguments` fields forgetscope sets from its own settings (named here), which
+`trainer_args` may not set again."""
+
+
 class _TrainSettings(Settings):
     """The optimisation budget, the forgetting-measurement schedule and the training
     mitigations (one field each, from `forgetscope.mitigate.training`) of one run."""
@@ -156,8 +167,11 @@ class _TrainSettings(Settings):
     eval_tokens: int = Field(4096, ge=2, le=1_000_000_000, description="Eval tokens per forgetting domain at each measurement, in whole sequences (the default keeps 8 measurements near 6% of a run's time).")
     ft_eval_tokens: int = Field(4096, ge=2, le=1_000_000_000, description="Held-out fine-tuning tokens for ft_loss, in whole sequences drawn with seed 0 (at most 5% of the fine-tuning text).")
     eval_batch_size: int = Field(16, ge=1, le=65_536, description="Sequences per forward pass when measuring.")
+    micro_batch_size: int | None = Field(None, ge=1, le=65_536, description="Sequences per forward and backward pass: batch_size, the global batch that N counts, is reached by accumulating gradients over batch_size / micro_batch_size passes. None: the whole batch in one pass.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of keeping them (transformers' gradient checkpointing): far less memory for about a third more time.")
+    trainer_args: dict[str, Any] = Field(default_factory=dict, description="Any other transformers TrainingArguments field, as KEY=VALUE,... (optim=adamw_torch_fused,weight_decay=0.01); the fields forgetscope sets from its own settings are refused.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the adapter init and the data order.", json_schema_extra=AXIS)
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32, or bfloat16 for mixed-precision (autocast) training.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="The base weights' dtype: float32, or bfloat16 (weights loaded in bfloat16, LoRA parameters kept in float32, autocast in training).")
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations (tensorboard, wandb, mlflow, ...) that also receive forgetting.")
     kl_budget: float | None = Field(None, gt=0, description="Forgetting budget (KL, nats/token): each measurement logs the forecast KL at the last step and the step the budget will be crossed.")
     stop_on_budget: Literal["never", "measured", "forecast"] = Field("measured", description="With kl_budget, stop training when the measured KL crosses it (measured), when the forecast's 95% lower bound at the last step does (forecast), or never.")
@@ -182,6 +196,44 @@ class _TrainSettings(Settings):
             if unknown:
                 raise ValueError(f"unknown integration {unknown[0]!r} (known: {', '.join(INTEGRATION_TO_CALLBACK)})")
         return value
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            return value
+        import typing
+
+        from pydantic import TypeAdapter
+        from transformers import TrainingArguments
+
+        hints = typing.get_type_hints(TrainingArguments)
+        for key, given in value.items():
+            if key in MANAGED_TRAINER_ARGS:
+                raise ValueError(f"{key} is set by forgetscope's own setting {MANAGED_TRAINER_ARGS[key]}: give that instead")
+            if key not in hints or key.startswith("_"):
+                raise ValueError(f"{key!r} is not a TrainingArguments field")
+            try:
+                TypeAdapter(hints[key]).validate_python(given)
+            except ValidationError as exc:
+                raise ValueError(f"{key}: {describe(exc).split(': ', 1)[-1]}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _micro_batches_fill_the_batch(self) -> _TrainSettings:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
+        return self
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per forward and backward pass."""
+        return self.micro_batch_size or self.batch_size
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Passes whose gradients make one optimizer step of `batch_size` sequences."""
+        return self.batch_size // self.micro_batch
 
     @property
     def replay_users(self) -> list[str]:

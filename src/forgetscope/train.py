@@ -154,6 +154,7 @@ def finetune(
 
     def record_sink(record: dict) -> None:
         record["trainable_params"] = trainable
+        record["tokens_per_step"] = settings.batch_size * settings.seq_len
         if records_file is not None:
             records_file.write(json.dumps(record) + "\n")
             records_file.flush()
@@ -165,22 +166,32 @@ def finetune(
     scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-") if out is None else None
     ids = train_blocks.tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
-    args = TrainingArguments(
-        output_dir=scratch.name if scratch is not None else str(out),
-        max_steps=settings.steps,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.scheduler,
-        warmup_steps=settings.warmup_steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=settings.report_to or "none",
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=settings.bf16,
-        use_cpu=next(model.parameters()).device.type == "cpu",
-        disable_tqdm=not progress,
-    )
+    extra = {"save_strategy": "no", **settings.trainer_args}
+    if settings.gradient_checkpointing:  # non-reentrant: no need for inputs that require grad under PEFT
+        extra.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    try:
+        args = TrainingArguments(
+            output_dir=scratch.name if scratch is not None else str(out),
+            max_steps=settings.steps,
+            per_device_train_batch_size=settings.micro_batch,
+            gradient_accumulation_steps=settings.accumulation_steps,
+            gradient_checkpointing=settings.gradient_checkpointing,
+            learning_rate=settings.learning_rate,
+            lr_scheduler_type=settings.scheduler,
+            warmup_steps=settings.warmup_steps,
+            logging_steps=1,
+            report_to=settings.report_to or "none",
+            seed=settings.seed,
+            data_seed=settings.seed,
+            bf16=settings.bf16,
+            use_cpu=next(model.parameters()).device.type == "cpu",
+            disable_tqdm=not progress,
+            **extra,
+        )
+    except (ValueError, TypeError) as exc:  # a trainer_args value TrainingArguments refuses
+        raise UserInputError(f"trainer_args: {first_line(exc) or type(exc).__name__}") from None
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False  # training never generates: no KV cache in its forward passes
     trainer = trainer_class(run.loss_terms)(model=peft_model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     # The Trainer prints every log line (each step here); keep a bar, or nothing.
     trainer.remove_callback(ProgressCallback)
@@ -208,6 +219,7 @@ def finetune(
     try:
         trainer.train()
     finally:
+        model.config.use_cache = use_cache
         if scratch is not None:
             scratch.cleanup()
         if records_file is not None:

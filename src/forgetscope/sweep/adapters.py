@@ -45,7 +45,7 @@ def pick_point(directory: Path, point: str) -> str:
 def from_sweep(directory: Path, point: str = "largest", device: str = "auto") -> MitigationInputs:
     """A sweep point's adapter on the sweep's base, with the sweep's own eval and held-out
     fine-tuning blocks (`sweep.prepare`), so the rows compare with its records."""
-    from forgetscope.models import load_adapter, load_causal_lm, load_tokenizer, resolve_device
+    from forgetscope.models import load_adapter, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
     from forgetscope.sweep.config import parse_config
     from forgetscope.sweep.prepare import prepare, resolve_base
     from forgetscope.sweepdir import read_config_data, read_heldout
@@ -63,7 +63,7 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
         inputs = prepare(config, base_path, record_base=False)  # the grid records the base itself, at its own batch size
         kept = inputs.ft_eval_blocks, inputs.eval_blocks
     ft_eval_blocks, eval_blocks = kept
-    model = load_causal_lm(base_path, device=resolve_device(device))
+    model = load_causal_lm(base_path, resolve_dtype(config.dtype), resolve_device(device))
     finetuned = load_adapter(model, str(Path(directory) / "adapters" / point_id))
     return MitigationInputs(finetuned, None, load_tokenizer(config.tokenizer or base_path), eval_blocks, ft_eval_blocks,
                             name=point_id, describe={"sweep": str(directory), "point_id": point_id})

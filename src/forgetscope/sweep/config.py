@@ -131,6 +131,9 @@ class SweepConfig(Strict):
     warmup_steps: int = TrainSettings.field("warmup_steps")
     scheduler: str = TrainSettings.field("scheduler")
     dtype: Literal["float32", "bfloat16"] = TrainSettings.field("dtype")
+    micro_batch_size: int | None = TrainSettings.field("micro_batch_size")
+    gradient_checkpointing: bool = TrainSettings.field("gradient_checkpointing")
+    trainer_args: dict[str, Any] = TrainSettings.field("trainer_args")
     resources: Resources = Resources()
 
     @model_validator(mode="after")
@@ -187,7 +190,7 @@ class SweepConfig(Strict):
         return self
 
     @field_validator("steps", "eval_points", "eval_schedule", "eval_tokens", "ft_eval_tokens", "batch_size", "seq_len", "warmup_steps",
-                     "scheduler", "dtype")
+                     "scheduler", "dtype", "micro_batch_size", "gradient_checkpointing", "trainer_args")
     @classmethod
     def _a_valid_train_setting(cls, value: object, info: ValidationInfo) -> object:
         # The field's type and bounds come with `TrainSettings.field`; its validators (a known
@@ -196,6 +199,18 @@ class SweepConfig(Strict):
             return TrainSettings.check(info.field_name, value)
         except UserInputError as exc:
             raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+    @model_validator(mode="after")
+    def _train_settings_hold_together(self) -> SweepConfig:
+        # Rules between shared settings (micro_batch_size divides batch_size) are TrainSettings' own.
+        try:
+            TrainSettings(**self._shared_train_settings())
+        except UserInputError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return self
+
+    def _shared_train_settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TrainSettings.model_fields if name in type(self).model_fields}
 
     @model_validator(mode="after")
     def _budgets_hold_a_sequence(self) -> SweepConfig:
@@ -217,9 +232,8 @@ class SweepConfig(Strict):
     def train_settings(self, point) -> TrainSettings:
         """The `TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`): the sweep's
         shared fields and the point's training axes."""
-        shared = {name: getattr(self, name) for name in TrainSettings.model_fields if name in type(self).model_fields}
         own = {name: value for name, value in point.values.items() if name in TrainSettings.model_fields}
-        return TrainSettings(**shared, **own)
+        return TrainSettings(**self._shared_train_settings(), **own)
 
 
 class _SectionError(Exception):

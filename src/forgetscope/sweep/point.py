@@ -19,7 +19,7 @@ from forgetscope.records import Record
 from forgetscope.sweep.config import SweepConfig
 from forgetscope.sweep.evaluators import EVALUATORS
 from forgetscope.sweep.grid import Point
-from forgetscope.sweep.prepare import SweepInputs, point_device, point_threads
+from forgetscope.sweep.prepare import SweepInputs, load_point_base, point_threads
 
 
 class NonFiniteLoss(RuntimeError):
@@ -65,7 +65,7 @@ def run_point(
     """Fine-tune one point; every record carries the point's labels and goes to `on_record`
     as it is measured. A failure of the point comes back in the result; a `UserInputError`
     (a config that cannot work for any point) is raised."""
-    from forgetscope.models import load_causal_lm, load_tokenizer
+    from forgetscope.models import load_tokenizer
     from forgetscope.train import finetune
 
     labels = point.labels()
@@ -81,7 +81,7 @@ def run_point(
 
     try:
         with point_threads(config), tempfile.TemporaryDirectory(prefix="forgetscope-point-") as scratch:
-            model = load_causal_lm(inputs.base_path, device=point_device(config))
+            model = load_point_base(config, inputs.base_path)
             tokenizer = load_tokenizer(inputs.tokenizer_path)
             at_end = _evaluate_at_end(config, tokenizer, result.artifacts)
             result.records = list(finetune(  # a plain list: it travels back to the driver

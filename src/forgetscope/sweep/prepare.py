@@ -78,6 +78,13 @@ def point_device(config: SweepConfig) -> torch.device:
     return resolve_device("cuda" if config.resources.gpus > 0 else "cpu")
 
 
+def load_point_base(config: SweepConfig, base_path: str) -> torch.nn.Module:
+    """The base model as every point of `config` loads it: in the sweep's dtype, on the points' device."""
+    from forgetscope.models import load_causal_lm, resolve_dtype
+
+    return load_causal_lm(base_path, resolve_dtype(config.dtype), point_device(config))
+
+
 def point_threads(config: SweepConfig) -> contextlib.AbstractContextManager[None]:
     """torch's thread count set to the point's CPUs while a point runs: the same threads on
     every executor give the same numbers."""
@@ -110,7 +117,7 @@ def prepare(config: SweepConfig, base_path: str, record_base: bool = True) -> Sw
     (`data.prepare_run_data`), and (with `record_base`) record the base model's predictions on
     the eval text, on the device the points use."""
     from forgetscope.base_cache import try_record_base_predictions
-    from forgetscope.models import load_causal_lm, load_tokenizer
+    from forgetscope.models import load_tokenizer
 
     tokenizer_path = config.tokenizer or base_path
     eval_documents: dict[str, list[str]] = {}
@@ -122,7 +129,7 @@ def prepare(config: SweepConfig, base_path: str, record_base: bool = True) -> Sw
                             eval_tokens=config.eval_tokens, ft_eval_tokens=config.ft_eval_tokens, replay_documents=replay)
     base_predictions = None
     if record_base:  # every point rebuilds its base logits from these hidden states with its own frozen head
-        base = load_causal_lm(base_path, device=point_device(config)).requires_grad_(False)
+        base = load_point_base(config, base_path).requires_grad_(False)
         with point_threads(config):  # the points' threads: the same hidden states on any machine
             base_predictions = try_record_base_predictions(base, data.eval_blocks)
         del base

@@ -105,7 +105,10 @@ def _evaluate_base(config: SweepConfig, base_path: str, store: SweepStore) -> No
     for name, settings in config.sections().items():
         if store.artifact(name, "base") is None:
             with point_threads(config):
-                result = EVALUATORS.get(name).evaluate_base(settings, base_path, config.tokenizer or base_path, point_device(config))
+                from forgetscope.models import resolve_dtype
+
+                result = EVALUATORS.get(name).evaluate_base(settings, base_path, config.tokenizer or base_path, point_device(config),
+                                                                    resolve_dtype(config.dtype))
             store.save_artifact(name, "base", result)
 
 

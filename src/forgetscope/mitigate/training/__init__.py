@@ -63,8 +63,14 @@ def trainer_class(loss_terms: list[LossTerm]):
     class MitigatedTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            # Where the Trainer leaves the loss as it is over accumulated passes (the model
+            # normalised it by the whole batch's tokens), each pass adds its share of a term.
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            share = 1.0 / getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1.0
             for term in loss_terms:
-                loss = loss + term(model)
+                loss = loss + share * term(model)
             return (loss, outputs) if return_outputs else loss
 
     return MitigatedTrainer

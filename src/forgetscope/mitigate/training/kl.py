@@ -55,7 +55,7 @@ class KLPenalty:
 
     def apply(self, value: float, run) -> None:
         try:
-            distillation = ReplayDistillation(run.model, run.replay_blocks, run.settings.batch_size, run.settings.seed)
+            distillation = ReplayDistillation(run.model, run.replay_blocks, run.settings.micro_batch, run.settings.seed)
         except ValueError as exc:
             raise UserInputError(f"kl_weight: {exc}") from None
         run.loss_terms.append(lambda model: value * distillation.penalty(model))

@@ -27,8 +27,9 @@ class Evaluator(Protocol):
     def check(self, settings: Any) -> None:
         """Raise `UserInputError` for settings that cannot work, before any point runs."""
 
-    def evaluate_base(self, settings: Any, base_path: str, tokenizer_path: str, device: Any) -> Any:
-        """The base model's result (JSON-serialisable), once per sweep."""
+    def evaluate_base(self, settings: Any, base_path: str, tokenizer_path: str, device: Any, dtype: Any = None) -> Any:
+        """The base model's result (JSON-serialisable), once per sweep, on `device` with
+        weights in `dtype` (the points' own: a torch dtype; None is float32)."""
 
     def evaluate_point(self, settings: Any, model: Any, tokenizer: Any) -> Any:
         """A fine-tuned point's result (JSON-serialisable), on the model its Trainer holds."""

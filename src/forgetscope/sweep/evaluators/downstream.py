@@ -49,11 +49,11 @@ class Downstream:
 
         prepare_tasks(settings.settings())  # unknown tasks or unreachable data: one-line errors
 
-    def evaluate_base(self, settings: DownstreamSection, base_path: str, tokenizer_path: str, device: Any) -> dict:
+    def evaluate_base(self, settings: DownstreamSection, base_path: str, tokenizer_path: str, device: Any, dtype: Any = None) -> dict:
         from forgetscope.downstream.evaluate import evaluate_model, prepare_tasks
-        from forgetscope.models import load_causal_lm, load_tokenizer
+        from forgetscope.models import load_causal_lm, load_tokenizer, resolve_dtype
 
-        model = load_causal_lm(base_path, device=device)
+        model = load_causal_lm(base_path, dtype or resolve_dtype("float32"), device)
         eval_settings = settings.settings()
         return evaluate_model(model, load_tokenizer(tokenizer_path), eval_settings, prepare_tasks(eval_settings))
 
