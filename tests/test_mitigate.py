@@ -96,8 +96,15 @@ def test_wise_ft_interpolates_a_full_fine_tune_between_its_ends(llama_dir, adapt
     rows = {r["setting"]: r for r in grid.rows}
     assert "intruder" in grid.skipped and set(rows) == {0.0, 0.5, 1.0}
     assert rows[0.0]["kl"] == 0.0 and rows[0.0]["ft_loss"] == mean_loss(base, code_blocks)
+    fine_tuned = {name: p.clone() for name, p in merged.state_dict().items()}
+
+    def as_used(model, name):  # a weight as its module reads it (through the interpolation)
+        owner, _, attr = name.rpartition(".")
+        return getattr(model.get_submodule(owner), attr)
+
     with grid.edits["scale"].applied(0.0):
-        assert all(torch.equal(p, q) for p, q in zip(merged.state_dict().values(), base.state_dict().values()))
+        assert all(torch.equal(as_used(merged, name), p) for name, p in base.state_dict().items())
+    assert all(torch.equal(p, fine_tuned[name]) for name, p in merged.state_dict().items())  # back exactly
     reference = measure_forgetting(merged, eval_blocks, base=base, batch_size=16, n_bootstrap=0).overall  # two models
     assert rows[1.0]["kl"] == pytest.approx(reference["kl"], rel=1e-5)
     assert 0 < rows[0.5]["kl"] < rows[1.0]["kl"]
@@ -107,13 +114,14 @@ def test_an_intruder_dimension_is_a_new_top_direction_unlike_any_of_the_base():
     base = torch.diag(torch.linspace(1.0, 0.1, 16))  # its singular vectors are the axes
     new = torch.full((16,), 0.25)  # |cos| 0.25 with every axis
     spike = 5.0 * torch.outer(new, torch.eye(16)[2])
-    count, correction = find_intruders(base, base + spike, threshold=0.5, top_k=3)
-    assert count == 1
+    left, right = find_intruders(base, base + spike, threshold=0.5, top_k=3)
+    correction = left @ right
+    assert len(right) == 1
     assert torch.linalg.matrix_rank(correction) == 1
     assert float(torch.linalg.matrix_norm(correction, ord=2)) == pytest.approx(float(torch.linalg.matrix_norm(base + spike, ord=2)))
-    assert find_intruders(base, base + spike - correction.float(), threshold=0.5, top_k=3)[0] == 0  # scaled to 0: gone
-    assert find_intruders(base, base + spike, threshold=0.2, top_k=3)[0] == 0  # 0.25 is not below 0.2
-    assert find_intruders(base, base * 1.01, threshold=0.9, top_k=5)[0] == 0  # the same directions, none new
+    assert len(find_intruders(base, base + spike - correction.float(), threshold=0.5, top_k=3)[1]) == 0  # scaled to 0: gone
+    assert len(find_intruders(base, base + spike, threshold=0.2, top_k=3)[1]) == 0  # 0.25 is not below 0.2
+    assert len(find_intruders(base, base * 1.01, threshold=0.9, top_k=5)[1]) == 0  # the same directions, none new
 
 
 @pytest.mark.parametrize("settings", [MitigationSettings(scales=[0.25], intruder_scales=[]),
@@ -315,3 +323,20 @@ def test_a_sweep_with_mitigations_keeps_adapters_for_mitigate(llama_dir, eval_fi
     page = (tmp_path / "sw" / "report.html").read_text()
     assert "Mitigation: what each option trades" in page and "post-hoc: update scale" in page and "replay 20% + KL penalty 1" in page
     assert (tmp_path / "sw" / "tradeoff.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.9])
+def test_the_intruders_found_are_the_ones_peft_finds(llama_dir, adapter_dir, threshold):
+    """PEFT's own `reduce_intruder_dimension` runs the same test (in float32): it finds the same
+    intruders in the same layers. It then truncates the edit to rank r, which forgetscope does not."""
+    from peft.tuners.lora.intruders import reduce_intruder_dimension
+
+    from forgetscope.mitigate.methods.intruder import IntruderMethod
+
+    model = loaded(llama_dir, adapter_dir)
+    options = MitigationSettings(intruder_scales=[0.0], intruder_threshold=threshold, intruder_top_k=10)
+    ours = {layer.name: layer.intruders for layer in IntruderMethod().prepare(model, None, options).layers}
+    said: list[str] = []
+    reduce_intruder_dimension(model, top_k=10, threshold_epsilon=threshold, logging_sink=said.append)
+    theirs = {line.split(":")[0].removeprefix("base_model.model."): int(line.rsplit(" ", 1)[1]) for line in said if "Intruders:" in line}
+    assert ours and ours == theirs

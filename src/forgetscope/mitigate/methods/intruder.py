@@ -11,9 +11,19 @@ recovers the pre-training distribution at little cost on the fine-tuning task. T
 is the setting (1 leaves the fine-tune as it is). Singular vectors are defined up to sign,
 so similarity is the absolute cosine.
 
-A saved setting is an ordinary PEFT LoRA adapter: each edited layer's new update has rank
-at most `r + intruders`, and is stored exactly at that rank (`rank_pattern`, with
-`alpha_pattern` making its scaling 1).
+The correction is kept as its low-rank factors (`[out, k]` and `[k, in]` per weight, never
+a dense `[out, in]` matrix) and applied by a forward hook on the adapted layer, so a setting
+costs no copy of any weight and is undone exactly by removing the hook. A saved setting is
+an ordinary PEFT LoRA adapter whose factors are the adapter's and the correction's side by
+side: the update `s B A + (scale - 1) U_k S_k V_k^T` exactly, at rank `r + intruders`
+(`rank_pattern`, with `alpha_pattern` making its scaling 1).
+
+PEFT 0.21 ships the same intervention (`peft.tuners.lora.intruders.reduce_intruder_dimension`).
+Its detection is the same test on the same SVDs, in float32 (`tests/test_mitigate.py`
+checks that both find the same intruders); forgetscope keeps its own because PEFT truncates
+the edited update back to rank `r` (losing up to `k` of its directions), transposes GPT-2's
+`Conv1D` weights before the SVD (so it compares right singular vectors there), and makes a
+new adapter per setting instead of measuring one in place.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from forgetscope.mitigate.methods import METHODS, Edit, lora_layers, restored
+from forgetscope.mitigate.methods import METHODS, Edit, lora_layers
 
 if TYPE_CHECKING:
     import torch
@@ -48,8 +58,10 @@ class _Layer:
     `get_base_layer`, `get_delta_weight` and `r`)."""
     adapter: str
     intruders: int
-    correction: torch.Tensor
-    """`sum_j sigma_j u_j v_j^T` over the intruder dimensions, in the base weight's layout."""
+    left: torch.Tensor
+    """`U_k S_k`, `[out, k]`: the intruder dimensions' left singular vectors times their values..."""
+    right: torch.Tensor
+    """...and `V_k^T`, `[k, in]`: the correction is `left @ right`, in `[out, in]` orientation."""
 
 
 def _oriented(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
@@ -57,9 +69,11 @@ def _oriented(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
     return weight.T if fan_in_fan_out else weight
 
 
-def find_intruders(base_weight: torch.Tensor, tuned_weight: torch.Tensor, threshold: float, top_k: int) -> tuple[int, torch.Tensor]:
-    """`(count, sum_j sigma_j u_j v_j^T)` of the intruder dimensions of `tuned_weight` against
-    `base_weight` (both `[out, in]`), computed in float64."""
+def find_intruders(base_weight: torch.Tensor, tuned_weight: torch.Tensor, threshold: float, top_k: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(U_k S_k, V_k^T)`, the factors of `sum_j sigma_j u_j v_j^T` over the intruder
+    dimensions of `tuned_weight` against `base_weight` (both `[out, in]`), computed in float64
+    (`k` may be 0)."""
     import torch
 
     u0 = torch.linalg.svd(base_weight.double(), full_matrices=False).U
@@ -67,8 +81,7 @@ def find_intruders(base_weight: torch.Tensor, tuned_weight: torch.Tensor, thresh
     k = min(top_k, len(st))
     similarity = (u0.T @ ut[:, :k]).abs().max(dim=0).values
     intruders = (similarity < threshold).nonzero().flatten()
-    correction = (ut[:, intruders] * st[intruders]) @ vht[intruders]
-    return len(intruders), correction
+    return ut[:, intruders] * st[intruders], vht[intruders]
 
 
 def _base_weight(layer: LoraLinear) -> torch.Tensor:
@@ -92,19 +105,20 @@ class _IntruderEdit:
                 fan = bool(getattr(module, "fan_in_fan_out", False))
                 w0 = _oriented(_base_weight(module), fan)
                 delta = _oriented(module.get_delta_weight(adapter), fan)
-                count, correction = find_intruders(w0, w0.double() + delta.double(), self.threshold, self.top_k)
-                if count:
-                    self.layers.append(_Layer(name, module, adapter, count, _oriented(correction, fan)))
+                left, right = find_intruders(w0, w0.double() + delta.double(), self.threshold, self.top_k)
+                del delta
+                if len(right):
+                    self.layers.append(_Layer(name, module, adapter, len(right), left.float(), right.float()))
 
     @contextlib.contextmanager
     def applied(self, setting: float) -> Iterator[None]:
-        import torch
-
-        weights = [_base_weight(layer.module) for layer in self.layers]
-        with restored(weights), torch.no_grad():
-            for layer, weight in zip(self.layers, weights):
-                weight.add_(layer.correction.to(weight.device, weight.dtype), alpha=setting - 1.0)
+        """The layers' outputs gain `(setting - 1) x V_k S_k U_k^T`: the edited weight's, without editing it."""
+        hooks = [layer.module.register_forward_hook(_Correction(layer, setting - 1.0)) for layer in self.layers]
+        try:
             yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def is_base(self, setting: float) -> bool:
         return False  # scaling the intruders alone never removes the rest of the update
@@ -124,15 +138,15 @@ class _IntruderEdit:
         state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
         rank_pattern, alpha_pattern = dict(config.rank_pattern or {}), dict(config.alpha_pattern or {})
         with torch.no_grad():
-            for layer in self.layers:
-                fan = bool(getattr(layer.module, "fan_in_fan_out", False))
-                delta = _oriented(layer.module.get_delta_weight(layer.adapter), fan).double()
-                new_delta = delta + (setting - 1.0) * _oriented(layer.correction, fan).double()
+            for layer in self.layers:  # B' A' = [s B, (scale - 1) U_k S_k] [A; V_k^T]: the edited update exactly
+                scaling = layer.module.scaling[layer.adapter]
+                a = cast("torch.nn.Linear", layer.module.lora_A[layer.adapter]).weight.detach().float()
+                b = cast("torch.nn.Linear", layer.module.lora_B[layer.adapter]).weight.detach().float()
                 rank = layer.module.r[layer.adapter] + layer.intruders
-                u, s, vh = torch.linalg.svd(new_delta, full_matrices=False)
                 prefix = next(k for k in state if k.endswith(f"{layer.name}.lora_A.weight")).removesuffix("lora_A.weight")
-                state[prefix + "lora_B.weight"] = (u[:, :rank] * s[:rank]).float().contiguous()
-                state[prefix + "lora_A.weight"] = vh[:rank].float().contiguous()
+                left, right = layer.left.to(b.device), layer.right.to(a.device)
+                state[prefix + "lora_B.weight"] = torch.cat([b * scaling, (setting - 1.0) * left], dim=1).cpu().contiguous()
+                state[prefix + "lora_A.weight"] = torch.cat([a, right], dim=0).cpu().contiguous()
                 key = re.escape(layer.name)
                 rank_pattern[key] = rank
                 alpha_pattern[key] = math.sqrt(rank) if config.use_rslora else float(rank)  # scaling 1
@@ -140,6 +154,21 @@ class _IntruderEdit:
         saved = json.loads((Path(directory) / "adapter_config.json").read_text())
         saved.update(rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
         (Path(directory) / "adapter_config.json").write_text(json.dumps(saved, indent=2))
+
+
+class _Correction:
+    """A forward hook adding `factor x (x V_k^T^T) (U_k S_k)^T` to a LoRA layer's output: the
+    intruder correction applied as two thin matmuls, in float32 as PEFT runs LoRA."""
+
+    def __init__(self, layer: _Layer, factor: float):
+        self.left, self.right, self.factor = layer.left, layer.right, factor
+
+    def __call__(self, module, inputs, output):
+        if module.disable_adapters:  # the base, as `disable_adapter()` gives it: no edit of the update
+            return output
+        x = inputs[0]
+        right, left = self.right.to(x.device), self.left.to(x.device)
+        return output + (self.factor * ((x.float() @ right.T) @ left.T)).to(output.dtype)
 
 
 class IntruderMethod:

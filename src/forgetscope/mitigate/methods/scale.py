@@ -4,11 +4,14 @@ For a LoRA adapter the update `s B A` is scaled through `B` (so a saved setting 
 ordinary adapter with the same config); for a full fine-tune the weights are interpolated,
 `(1 - lambda) W0 + lambda W1`, which is WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning
 of zero-shot models"). lambda = 0 is the base exactly and lambda = 1 the fine-tune exactly.
+The interpolated weights are torch parametrizations (`torch.nn.utils.parametrize`): each is
+made when its module runs and dropped after, so the two models stay the only copies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
@@ -63,24 +66,57 @@ class _ScaledAdapter(_Scaled):
             yield
 
 
+@functools.cache
+def _toward_class() -> type:
+    import torch
+
+    class Toward(torch.nn.Module):
+        """The parametrization `W1 -> (1 - l) W0 + l W1`, in this order so l = 0 and l = 1 give W0 and W1 exactly."""
+
+        def __init__(self, base_weight: torch.Tensor, setting: float):
+            super().__init__()
+            self.base_weight, self.setting = base_weight, setting
+
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return torch.add(weight * self.setting, self.base_weight.to(weight.device, weight.dtype), alpha=1.0 - self.setting)
+
+    return Toward
+
+
 class _Interpolated(_Scaled):
     """WiSE-FT: every floating-point parameter moved from the base toward the fine-tune."""
 
     def __init__(self, finetuned: PreTrainedModel, base: PreTrainedModel, settings: list[float]):
         self.model, self.settings = finetuned, settings
-        base_params = dict(base.named_parameters())
-        self.pairs = [(p, base_params[name].detach()) for name, p in finetuned.named_parameters()
+        # Every name a tensor has (tied embeddings and heads too), so each module sees the interpolation.
+        base_params = dict(base.named_parameters(remove_duplicate=False))
+        self.pairs = [(name, base_params[name].detach()) for name, p in finetuned.named_parameters(remove_duplicate=False)
                       if name in base_params and p.is_floating_point() and p.shape == base_params[name].shape]
 
     @contextlib.contextmanager
     def applied(self, setting: float) -> Iterator[None]:
+        from torch.nn.utils import parametrize
+
+        done = []
+        try:
+            for name, base_weight in self.pairs:
+                owner, _, attr = name.rpartition(".")
+                module = self.model.get_submodule(owner)
+                parametrize.register_parametrization(module, attr, _toward_class()(base_weight, setting), unsafe=True)
+                done.append((module, attr))
+            yield
+        finally:
+            for module, attr in reversed(done):
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+
+    def save(self, setting: float, directory: Path) -> None:
+        """The interpolated weights, saved as a full model (they are gathered on the CPU to be written)."""
         import torch
 
-        with restored([p for p, _ in self.pairs]), torch.no_grad():
-            for param, base_param in self.pairs:
-                # (1 - l) W0 + l W1, in this order so l = 0 and l = 1 give W0 and W1 exactly.
-                param.mul_(setting).add_(base_param.to(param.device, param.dtype), alpha=1.0 - setting)
-            yield
+        current = dict(self.model.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            state = {name: _toward_class()(base_weight, setting)(current[name]).cpu() for name, base_weight in self.pairs}
+        self.model.save_pretrained(str(directory), state_dict={**self.model.state_dict(), **state})
 
 
 class ScaleMethod:
