@@ -265,28 +265,43 @@ OVERLAP_WINDOW = 32
 """Tokens in a run of text shared by replay and eval text that counts as an overlap: long
 enough that natural text does not repeat it by chance, short enough to catch a copied passage."""
 
+HASH_ROWS = 4096
+"""Blocks hashed at once: memory stays at a few `[rows, seq_len]` uint64 arrays, whatever the corpus."""
+
+
 def _window_hashes(blocks: torch.Tensor, width: int) -> np.ndarray:
-    """A 64-bit polynomial hash of every `width`-token window of each block."""
-    ids = blocks.numpy().astype(np.uint64)
-    if ids.shape[1] < width:
+    """A 64-bit polynomial hash of every `width`-token window of each block (`HASH_ROWS` blocks
+    at a time, summed one window offset at a time: no `[windows, width]` copy is made)."""
+    if blocks.shape[1] < width:
         return np.zeros(0, dtype=np.uint64)
-    windows = np.lib.stride_tricks.sliding_window_view(ids, width, axis=1).reshape(-1, width)
-    powers = np.uint64(1_000_003) ** np.arange(width, dtype=np.uint64)  # wraps mod 2^64, as intended
-    hashes = np.empty(len(windows), dtype=np.uint64)
-    for start in range(0, len(windows), 65_536):
-        with np.errstate(over="ignore"):
-            hashes[start : start + 65_536] = (windows[start : start + 65_536] * powers).sum(axis=1)
-    return hashes
+    base = np.uint64(1_000_003)
+    parts = []
+    for start in range(0, len(blocks), HASH_ROWS):
+        ids = blocks[start : start + HASH_ROWS].numpy().astype(np.uint64)
+        count = ids.shape[1] - width + 1
+        hashes = np.zeros((len(ids), count), dtype=np.uint64)
+        power = np.uint64(1)
+        with np.errstate(over="ignore"):  # wraps mod 2^64, as intended
+            for offset in range(width):
+                hashes += ids[:, offset : offset + count] * power
+                power = power * base
+        parts.append(hashes.reshape(-1))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def check_no_overlap(replay_blocks: torch.Tensor, eval_blocks: Mapping[str, torch.Tensor], width: int = OVERLAP_WINDOW) -> None:
     """A one-line `UserInputError` if any `width`-token run of an eval domain also occurs in
-    the replay text: replaying the eval text would hide the forgetting it measures."""
+    the replay text: replaying the eval text would hide the forgetting it measures. The eval
+    text's windows are held; the replay corpus is streamed past them `HASH_ROWS` blocks at a time."""
     width = min(width, replay_blocks.shape[1])
-    replay = np.unique(_window_hashes(replay_blocks, width))
-    for name, blocks in eval_blocks.items():
-        hashes = _window_hashes(blocks, width)
-        shared = int(np.isin(hashes, replay).sum())
+    eval_hashes = {name: _window_hashes(blocks, width) for name, blocks in eval_blocks.items()}
+    replayed = {name: np.zeros(len(hashes), dtype=bool) for name, hashes in eval_hashes.items()}
+    for start in range(0, len(replay_blocks), HASH_ROWS):
+        replay = np.unique(_window_hashes(replay_blocks[start : start + HASH_ROWS], width))
+        for name, hashes in eval_hashes.items():
+            replayed[name] |= np.isin(hashes, replay)
+    for name, hashes in eval_hashes.items():
+        shared = int(replayed[name].sum())
         if shared:
             raise UserInputError(
                 f"the replay text overlaps eval domain {name!r}: {shared} of its {len(hashes)} runs of {width} tokens "
