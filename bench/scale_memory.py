@@ -187,7 +187,6 @@ def run_paths(s: Shape, dtype: torch.dtype, device: str, tokens: int, target_tok
     model = slice_model(s, dtype, device)
     peft_model = adapt(model, 16, "all-linear")
     weights = tensor_bytes(peft_model)
-    lora = s.lora_params(16)
     inference = lambda sh, t: Budget.inference(sh, b, t) + Budget.head_chunk(sh, b) + 2 * t * sh.hidden * b  # noqa: E731
 
     with tempfile.TemporaryDirectory() as cache:
@@ -230,7 +229,6 @@ def run_paths(s: Shape, dtype: torch.dtype, device: str, tokens: int, target_tok
 
     row("KL penalty (forward + backward)", kl_penalty, weights + tensor_bytes_of(distillation.hidden),
         lambda sh, t: sh.layers * Budget.saved_per_layer(sh, b, t) + Budget.head_chunk(sh, b) * 2 + 4 * sh.lora_params(16))
-    del distillation
 
     settings = MitigationSettings(scales=[0.0, 0.5, 1.0], intruder_scales=[0.0, 0.5])
 
@@ -284,10 +282,13 @@ def main() -> None:
         s = Shape(hidden=128, mlp=352, heads=4, kv_heads=2, vocab=32_000, layers=2)
     print(f"8B slice: {s}, {args.dtype} on {args.device}, {args.tokens} tokens per sequence")
     rows = run_paths(s, dtype, args.device, args.tokens, args.target_tokens, set(args.only) if args.only else None)
-    print(f"\n| path | peak (GiB) | budget (GiB) | peak / budget | seconds | full 8B at {args.target_tokens} tokens, {args.dtype} (GiB) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r.path} | {r.peak / GIB:.2f} | {r.budget / GIB:.2f} | {r.peak / r.budget:.2f} | {r.seconds:.0f} | {r.full_8b / GIB:.1f} |")
+    print(f"\n| path | weights (GiB) | peak (GiB) | budget (GiB) | peak / budget | work / budgeted work | seconds | "
+          f"full 8B at {args.target_tokens} tokens, {args.dtype} (GiB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:  # work: what the path allocated beyond the weights, against what its budget allows beyond them
+        work = (r.peak - r.weights) / (r.budget - r.weights)
+        print(f"| {r.path} | {r.weights / GIB:.2f} | {r.peak / GIB:.2f} | {r.budget / GIB:.2f} | {r.peak / r.budget:.2f} | {work:.2f} | "
+              f"{r.seconds:.0f} | {r.full_8b / GIB:.1f} |")
     print("\nexamples/llama2-7b-gpu.yaml (bfloat16, rank 256 all-linear, 16 x 1024 tokens per step), estimated:")
     print("| micro-batch | gradient checkpointing | train step (GiB) | measurement (GiB) | fits 80 GB |")
     print("| ---: | --- | ---: | ---: | --- |")

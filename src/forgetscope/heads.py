@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ CHECK_POSITIONS = 16
 def backbone(model: torch.nn.Module) -> torch.nn.Module | None:
     """The module of a causal LM (PEFT-wrapped or not) that returns its final hidden states,
     after the last norm: what the output head is applied to. None if it has no separate one."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]  # a PeftModel's method
     body = getattr(inner, "base_model", None)
     return None if body is None or body is inner else body
 
@@ -74,7 +75,8 @@ class OutputHead:
         return self.weight.shape[0]
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        context = self.adapter_off.disable_adapter() if self.adapter_off is not None else contextlib.nullcontext()
+        off = self.adapter_off
+        context = off.disable_adapter() if off is not None else contextlib.nullcontext()  # type: ignore[operator]  # a PeftModel's method
         with context:
             logits = self._linear(hidden)
         if self.scale != 1.0:
@@ -105,7 +107,7 @@ def output_head(model: torch.nn.Module, adapter_off: bool = False) -> OutputHead
     module = get() if get is not None else None
     if module is None:
         return None
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     softcap = getattr(config, "final_logit_softcapping", None)
     scale = 1.0
     if isinstance(getattr(config, "logits_scaling", None), (int, float)):  # Granite divides its logits

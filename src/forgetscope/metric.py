@@ -168,8 +168,8 @@ def sequence_sums(
     finetuned_logits: torch.Tensor,
     input_ids: torch.Tensor,
     chunk_size: int | None = None,
-    head: torch.nn.Module | None = None,
-    base_head: torch.nn.Module | None = None,
+    head: torch.nn.Module | OutputHead | None = None,
+    base_head: torch.nn.Module | OutputHead | None = None,
     base_log_probs: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sequence sums over the `seq_len - 1` scored positions of `[batch, seq_len]` blocks.
@@ -271,9 +271,9 @@ def hidden_path(finetuned: torch.nn.Module, source: BaseSource, probe: torch.Ten
     if head is None or any(backbone(m) is None or head_mismatch(m, probe.to(_input_device(m))) is not None for m in models):
         return None
     run = source.run(finetuned, final_hidden)
-    base_head = output_head(source.model) if source.model is not None else output_head(finetuned, adapter_off=True)
-    assert base_head is not None  # backbone() found one above
-    return head, base_head, lambda name, start, ids: run(ids)
+    base = output_head(source.model) if source.model is not None else output_head(finetuned, adapter_off=True)
+    assert base is not None  # backbone() found one above
+    return head, base, lambda name, start, ids: run(ids)
 
 
 @torch.no_grad()

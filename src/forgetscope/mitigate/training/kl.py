@@ -42,8 +42,10 @@ class ReplayDistillation:
         device = model.get_input_embeddings().weight.device
         model_hidden = final_hidden(model, self.blocks[index].to(device))[:, :-1]
         base_hidden = self.hidden[index].to(model_hidden.device)[:, :-1]
-        width = model_hidden.shape[-1]
-        return kl_to_base(output_head(model), model_hidden.reshape(-1, width), base_hidden.reshape(-1, width))
+        width, head = model_hidden.shape[-1], output_head(model)
+        if head is None:
+            raise ValueError("the KL penalty needs the model's output head")
+        return kl_to_base(head, model_hidden.reshape(-1, width), base_hidden.reshape(-1, width))
 
 
 class KLPenalty:
