@@ -8,7 +8,7 @@ import math
 import datasets
 import pytest
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from cli_helpers import assert_user_error, run_cli
 from forgetscope.callback import ForgettingCallback, log_spaced_steps
@@ -202,6 +202,11 @@ def test_target_modules_that_match_nothing_are_a_user_error(llama_dir, tok, code
         (["--steps", "0"], "--steps: Input should be greater than or equal to 1"),
         (["--eval-points", "1"], "--eval-points: Input should be greater than or equal to 2"),
         (["--dtype", "float16"], "--dtype: Input should be 'float32' or 'bfloat16'"),
+        (["--batch-size", "8", "--micro-batch-size", "3"], "batch_size 8 is not a multiple of micro_batch_size 3"),
+        (["--trainer-args", "max_steps=5"], "max_steps is set by forgetscope's own setting steps"),
+        (["--trainer-args", "no_such_field=1"], "'no_such_field' is not a TrainingArguments field"),
+        (["--trainer-args", "weight_decay=heavy"], "weight_decay"),
+        (["--trainer-args", "weight_decay"], "--trainer-args takes KEY=VALUE pairs"),
     ],
 )
 def test_train_cli_bad_input_is_one_line_and_exit_2(extra, fragment, llama_dir, eval_files, tmp_path, capsys):
@@ -292,3 +297,34 @@ def test_train_law_gives_the_callback_the_sweeps_law_and_every_forecast_uses_it(
     assert code == 0, err
     forecasts = [r["forecast"] for r in json.loads(out) if "forecast" in r]
     assert forecasts and all(f["prior"] and f["planned_steps"] == 12 for f in forecasts)
+
+
+def test_the_global_batch_trains_the_same_in_micro_batches_with_checkpointing(llama_dir, tok, code_blocks, eval_blocks):
+    """batch_size is what one optimizer step trains on: 4 sequences in one pass, or in 2 passes
+    of 2 with activations recomputed, give the same run up to float rounding, and records say
+    how many tokens a step is."""
+    runs = {}
+    for name, extra in {"one pass": {}, "micro-batches": {"micro_batch_size": 2, "gradient_checkpointing": True}}.items():
+        model = AutoModelForCausalLM.from_pretrained(llama_dir)
+        settings = TrainSettings(steps=6, learning_rate=1e-2, batch_size=4, seq_len=SEQ_LEN, eval_points=3, **extra)
+        runs[name] = finetune(model, tok, LoraSettings(rank=4, lora_alpha=8), settings, code_blocks[:-4], eval_blocks,
+                              code_blocks[-4:], progress=False)
+    for one, micro in zip(runs["one pass"], runs["micro-batches"]):
+        assert one["tokens_per_step"] == micro["tokens_per_step"] == 4 * SEQ_LEN
+        assert micro["kl"] == pytest.approx(one["kl"], rel=1e-3, abs=1e-7)
+        assert micro["ft_loss"] == pytest.approx(one["ft_loss"], rel=1e-4)
+    assert runs["one pass"][-1]["kl"] > 0
+
+
+def test_trainer_args_reach_the_trainer(llama_dir, tok, code_blocks, eval_blocks):
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.update(weight_decay=args.weight_decay, optim=getattr(args.optim, "value", args.optim), accumulation=args.gradient_accumulation_steps)
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    settings = TrainSettings(steps=1, batch_size=4, micro_batch_size=1, seq_len=SEQ_LEN, eval_points=2,
+                             trainer_args={"weight_decay": 0.25, "optim": "adafactor"})
+    finetune(model, tok, LoraSettings(rank=2), settings, code_blocks[:-4], eval_blocks, progress=False, callbacks=[Spy()])
+    assert seen == {"weight_decay": 0.25, "optim": "adafactor", "accumulation": 4}
