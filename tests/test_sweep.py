@@ -146,6 +146,8 @@ def test_a_non_empty_directory_without_a_sweep_is_refused(tmp_path):
         (lambda c: c.update(finetune_data={}), "`finetune_data`: give exactly one of `files` or `embedded`"),
         (lambda c: c.update(eval_data=[{"embedded": "klingon"}]), "`eval_data.0.embedded`"),
         (lambda c: c.update(eval_tokens=8), "smaller than one sequence"),
+        (lambda c: c.update(batch_size=4, micro_batch_size=3), "batch_size 4 is not a multiple of micro_batch_size 3"),
+        (lambda c: c.update(trainer_args={"seed": 3}), "seed is set by forgetscope's own setting seed"),
         (lambda c: c.update(base_model="/no/such/model"), "base model not found"),
     ],
 )

@@ -219,11 +219,11 @@ class _TrainSettings(Settings):
                 raise ValueError(f"{key}: {describe(exc).split(': ', 1)[-1]}") from None
         return value
 
-    @model_validator(mode="after")
-    def _micro_batches_fill_the_batch(self) -> _TrainSettings:
+    def model_post_init(self, context: Any) -> None:
+        # A rule between two fields, checked once they are all set: `check` validates one
+        # field against the others' defaults, where a model validator would misfire.
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
-        return self
+            raise UserInputError(f"TrainSettings: batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
 
     @property
     def micro_batch(self) -> int:
