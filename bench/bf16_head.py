@@ -22,7 +22,7 @@ from forgetscope.models import load_causal_lm, load_tokenizer
 from forgetscope.tiny import corpora
 from forgetscope.tiny.model import ensure_tiny_base
 
-SCALES = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05)
+SCALES = (0.0, 0.003, 0.01, 0.03)
 
 
 def adapted(model, scale: float):
@@ -45,7 +45,7 @@ def main() -> None:
     base_dir = ensure_tiny_base()
     tokenizer = load_tokenizer(str(base_dir))
     text = corpora.load("docs").heldout  # the demo's eval text
-    ids = {"docs": group_into_blocks(text, tokenizer, 128, max_tokens=8 * 128)}
+    ids = {"docs": group_into_blocks(text, tokenizer, 128, max_tokens=4 * 128)}
     print(f"tiny default, {ids['docs'].numel()} eval tokens; max |logit| ", end="")
     rows = []
     for scale in SCALES:

@@ -180,7 +180,8 @@ def run_paths(s: Shape, dtype: torch.dtype, device: str, tokens: int, target_tok
             work()
         seconds = time.perf_counter() - start
         measured, planned = weights + peak(), weights + budget(s, tokens)
-        extrapolated = int((full.weights(b) + budget(full, target_tokens)) * measured / planned)
+        models = max(1, round(weights / s.weights(b)))  # WiSE-FT holds the base and the fine-tune
+        extrapolated = int((models * full.weights(b) + budget(full, target_tokens)) * measured / planned)
         rows.append(Row(name, measured, planned, weights, seconds, extrapolated))
         print(f"  {name}: {measured / GIB:.2f} GiB of {planned / GIB:.2f} GiB budgeted, {seconds:.0f} s", flush=True)
 
@@ -235,12 +236,16 @@ def run_paths(s: Shape, dtype: torch.dtype, device: str, tokens: int, target_tok
     def grid_budget(sh: Shape, t: int) -> int:
         recorded = 2 * t * sh.hidden * b  # the eval text's hidden states, held while the grid runs
         log_probs = 2 * 2 * t * sh.vocab * 4  # the base side made once (`base_chunk_log_probs`)
-        svd = 6 * sh.mlp * sh.hidden * 8  # float64: W0, W0 + dW, and the SVD's factors and workspace, one weight at a time
+        svd = 6 * sh.hidden * sh.hidden * 8  # float64 (q_proj, the largest adapted): W0, W0 + dW, the SVD's factors and workspace
         return inference(sh, t) + recorded + log_probs + svd
 
-    row("post-hoc grid: scales, intruders", lambda: mitigation_grid(peft_model, blocks, ft_blocks, settings, batch_size=1, n_bootstrap=0),
-        weights, grid_budget)
+    # The intruder search runs two float64 SVDs per adapted weight: on 2 CPU cores the 14 weights
+    # of an all-linear slice took over 20 minutes, so the grid's adapter is r=16 on q,v.
     merged = peft_model.merge_and_unload()
+    qv_model = adapt(merged, 16, "q,v")
+    row("post-hoc grid: scales, intruders (q,v)", lambda: mitigation_grid(qv_model, blocks, ft_blocks, settings, batch_size=1, n_bootstrap=0),
+        tensor_bytes(qv_model), grid_budget)
+    merged = qv_model.merge_and_unload()
     base = slice_model(s, dtype, device)
     row("post-hoc grid: WiSE-FT (full fine-tune)",
         lambda: mitigation_grid(merged, blocks, ft_blocks, MitigationSettings(scales=[0.0, 0.5, 1.0], intruder_scales=[]), base=base,
