@@ -202,8 +202,8 @@ def run_paths(s: Shape, dtype: torch.dtype, device: str, tokens: int, target_tok
 
         data = [{"input_ids": ft_blocks[0], "labels": ft_blocks[0]}]
         with tempfile.TemporaryDirectory() as out:
-            args = TrainingArguments(output_dir=out, max_steps=1, per_device_train_batch_size=1, gradient_checkpointing=checkpointing,
-                                     gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=dtype == torch.bfloat16,
+            args = TrainingArguments(output_dir=out, max_steps=1, per_device_train_batch_size=1, activation_checkpointing=checkpointing,
+                                     activation_checkpointing_kwargs={"use_reentrant": False}, bf16=dtype == torch.bfloat16,
                                      use_cpu=device == "cpu", report_to="none", save_strategy="no", disable_tqdm=True)
             Trainer(model=peft_model, args=args, train_dataset=data).train()
         if checkpointing:

@@ -146,6 +146,7 @@ MANAGED_TRAINER_ARGS = {
     "gradient_accumulation_steps": "batch_size / micro_batch_size", "learning_rate": "learning_rate",
     "lr_scheduler_type": "scheduler", "warmup_steps": "warmup_steps", "report_to": "report_to", "seed": "seed",
     "data_seed": "seed", "bf16": "dtype", "fp16": "dtype", "use_cpu": "--device", "gradient_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing": "gradient_checkpointing",
     "logging_steps": "eval_points (forgetscope logs every step)", "disable_tqdm": "progress",
 }
 """The `TrainingArguments` fields forgetscope sets from its own settings (named here), which

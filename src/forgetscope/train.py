@@ -122,6 +122,7 @@ def finetune(
     overlap `eval_blocks`. A non-empty `out_dir` is refused unless it holds
     an earlier run of the same settings, or `overwrite` is given (`check_out_dir`).
     """
+    import dataclasses
     import tempfile
 
     import datasets
@@ -167,15 +168,18 @@ def finetune(
     ids = train_blocks.tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
     extra = {"save_strategy": "no", **settings.trainer_args}
-    if settings.gradient_checkpointing:  # non-reentrant: no need for inputs that require grad under PEFT
-        extra.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    # transformers 5 renamed gradient checkpointing "activation checkpointing" (the old names warn).
+    renamed = "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+    checkpointing = "activation_checkpointing" if renamed else "gradient_checkpointing"
+    extra[checkpointing] = settings.gradient_checkpointing
+    if settings.gradient_checkpointing and not any(key.endswith("checkpointing_kwargs") for key in extra):
+        extra[f"{checkpointing}_kwargs"] = {"use_reentrant": False}  # non-reentrant: PEFT needs no inputs that require grad
     try:
         args = TrainingArguments(
             output_dir=scratch.name if scratch is not None else str(out),
             max_steps=settings.steps,
             per_device_train_batch_size=settings.micro_batch,
             gradient_accumulation_steps=settings.accumulation_steps,
-            gradient_checkpointing=settings.gradient_checkpointing,
             learning_rate=settings.learning_rate,
             lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup_steps,
