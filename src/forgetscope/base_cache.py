@@ -186,8 +186,6 @@ def record_base_predictions(
             if mismatch is not None:
                 raise ValueError(mismatch)
         width = model.get_output_embeddings().weight.shape[1]
-        batches = (_base_hidden(model, ids[s : s + batch_size].to(device))
-                   for ids in blocks.values() for s in range(0, len(ids), batch_size))
         if path is None:
             hidden = {name: torch.empty((*ids.shape, width), dtype=dtype) for name, ids in blocks.items()}
             for name, ids in blocks.items():
@@ -197,6 +195,8 @@ def record_base_predictions(
         from forgetscope.files import atomic_path
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        batches = (_base_hidden(model, ids[s : s + batch_size].to(device))
+                   for ids in blocks.values() for s in range(0, len(ids), batch_size))
         with atomic_path(Path(path)) as tmp:  # a scratch name per process: two recorders never share one
             _write_streamed(tmp, {name: (*ids.shape, width) for name, ids in blocks.items()}, dtype, batches,
                             {"key": key, "format": FORMAT_VERSION, "dtype": str(dtype)})
