@@ -19,7 +19,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "forgetscope"
 
 LAYERS: list[list[str]] = [
-    ["errors", "allocations"],
+    ["errors", "allocations", "distributed"],
     ["files", "sources", "registry"],
     ["extensions"],
     ["settings"],

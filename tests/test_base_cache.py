@@ -141,20 +141,6 @@ def test_the_callback_falls_back_when_the_head_is_trained(llama_dir, blocks):
     assert "output head is being trained" in callback.base_source.reason
 
 
-def test_only_the_main_process_measures_under_distributed_training(llama_dir, blocks):
-    from forgetscope.callback import ForgettingCallback
-
-    callback = ForgettingCallback(None, blocks, eval_steps=[0, 1])
-
-    class OtherRank:
-        max_steps, global_step, is_world_process_zero = 1, 0, False
-
-    callback.on_train_begin(None, OtherRank(), None, model=adapted(llama_dir))
-    OtherRank.global_step = 1
-    callback.on_step_end(None, OtherRank(), None, model=adapted(llama_dir))
-    assert callback.records == [] and callback.base_source is None
-
-
 def trained_head(llama_dir):
     return get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir),
                           LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))

@@ -27,6 +27,7 @@ from typing import Literal
 
 import torch
 
+from forgetscope.distributed import sharded_reason
 from forgetscope.heads import OutputHead, backbone, final_hidden, full_logits, head_mismatch, output_head
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def _weights_fingerprint(model: torch.nn.Module) -> str:
         if "lora_" in name:
             continue
         flat = param.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes()
+        # 4,096 strided elements, moved alone; a parameter with no data here (meta, offloaded) counts by name and shape
+        sample = b"" if param.device.type == "meta" else flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes()
         digest.update(name.encode() + str(tuple(param.shape)).encode() + sample)
     return digest.hexdigest()[:24]
 
@@ -65,6 +67,9 @@ def usable_reason(model: torch.nn.Module) -> str | None:
     This looks at the model's structure; `record_base_predictions` also checks the logits
     themselves on the first eval sequence, for heads that scale or cap logits in their own way.
     """
+    sharded = sharded_reason(model)
+    if sharded is not None:
+        return sharded
     head = model.get_output_embeddings()
     if head is None or backbone(model) is None:
         return "the model has no separate output head"

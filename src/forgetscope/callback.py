@@ -29,6 +29,8 @@ from transformers import Trainer, TrainerCallback
 
 from forgetscope.base_cache import BasePredictions, BaseSource
 from forgetscope.budget import KLBudget
+from forgetscope.distributed import broadcast, is_main, unsupported_reason
+from forgetscope.errors import UserInputError
 from forgetscope.meter import ForgettingMeter
 from forgetscope.models import count_trainable_params
 from forgetscope.records import Record
@@ -143,8 +145,13 @@ class ForgettingCallback(TrainerCallback):
     # -- measuring ---------------------------------------------------------------------------
 
     def measure(self, model: torch.nn.Module, step: int) -> Record:
-        """One record (`ForgettingMeter.record`), with the forecast, logged through the Trainer."""
+        """One record (`ForgettingMeter.record`), with the forecast, logged through the Trainer.
+
+        Under many processes every process measures its share and holds the whole record;
+        only the main one forecasts and logs."""
         record, result = self.meter.record(model, step)
+        if not is_main():
+            return record
         forecast = self.budget.forecast(self.records, step, record["kl"])
         if forecast is not None:
             record["forecast"] = forecast
@@ -159,34 +166,42 @@ class ForgettingCallback(TrainerCallback):
         return record
 
     def _emit(self, record: Record) -> None:
+        if not is_main():
+            return  # records and their files are the main process's
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)
 
     # -- Trainer events ----------------------------------------------------------------------
+    # Every process takes part in every measurement (`distributed`): under FSDP each forward
+    # pass gathers weights from all of them, and a process that skipped one would hang the rest.
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
-            return  # under DDP / accelerate only the main process measures (no collectives are involved)
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise UserInputError(reason)
         self.budget.begin(state.max_steps, count_trainable_params(model), getattr(args, "learning_rate", None))
         if self.eval_steps is None:
             self.eval_steps = SCHEDULES[self.schedule](state.max_steps, self.n_eval_points)
         self.meter.start(model)
-        if state.global_step in self.eval_steps and not any(r["step"] == state.global_step for r in self.records):
+        measured = any(r["step"] == state.global_step for r in self.records)  # a run resumed at a step already measured
+        if state.global_step in self.eval_steps and not broadcast(measured):
             self._emit(self.measure(model, state.global_step))  # step 0: before any update
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero or state.global_step not in self.eval_steps:
+        if state.global_step not in self.eval_steps:
             return
         should_log = control.should_log  # Trainer.log() below clears it; the step's own log must still happen
         record = self.measure(model, state.global_step)
         control.should_log = should_log
-        reason = self.budget.crossed(record)
+        # The main process decides, every process follows: all stop at the same step.
+        reason = broadcast(self.budget.crossed(record) if is_main() else None)
         if reason is not None:
             self.stopped_by_budget = reason
-            log.warning("stopping: %s", reason)
+            if is_main():
+                log.warning("stopping: %s", reason)
             control.should_training_stop = True
-        if should_log:
+        if should_log and is_main():
             self._pending = record  # the Trainer logs this step's loss right after this event
         else:
             record["train_loss"] = self._last_train_loss  # latest logged loss, from an earlier step

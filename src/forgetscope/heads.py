@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from forgetscope.distributed import sharded_reason
+
 HEAD_SLICE_ELEMENTS = 2**25
 """Elements of one float32 slice of a low-precision head's rows (128 MB): such a head is
 upcast slice by slice, never whole (a 128,256 x 4096 head is 2.1 GB in float32)."""
@@ -101,11 +103,12 @@ class OutputHead:
 
 
 def output_head(model: torch.nn.Module, adapter_off: bool = False) -> OutputHead | None:
-    """The float32 output head of `model` (None if it has none); with `adapter_off`, the head of
-    the PEFT model with its adapters switched off."""
+    """The float32 output head of `model` (None if it has none, or if its weights are sharded
+    across processes: `distributed.sharded_reason`); with `adapter_off`, the head of the PEFT
+    model with its adapters switched off."""
     get = getattr(model, "get_output_embeddings", None)
     module = get() if get is not None else None
-    if module is None:
+    if module is None or sharded_reason(model) is not None:
         return None
     config: Any = getattr(model, "config", None)
     softcap = getattr(config, "final_logit_softcapping", None)

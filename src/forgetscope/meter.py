@@ -5,6 +5,10 @@ where the base predictions come from (`base_cache.choose_base_source`), then mea
 model against them (`metric.measure_forgetting`), with the loss on held-out fine-tuning text
 (`ft_loss`) beside it. The meter holds the text and that choice; it knows nothing of
 Trainers, schedules or budgets.
+
+Under many processes (DDP, FSDP) each process records and measures its share of the
+sequences (`distributed.Shard`), and the per-sequence sums are gathered, so every process
+holds the result one process would have made.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 
 from forgetscope.base_cache import BasePredictions, BaseSource, choose_base_source
-from forgetscope.metric import METRIC_KEYS, ForgettingResult, mean_loss, measure_forgetting
+from forgetscope.distributed import Shard, all_gather, world
+from forgetscope.metric import METRIC_KEYS, ForgettingResult, SequenceSums, measure_sums, result_from_sums, sequence_losses
 from forgetscope.records import Record
 
 
@@ -37,6 +43,12 @@ class ForgettingMeter:
         self.eval_blocks = dict(eval_blocks)
         self.ft_eval_blocks = ft_eval_blocks
         self.base_model, self.base_predictions, self.record_base = base_model, base_predictions, record_base
+        # This process's share of the text, and of predictions recorded for all of it.
+        self.shards = {name: Shard.of(len(ids)) for name, ids in self.eval_blocks.items()}
+        self.local_blocks = {name: self.shards[name].take(ids) for name, ids in self.eval_blocks.items()}
+        if base_predictions is not None and world()[1] > 1:
+            self.base_predictions = BasePredictions({name: self.shards[name].take(hidden) for name, hidden
+                                                     in base_predictions.hidden.items()}, base_predictions.key)
         self.cache_dir = cache_dir
         self.batch_size, self.progress = batch_size, progress
         self.base_source: BaseSource | None = base_source
@@ -46,7 +58,7 @@ class ForgettingMeter:
         """Choose the base source for `model` (recording the base's predictions if asked), once."""
         if self.base_source is None:
             # A separate base is run, not recorded: one measurement costs a forward pass either way.
-            self.base_source = choose_base_source(model, self.eval_blocks, base=self.base_model, recorded=self.base_predictions,
+            self.base_source = choose_base_source(model, self.local_blocks, base=self.base_model, recorded=self.base_predictions,
                                                   record=self.record_base and self.base_model is None, cache_dir=self.cache_dir,
                                                   batch_size=self.batch_size)
         return self.base_source
@@ -55,15 +67,26 @@ class ForgettingMeter:
                finetuned_hidden: Mapping[str, torch.Tensor] | None = None) -> ForgettingResult:
         """The metric overall, per domain and per sequence (bootstrapped intervals with
         `n_bootstrap`); `finetuned_hidden`: the model's final hidden states, when known to be
-        the base's (`metric.measure_forgetting`)."""
-        return measure_forgetting(model, self.eval_blocks, base=self.start(model), batch_size=self.batch_size,
-                                  n_bootstrap=n_bootstrap, seed=seed, progress=self.progress, finetuned_hidden=finetuned_hidden)
+        the base's (`metric.measure_forgetting`; one process only)."""
+        mine = measure_sums(model, self.local_blocks, base=self.start(model), batch_size=self.batch_size,
+                            progress=self.progress and world()[0] == 0, finetuned_hidden=finetuned_hidden)
+        return result_from_sums(self._gathered(mine), n_bootstrap, seed)
+
+    def _gathered(self, mine: SequenceSums) -> SequenceSums:
+        """Every process's real rows (padding dropped), in process order: all the sequences."""
+        if world()[1] == 1:
+            return mine
+        shares = all_gather({name: {key: values[: self.shards[name].real] for key, values in sums.items()}
+                             for name, sums in mine.items()})
+        return {name: {key: np.concatenate([share[name][key] for share in shares]) for key in mine[name]} for name in mine}
 
     def ft_loss(self, model: torch.nn.Module) -> float:
-        """The mean loss on the held-out fine-tuning text (`ft_eval_blocks`)."""
+        """The mean loss on the held-out fine-tuning text (`ft_eval_blocks`), over every process's share."""
         if self.ft_eval_blocks is None:
             raise ValueError("this ForgettingMeter has no held-out fine-tuning text (ft_eval_blocks)")
-        return mean_loss(model, self.ft_eval_blocks, self.batch_size)
+        shard = Shard.of(len(self.ft_eval_blocks))
+        losses = np.concatenate(all_gather(sequence_losses(model, shard.take(self.ft_eval_blocks), self.batch_size)[: shard.real]))
+        return float(losses.sum()) / max(1, self.ft_eval_blocks[:, 1:].numel())
 
     def record(self, model: torch.nn.Module, step: int) -> tuple[Record, ForgettingResult]:
         """One record at `step` (`forgetscope.records.Record`: the metric overall and per domain,
@@ -74,7 +97,7 @@ class ForgettingMeter:
             **{key: result.overall[key] for key in METRIC_KEYS},  # type: ignore[typeddict-item]  # METRIC_KEYS are DomainMetrics
             "eval_tokens": result.overall["tokens"],
             "domains": {name: {key: values[key] for key in METRIC_KEYS} for name, values in result.domains.items()},
-            "vocab_size": int(cast(torch.nn.Module, model.get_output_embeddings()).weight.shape[0]),
+            "vocab_size": int(cast(torch.nn.Module, model.get_output_embeddings()).weight.shape[0]),  # a DTensor's is the whole
         }
         if self.ft_eval_blocks is not None:
             record["ft_loss"] = self.ft_loss(model)

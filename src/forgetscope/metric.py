@@ -276,7 +276,6 @@ def hidden_path(finetuned: torch.nn.Module, source: BaseSource, probe: torch.Ten
     return head, base, lambda name, start, ids: run(ids)
 
 
-@torch.no_grad()
 def measure_forgetting(
     finetuned: torch.nn.Module,
     blocks: Mapping[str, torch.Tensor],
@@ -298,6 +297,26 @@ def measure_forgetting(
     With recorded predictions, `finetuned_hidden` gives the fine-tuned side's final hidden
     states instead of running `finetuned` (a setting known to be the base, in `mitigate`).
     """
+    sums = measure_sums(finetuned, blocks, base, batch_size, chunk_size, progress, finetuned_hidden)
+    return result_from_sums(sums, n_bootstrap, seed)
+
+
+SequenceSums = dict[str, dict[str, np.ndarray]]
+"""`{domain: {key: [n] per-sequence sums, ..., "tokens": [n] scored tokens}}`."""
+
+
+@torch.no_grad()
+def measure_sums(
+    finetuned: torch.nn.Module,
+    blocks: Mapping[str, torch.Tensor],
+    base: torch.nn.Module | BaseSource | None = None,
+    batch_size: int = 8,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    finetuned_hidden: Mapping[str, torch.Tensor] | None = None,
+) -> SequenceSums:
+    """`measure_forgetting`'s per-sequence sums, before any mean: what processes that each
+    measured a share of the sequences gather (`forgetscope.distributed`)."""
     source = BaseSource.of(base)
     models = [m for m in (finetuned, source.model) if m is not None]
     was_training = [m.training for m in models]
@@ -309,11 +328,8 @@ def measure_forgetting(
     base_logits = source.run(finetuned) if path is None and source.kind != "recorded" else None
     total_batches = sum((len(b) + batch_size - 1) // batch_size for b in blocks.values())
     bar = _ProgressBar(total_batches) if progress else nullcontext()
+    sums: SequenceSums = {}
     try:
-        domains: dict[str, dict[str, Any]] = {}
-        sequences: list[dict[str, Any]] = []
-        all_sums: dict[str, list[np.ndarray]] = {k: [] for k in METRIC_KEYS}
-        all_tokens: list[np.ndarray] = []
         with bar as advance:
             for name, ids in blocks.items():
                 batch_sums: dict[str, list[np.ndarray]] = {k: [] for k in METRIC_KEYS}
@@ -325,30 +341,35 @@ def measure_forgetting(
                               else finetuned_hidden[name][start : start + len(batch)].to(device))
                         made = source.log_probs[name][start // batch_size] if source.log_probs else None
                         reference = base_hidden(name, start, batch)
-                        sums = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head, base_head, made)
+                        batch_sum = sequence_sums(reference.to(ft.device), ft, batch, chunk_size, head, base_head, made)
                     else:  # a head forgetscope cannot rebuild: the models' whole logits
                         assert base_logits is not None
                         ft = full_logits(finetuned, batch)
-                        sums = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)
+                        batch_sum = sequence_sums(base_logits(batch).to(ft.device), ft, batch, chunk_size)
                     for k in METRIC_KEYS:
-                        batch_sums[k].append(sums[k].numpy())
+                        batch_sums[k].append(batch_sum[k].numpy())
                     if advance is not None:
                         advance()
-                dom_sums = {k: np.concatenate(v) for k, v in batch_sums.items()}
-                dom_tokens = np.full(len(ids), ids.shape[1] - 1)
-                domains[name] = summarize(dom_sums, dom_tokens, n_bootstrap, seed)
-                for i in range(len(ids)):
-                    sequences.append(
-                        {"domain": name, "index": i, "tokens": int(dom_tokens[i])}
-                        | {k: float(dom_sums[k][i] / dom_tokens[i]) for k in METRIC_KEYS}
-                    )
-                for k in METRIC_KEYS:
-                    all_sums[k].append(dom_sums[k])
-                all_tokens.append(dom_tokens)
-        overall = summarize({k: np.concatenate(v) for k, v in all_sums.items()}, np.concatenate(all_tokens), n_bootstrap, seed)
+                sums[name] = {k: np.concatenate(v) if v else np.zeros(0) for k, v in batch_sums.items()}
+                sums[name]["tokens"] = np.full(len(ids), ids.shape[1] - 1)
     finally:
         for m, training in zip(models, was_training):
             m.train(training)
+    return sums
+
+
+def result_from_sums(sums: SequenceSums, n_bootstrap: int = 1000, seed: int = 0) -> ForgettingResult:
+    """The metric overall, per domain and per sequence from per-sequence sums (`measure_sums`)."""
+    domains: dict[str, dict[str, Any]] = {}
+    sequences: list[dict[str, Any]] = []
+    for name, values in sums.items():
+        tokens = values["tokens"]
+        domains[name] = summarize(values, tokens, n_bootstrap, seed)
+        for i in range(len(tokens)):
+            sequences.append({"domain": name, "index": i, "tokens": int(tokens[i])}
+                             | {k: float(values[k][i] / tokens[i]) for k in METRIC_KEYS})
+    overall = summarize({k: np.concatenate([v[k] for v in sums.values()]) for k in METRIC_KEYS},
+                        np.concatenate([v["tokens"] for v in sums.values()]), n_bootstrap, seed)
     return ForgettingResult(overall=overall, domains=domains, sequences=sequences)
 
 
@@ -379,17 +400,23 @@ def base_chunk_log_probs(source: BaseSource, head: torch.nn.Module | OutputHead,
     return dataclasses.replace(source, log_probs=made)
 
 
-@torch.no_grad()
 def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16, chunk_size: int | None = None) -> float:
     """Token-weighted next-token cross-entropy of `model` on `[n, seq_len]` blocks: the float32
     head on `chunk_size` positions at a time (`chunk_positions`), summed in float64."""
+    losses = sequence_losses(model, blocks, batch_size, chunk_size)
+    return float(losses.sum()) / max(1, blocks[:, 1:].numel())
+
+
+@torch.no_grad()
+def sequence_losses(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16, chunk_size: int | None = None) -> np.ndarray:
+    """Each sequence's summed next-token cross-entropy (float64 `[n]`), as `mean_loss` adds them."""
     was_training = model.training
     model.eval()
     device = _input_device(model)
     head = output_head(model) if backbone(model) is not None else None
     if head is not None and len(blocks) and head_mismatch(model, blocks[:1].to(device)) is not None:
         head = None
-    total, count = torch.zeros((), dtype=torch.float64), 0
+    sums: list[torch.Tensor] = []
     try:
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size].to(device)
@@ -398,18 +425,17 @@ def mean_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 16
                 hidden = hidden.reshape(-1, hidden.shape[-1])
                 size = chunk_size or chunk_positions(head.vocab)
                 targets = batch[:, 1:].reshape(-1).to(hidden.device)
-                for i in range(0, len(hidden), size):
-                    losses = torch.nn.functional.cross_entropy(head(hidden[i : i + size]), targets[i : i + size], reduction="none")
-                    total += losses.double().sum().cpu()
+                losses = torch.cat([torch.nn.functional.cross_entropy(head(hidden[i : i + size]), targets[i : i + size],
+                                                                      reduction="none").double()
+                                    for i in range(0, len(hidden), size)])
             else:  # a head forgetscope cannot rebuild: the model's whole logits
                 logits = full_logits(model, batch)[:, :-1].float()
                 losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                           batch[:, 1:].reshape(-1).to(logits.device), reduction="none")
-                total += losses.double().sum().cpu()
-            count += batch[:, 1:].numel()
+                                                           batch[:, 1:].reshape(-1).to(logits.device), reduction="none").double()
+            sums.append(losses.view(len(batch), -1).sum(1).cpu())
     finally:
         model.train(was_training)
-    return float(total) / count
+    return torch.cat(sums).numpy() if sums else np.zeros(0)
 
 
 def kl_to_base(head: torch.nn.Module | OutputHead, hidden: torch.Tensor, base_hidden: torch.Tensor,
