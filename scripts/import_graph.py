@@ -36,6 +36,7 @@ LAYERS: list[list[str]] = [
     ["demo", "render"],
     ["options"],
     ["cli"],
+    ["__main__"],
 ]
 
 

@@ -28,12 +28,18 @@ TIMEOUT_S = 300  # a healthy run takes about 16 s on 2 cores
 pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch was built without gloo")
 
 
+def torchrun(*args: object) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 ARGS...`, failed by a timeout if it hangs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)],
+                          capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def launch(mode: str, llama_dir: Path, out: Path) -> list[dict]:
     """Run the worker in two processes; each one's `rank-N.json`."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-                           mode, str(llama_dir), str(out)], capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(WORKER, mode, llama_dir, out)
     return [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
 
 
@@ -104,3 +110,23 @@ def test_what_no_measurement_was_built_for_is_refused_before_the_first_step(setu
     with pytest.raises(UserInputError, match=setup) as refused:
         callback.on_train_begin(None, None, None, model=model)
     assert "\n" not in str(refused.value)
+
+
+def test_forgetscope_train_under_torchrun_writes_once_and_trains_what_one_process_does(llama_dir, eval_files, tmp_path):
+    train = ["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0], "--seq-len", 32, "--steps", 6,
+             "--eval-points", 3, "--eval-tokens", 256, "--batch-size", 4, "--device", "cpu", "--json"]
+    two = torchrun("-m", "forgetscope", *train, "--out", tmp_path / "two")
+    one = subprocess.run([sys.executable, "-m", "forgetscope", *map(str, train), "--out", tmp_path / "one"], capture_output=True,
+                         text=True, timeout=TIMEOUT_S)
+    assert one.returncode == 0, one.stderr[-3000:]
+    printed = json.loads(two.stdout)  # one JSON document: only the main process prints
+    written = [json.loads(line) for line in (tmp_path / "two" / "records.jsonl").read_text().splitlines()]
+    assert written == printed and [r["step"] for r in written] == [0, 1, 6], "each record once"
+    assert all(r["world_size"] == 2 and r["tokens_per_step"] == 4 * 32 for r in written)
+    assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").is_file()
+    # batch_size is the global batch: 2 processes of 2 sequences train what 1 of 4 does.
+    alone = [json.loads(line) for line in (tmp_path / "one" / "records.jsonl").read_text().splitlines()]
+    for a, b in zip(alone, written):
+        assert a["world_size"] == 1
+        for key in ("kl", "forgetting_ce", "ft_loss", "train_loss"):
+            assert b[key] == (None if a[key] is None else pytest.approx(a[key], rel=1e-4, abs=1e-8)), (a["step"], key)

@@ -195,13 +195,22 @@ def test_the_ray_executor_gives_the_same_records_as_local(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_submitit_executor_gives_the_same_records_as_local(sweep, tmp_path):
+def test_the_submitit_executor_gives_the_same_records_as_local_from_a_driver_without_the_points_device(sweep, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
+    import forgetscope.models
+
     result, config = sweep
+
+    def no_device_here(name):  # a login node: the points' device is not on the driver's machine
+        raise UserInputError(f"device {name!r} is not available on this machine")
+
+    monkeypatch.setattr(forgetscope.models, "resolve_device", no_device_here)  # the jobs are other processes
     on_submitit = run_sweep(config, tmp_path / "sub", executor="submitit", options={"cluster": "local"}, progress=False)
     assert on_submitit.failed == {}
     assert by_point_and_step(on_submitit.records) == by_point_and_step(result.records)
-    assert len(list((tmp_path / "sub" / "submitit").glob("*_result.pkl"))) == len(result.points)  # one job per point
+    assert len(list((tmp_path / "sub" / "submitit").glob("*_result.pkl"))) == len(result.points) + 1  # a job per point, one for the base
+    streamed = [read_records(path) for path in (tmp_path / "sub" / "submitit" / "records").glob("*.jsonl")]
+    assert sorted(len(lines) for lines in streamed) == [4] * len(result.points), "each job streamed its records through its file"
 
 
 @pytest.mark.parametrize(
@@ -344,7 +353,7 @@ def test_a_shorter_budget_trains_on_a_sample_of_the_longer_ones_text_not_its_fir
 
     def train_rows(steps: int) -> set[tuple]:
         config = parse_config(tiny_sweep_config(llama_dir, eval_files, steps=steps, ft_eval_tokens=32))
-        return {tuple(row) for row in prepare(config, str(llama_dir), record_base=False).train_blocks.tolist()}
+        return {tuple(row) for row in prepare(config, str(llama_dir)).train_blocks.tolist()}
 
     pilot, longer = train_rows(2), train_rows(12)
     assert len(pilot - longer) <= 1  # the pilot's text is the longer run's (but the one block each holds out)
@@ -361,3 +370,36 @@ def test_a_scripture_fine_tune_trains_on_held_out_chapters_so_it_cannot_also_be_
     with pytest.raises(UserInputError, match="held-out chapters"):
         parse_config(config)
     parse_config(config | {"eval_data": [{"embedded": "docs"}]})
+
+
+@pytest.mark.slow
+def test_a_point_that_dies_half_way_keeps_its_checkpointed_records_and_resumes_from_its_checkpoint(llama_dir, eval_files, tmp_path, monkeypatch):
+    """The point dies the moment the driver has its record of step 4 (before the checkpoint
+    of step 4 is saved: the Trainer saves after it logs), then the sweep is run again."""
+    from forgetscope.sweepdir import last_checkpoint
+
+    config = parse_config(tiny_sweep_config(llama_dir, eval_files, grid={"rank": [2], "target_modules": [["q_proj"]]},
+                                            steps=48, eval_points=5, checkpoints=True))  # measured at 0, 1, 4, 13, 48
+    whole = run_sweep(config.model_copy(update={"checkpoints": False}), tmp_path / "whole", progress=False)
+    point_id, append = whole.points[0].point_id, SweepStore.append
+
+    def die_at_step_4(store, record):
+        append(store, record)
+        if record["step"] == 4:
+            raise RuntimeError("the node went away")
+
+    monkeypatch.setattr(SweepStore, "append", die_at_step_4)
+    killed = run_sweep(config, tmp_path / "s", progress=False)
+    assert list(killed.failed) == [point_id]
+    assert last_checkpoint(tmp_path / "s" / "checkpoints" / point_id)[0] == 1
+    assert [r["step"] for r in read_records(tmp_path / "s" / "records.jsonl")] == [0, 1], "what preceded the checkpoint is kept"
+
+    monkeypatch.setattr(SweepStore, "append", append)
+    resumed = run_sweep(config, tmp_path / "s", retry_failed=True, progress=False)
+    assert resumed.failed == {}
+    records = read_records(tmp_path / "s" / "records.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 4, 13, 48], "each record exactly once"
+    for again, reference in zip(records, whole.records):
+        assert again["kl"] == pytest.approx(reference["kl"], rel=1e-4, abs=1e-9), again["step"]
+        assert again["train_loss"] == (None if reference["train_loss"] is None else pytest.approx(reference["train_loss"], rel=1e-5))
+    assert not (tmp_path / "s" / "checkpoints" / point_id).exists(), "a finished point's checkpoint is removed"

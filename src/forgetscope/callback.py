@@ -93,6 +93,11 @@ class ForgettingCallback(TrainerCallback):
             as a prior, and fits only this run's own factor (`forecast_run(prior=)`). Each
             measurement then forecasts the last step's KL, with or without a `budget`.
         progress: show a bar on stderr while a measurement runs (training waits for it).
+        checkpoint: ask the Trainer to save a checkpoint right after each measurement (its
+            `save_total_limit` says how many are kept): a run resumed from one lost nothing
+            it measured.
+        earlier: the records a run resumed from a checkpoint measured before it; steps they
+            hold are not measured again, and forecasts see them.
 
     Which of these is used is decided once, at the start of training, by
     `forgetscope.base_cache.choose_base_source`; `base_source` says what was chosen.
@@ -118,6 +123,8 @@ class ForgettingCallback(TrainerCallback):
         law: Mapping | None = None,
         law_arm: str | None = None,
         progress: bool = False,
+        checkpoint: bool = False,
+        earlier: Sequence[Record] = (),
     ):
         if not eval_blocks:
             raise ValueError("ForgettingCallback needs eval_blocks: {domain: [n, seq_len] token ids}")
@@ -133,7 +140,8 @@ class ForgettingCallback(TrainerCallback):
         self.on_record = on_record
         self.stopped_by_budget: str | None = None
         """Why the budget stopped training, when it did."""
-        self.records: list[Record] = []
+        self.records: list[Record] = list(earlier)
+        self.checkpoint = checkpoint
         self._pending: dict | None = None
         self._last_train_loss: float | None = None
 
@@ -194,6 +202,7 @@ class ForgettingCallback(TrainerCallback):
         should_log = control.should_log  # Trainer.log() below clears it; the step's own log must still happen
         record = self.measure(model, state.global_step)
         control.should_log = should_log
+        control.should_save = control.should_save or self.checkpoint
         # The main process decides, every process follows: all stop at the same step.
         reason = broadcast(self.budget.crossed(record) if is_main() else None)
         if reason is not None:

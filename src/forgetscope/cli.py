@@ -234,10 +234,16 @@ def train(
 ) -> None:
     """One LoRA / rsLoRA fine-tune with forgetting measured at log-spaced steps."""
     from forgetscope.data import check_data_sources, prepare_run_data, read_domains
+    from forgetscope.distributed import is_main, start
     from forgetscope.models import check_seq_len, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
     from forgetscope.train import check_out_dir, finetune, run_identity
 
-    check_out_dir(out, run_identity(lora, settings), overwrite)  # before anything is loaded or written
+    # Under torchrun or accelerate launch, each process trains on its own device and the main
+    # one alone checks --out, writes and prints.
+    on_device = start(resolve_device(device))
+    main = is_main()
+    if main:
+        check_out_dir(out, run_identity(lora, settings), overwrite)  # before anything is loaded or written
     fits = None
     if law is not None:
         from forgetscope.laws.select import load_fits
@@ -249,7 +255,7 @@ def train(
                         (ft_eval_data or [], "--ft-eval-data file"), (replay_data or [], "--replay-data file")):
         check_data_sources(files, what)
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base, resolve_dtype(settings.dtype), resolve_device(device))
+    model = load_causal_lm(base, resolve_dtype(settings.dtype), on_device)
     check_seq_len(model, settings.seq_len)
 
     def documents(files: list[Path] | None) -> list[str] | None:
@@ -259,7 +265,7 @@ def train(
                             batch_size=settings.batch_size, eval_tokens=settings.eval_tokens, ft_eval_tokens=settings.ft_eval_tokens,
                             replay_documents=documents(replay_data) if settings.needs_replay else None,
                             ft_eval_documents=documents(ft_eval_data))
-    created = not out.exists()
+    created = main and not out.exists()
     try:
         records = finetune(model, tokenizer, lora, settings, data.train_blocks, data.eval_blocks, data.ft_eval_blocks, out,
                            progress=True,  # bars on stderr: --json keeps stdout for the JSON
@@ -268,6 +274,8 @@ def train(
         if created:  # a run that failed (a full disk, say) leaves no half-written directory behind
             shutil.rmtree(out, ignore_errors=True)
         raise
+    if not main:
+        return
     if as_json:
         print(json.dumps(records))
     else:

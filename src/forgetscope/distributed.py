@@ -12,10 +12,22 @@ every function here is the identity, so one code path serves one process and man
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+def start(device: torch.device) -> torch.device:
+    """This process's device, starting the process group first (as accelerate, and so the
+    Trainer, does: gloo on CPUs, NCCL on GPUs) when a launcher started several processes
+    (`WORLD_SIZE` > 1: `torchrun`, `accelerate launch`); `device` itself with one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    from accelerate import PartialState
+
+    return PartialState(cpu=device.type == "cpu").device
 
 
 def world() -> tuple[int, int]:

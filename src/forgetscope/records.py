@@ -48,6 +48,8 @@ class Record(DomainMetrics, total=False):
     tokens_per_step: int
     """Tokens one optimizer step trains on (the global batch times the sequence length): what
     turns `step` into tokens seen, the same on any number of devices or accumulation steps."""
+    world_size: int
+    """The processes the run trained in (DDP: one per GPU), each on its share of the batch."""
     vocab_size: int
     """The output vocabulary: KL cannot sensibly exceed what a uniform prediction costs."""
     forecast: dict
@@ -85,6 +87,7 @@ class _RecordSchema(BaseModel):
     trainable_params: int | None = Field(None, ge=0)
     vocab_size: int | None = Field(None, ge=1)
     tokens_per_step: int | None = Field(None, ge=1)
+    world_size: int | None = Field(None, ge=1)
     eval_tokens: int | None = Field(None, ge=0)
     kl: float | None = None
     forgetting_ce: float | None = None

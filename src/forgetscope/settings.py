@@ -143,7 +143,7 @@ class LoraSettings(Settings):
 
 MANAGED_TRAINER_ARGS = {
     "output_dir": "--out", "max_steps": "steps", "per_device_train_batch_size": "micro_batch_size",
-    "gradient_accumulation_steps": "batch_size / micro_batch_size", "learning_rate": "learning_rate",
+    "gradient_accumulation_steps": "batch_size / (micro_batch_size x processes)", "learning_rate": "learning_rate",
     "lr_scheduler_type": "scheduler", "warmup_steps": "warmup_steps", "report_to": "report_to", "seed": "seed",
     "data_seed": "seed", "bf16": "dtype", "fp16": "dtype", "use_cpu": "--device", "gradient_checkpointing": "gradient_checkpointing",
     "activation_checkpointing": "gradient_checkpointing",
@@ -226,15 +226,18 @@ class _TrainSettings(Settings):
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise UserInputError(f"TrainSettings: batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
 
-    @property
-    def micro_batch(self) -> int:
-        """Sequences per forward and backward pass."""
-        return self.micro_batch_size or self.batch_size
-
-    @property
-    def accumulation_steps(self) -> int:
-        """Passes whose gradients make one optimizer step of `batch_size` sequences."""
-        return self.batch_size // self.micro_batch
+    def per_process(self, processes: int = 1) -> tuple[int, int]:
+        """`(sequences per forward pass, accumulation steps)` on each of `processes` (DDP),
+        making one optimizer step of `batch_size` sequences in all: `batch_size` is the
+        global batch that N counts, the same on any number of processes."""
+        if self.batch_size % processes:
+            raise UserInputError(f"batch_size {self.batch_size} does not split over {processes} processes: give a multiple of {processes}")
+        share = self.batch_size // processes
+        micro = min(self.micro_batch_size or share, share)
+        if share % micro:
+            raise UserInputError(f"batch_size {self.batch_size} over {processes} processes is {share} sequences each, "
+                                 f"not a multiple of micro_batch_size {micro}")
+        return micro, share // micro
 
     @property
     def replay_users(self) -> list[str]:

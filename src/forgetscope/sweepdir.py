@@ -110,18 +110,35 @@ class SweepStore:
         return {pid: s.get("error", "") for pid, s in self.status().items() if s.get("status") == "failed"}
 
     def mark(self, point_id: str, status: str, labels: dict, **extra) -> None:
-        """Record that a point ended; "finished" makes its records count."""
+        """Record that a point ended; "finished" makes its records count (and its checkpoint
+        needless: it is removed)."""
         write_atomically(self.points_dir / f"{plain_name(point_id, 'point id')}.json", json.dumps({"status": status, **labels, **extra}, indent=2))
+        if status == "finished":
+            shutil.rmtree(self.checkpoints(point_id), ignore_errors=True)
 
     def forget_point(self, point_id: str) -> None:
-        """Drop a point's status (to run it again) and any records it left."""
+        """Drop a point's status (to run it again) and what it left, except the records up to
+        its last checkpoint (`checkpoints`), from which it resumes."""
         (self.points_dir / f"{point_id}.json").unlink(missing_ok=True)
         for folder in self.dir.iterdir():
-            if folder.is_dir() and folder.name != "points":
+            if folder.is_dir() and folder.name not in ("points", CHECKPOINTS):
                 (folder / f"{point_id}.json").unlink(missing_ok=True)  # its artifacts, of any kind
         shutil.rmtree(self.dir / "adapters" / point_id, ignore_errors=True)
         self._streamed.pop(point_id, None)
-        self._rewrite(lambda r: r.get("point_id") != point_id)
+        self._rewrite(lambda r: r.get("point_id") != point_id or self._checkpointed(r))
+
+    def checkpoints(self, point_id: str) -> Path:
+        """Where an unfinished point keeps its Trainer checkpoints (sweeps with `checkpoints: true`)."""
+        return self.dir / CHECKPOINTS / plain_name(point_id, "point id")
+
+    def earlier_records(self, point_id: str) -> list[Record]:
+        """The records an unfinished point measured up to its last checkpoint: what it resumes with."""
+        return [r for r in read_records(self.records_path) if r.get("point_id") == point_id and self._checkpointed(r)]
+
+    def _checkpointed(self, record: Record) -> bool:
+        """Whether `record` was measured at or before its point's last complete checkpoint."""
+        last = last_checkpoint(self.checkpoints(str(record.get("point_id"))))
+        return last is not None and int(record.get("step", 0)) <= last[0]
 
     def check_data(self, digest: str) -> None:
         """Refuse to resume on other token blocks than the sweep started with (`DIR/data.json`
@@ -195,7 +212,7 @@ class SweepStore:
 
     def _drop_unfinished_records(self) -> None:
         done = self.finished()
-        self._rewrite(lambda r: r.get("point_id") in done)
+        self._rewrite(lambda r: r.get("point_id") in done or self._checkpointed(r))
 
     def _rewrite(self, keep) -> None:
         records = read_records(self.records_path)
@@ -228,6 +245,15 @@ def check_resumable(directory: Path, config: dict, identity: Callable[[dict], ob
 
 
 HELDOUT = "heldout.safetensors"
+CHECKPOINTS = "checkpoints"
+
+
+def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
+    """`(step, path)` of the latest complete Trainer checkpoint (`checkpoint-STEP/` holding its
+    `trainer_state.json`) in `folder`, or None."""
+    found = [(int(entry.name.removeprefix("checkpoint-")), entry) for entry in folder.glob("checkpoint-*")
+             if entry.name.removeprefix("checkpoint-").isdigit() and (entry / "trainer_state.json").is_file()]
+    return max(found) if found else None
 
 
 def read_heldout(directory: Path):

@@ -18,10 +18,12 @@ import torch
 
 from forgetscope.base_cache import BasePredictions
 from forgetscope.callback import ForgettingCallback
+from forgetscope.distributed import start, world
 from forgetscope.errors import UserInputError, first_line
 from forgetscope.files import check_output_dir, write_atomically
 from forgetscope.models import count_trainable_params
 from forgetscope.settings import LoraSettings, TrainSettings
+from forgetscope.sweepdir import last_checkpoint
 
 
 def apply_lora(model: torch.nn.Module, lora: LoraSettings):
@@ -109,6 +111,8 @@ def finetune(
     replay_blocks: torch.Tensor | None = None,
     overwrite: bool = False,
     law: Mapping | None = None,
+    checkpoint_dir: str | Path | None = None,
+    earlier: Sequence[dict] = (),
 ) -> RunRecords:
     """Fine-tune `model` (a base causal LM, adapted in place) and return its records.
 
@@ -121,6 +125,9 @@ def finetune(
     training mitigations that need one (`forgetscope.mitigate.training`), checked never to
     overlap `eval_blocks`. A non-empty `out_dir` is refused unless it holds
     an earlier run of the same settings, or `overwrite` is given (`check_out_dir`).
+    With `checkpoint_dir`, a Trainer checkpoint is saved there at every measurement (the last
+    one kept) and the run resumes from the last complete one found there; `earlier` are the
+    records the run measured up to it, which the returned records then start with.
     """
     import dataclasses
     import tempfile
@@ -135,7 +142,10 @@ def finetune(
     if len(train_blocks) == 0:
         raise UserInputError(f"fine-tuning text is shorter than one sequence of {settings.seq_len} tokens")
     identity = run_identity(lora, settings, data_digest(train_blocks, eval_blocks, ft_eval_blocks, replay_blocks))
-    if out_dir is not None:
+    start(next(model.parameters()).device)  # under torchrun: the process group, before the batch is split over it
+    rank, processes = world()
+    micro_batch, accumulation = settings.per_process(processes)
+    if out_dir is not None and rank == 0:  # the others would see the main process's files appear
         check_out_dir(Path(out_dir), identity, overwrite)
     if settings.needs_replay:
         if replay_blocks is None or len(replay_blocks) == 0:
@@ -147,8 +157,10 @@ def finetune(
     train_blocks = run.train_blocks
     trainable = count_trainable_params(peft_model)
     out = Path(out_dir) if out_dir is not None else None
+    writes = out is not None and rank == 0  # under many processes only the main one writes
     records_file = None
-    if out is not None:
+    if writes:
+        assert out is not None
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(out / "run.json", json.dumps({**identity, "trainable_params": trainable, "finished": False}, indent=2))
         records_file = open(out / "records.jsonl", "w")
@@ -156,6 +168,7 @@ def finetune(
     def record_sink(record: dict) -> None:
         record["trainable_params"] = trainable
         record["tokens_per_step"] = settings.batch_size * settings.seq_len
+        record["world_size"] = processes
         if records_file is not None:
             records_file.write(json.dumps(record) + "\n")
             records_file.flush()
@@ -164,10 +177,12 @@ def finetune(
 
     # The Trainer wants an output_dir; it writes nothing there but TensorBoard's event files
     # (`runs/`), which belong with the run's results. Without one, a scratch directory.
-    scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-") if out is None else None
+    scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-") if out is None and checkpoint_dir is None else None
+    resume_from = last_checkpoint(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     ids = train_blocks.tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
-    extra = {"save_strategy": "no", **settings.trainer_args}
+    # Checkpoints are saved by the callback at its measurements, not on the Trainer's schedule.
+    extra = {"save_strategy": "no", **({"save_total_limit": 1} if checkpoint_dir is not None else {}), **settings.trainer_args}
     # transformers 5 renamed gradient checkpointing "activation checkpointing" (the old names warn).
     renamed = "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if renamed else "gradient_checkpointing"
@@ -176,10 +191,10 @@ def finetune(
         extra[f"{checkpointing}_kwargs"] = {"use_reentrant": False}  # non-reentrant: PEFT needs no inputs that require grad
     try:
         args = TrainingArguments(
-            output_dir=scratch.name if scratch is not None else str(out),
+            output_dir=str(checkpoint_dir) if checkpoint_dir is not None else scratch.name if scratch is not None else str(out),
             max_steps=settings.steps,
-            per_device_train_batch_size=settings.micro_batch,
-            gradient_accumulation_steps=settings.accumulation_steps,
+            per_device_train_batch_size=micro_batch,
+            gradient_accumulation_steps=accumulation,
             learning_rate=settings.learning_rate,
             lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup_steps,
@@ -218,17 +233,20 @@ def finetune(
         law=law,
         law_arm=None if law is None else law_arm(law, lora),
         progress=progress,
+        checkpoint=checkpoint_dir is not None,
+        earlier=earlier if resume_from is not None else (),
     )
     trainer.add_callback(callback)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume_from[1]) if resume_from is not None else None)
     finally:
         model.config.use_cache = use_cache
         if scratch is not None:
             scratch.cleanup()
         if records_file is not None:
             records_file.close()
-    if out is not None:
+    if writes:
+        assert out is not None
         peft_model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
         write_atomically(out / "run.json", json.dumps({**identity, "trainable_params": trainable,

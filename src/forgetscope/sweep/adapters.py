@@ -60,7 +60,7 @@ def from_sweep(directory: Path, point: str = "largest", device: str = "auto") ->
     base_path = resolve_base(config)
     kept = read_heldout(Path(directory))
     if kept is None:  # a sweep from before it kept its held-out text: cut it again, by the same rule
-        inputs = prepare(config, base_path, record_base=False)  # the grid records the base itself, at its own batch size
+        inputs = prepare(config, base_path)
         kept = inputs.ft_eval_blocks, inputs.eval_blocks
     ft_eval_blocks, eval_blocks = kept
     model = load_causal_lm(base_path, resolve_dtype(config.dtype), resolve_device(device))

@@ -104,6 +104,10 @@ class Resources(Strict):
     gpus: float = Field(0.0, ge=0)
 
 
+RESUMABLE_SETTINGS = {"checkpoints"}
+"""Settings that change how points run, not what they measure: a sweep resumes with them changed."""
+
+
 class SweepConfig(Strict):
     """One sweep: a base model, data, a grid, and the budget every point shares. Any other
     top-level key must be the section of a registered end-of-point evaluator
@@ -118,6 +122,7 @@ class SweepConfig(Strict):
     eval_data: list[DataSource] = Field(min_length=1)
     replay_data: list[DataSource] | None = Field(None, min_length=1, description="Replay corpus of the grid's replay_fraction and kl_weight: pretraining-like text, never the eval text (an embedded corpus gives its pretraining split).")
     save_adapters: bool = Field(False, description="Keep every finished point's adapter in DIR/adapters/ID (for `forgetscope mitigate --sweep`).")
+    checkpoints: bool = Field(False, description="Save a Trainer checkpoint of each point at every measurement (the last one kept, in DIR/checkpoints/ID, removed when the point finishes): a point killed by a time limit or a pre-emption resumes from it with the records it measured up to it. The points must be able to write the sweep directory.")
     grid: Annotated[Annotated[Grid, Tag("")] | Annotated[list[Grid], Tag("-")],
                     Discriminator(lambda v: "-" if isinstance(v, list) else "")] = Field(
         default_factory=Grid, description="Every combination of the axes is one point; a list of grids runs their union.")
@@ -227,7 +232,7 @@ class SweepConfig(Strict):
     def identity(self) -> dict:
         """The settings that differ from their defaults: what must match for a sweep to resume,
         so that adding a field with a default never strands an old sweep directory."""
-        return self.model_dump(mode="json", exclude_defaults=True)
+        return self.model_dump(mode="json", exclude_defaults=True, exclude=RESUMABLE_SETTINGS)
 
     def train_settings(self, point) -> TrainSettings:
         """The `TrainSettings` of one grid point (`forgetscope.sweep.grid.Point`): the sweep's

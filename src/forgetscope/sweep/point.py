@@ -27,6 +27,16 @@ class NonFiniteLoss(RuntimeError):
 
 
 @dataclass
+class PointResume:
+    """Where a point keeps its checkpoints (a sweep with `checkpoints: true`), and the records it
+    measured up to the last one there, in an earlier attempt that a time limit or a pre-emption
+    ended: the point resumes from that checkpoint and measures only what follows."""
+
+    checkpoint_dir: str
+    earlier: list[Record] = field(default_factory=list)
+
+
+@dataclass
 class PointResult:
     """What one point produced: its records and artifacts (`{evaluator name: result}`), or the
     error that ended it."""
@@ -60,11 +70,13 @@ def _evaluate_at_end(config: SweepConfig, tokenizer, artifacts: dict):
 
 def run_point(
     config: SweepConfig, point: Point, inputs: SweepInputs,
-    on_record: Callable[[Record], None] | None = None, callbacks: Sequence = (),
+    on_record: Callable[[Record], None] | None = None, callbacks: Sequence = (), resume: PointResume | None = None,
 ) -> PointResult:
     """Fine-tune one point; every record carries the point's labels and goes to `on_record`
-    as it is measured. A failure of the point comes back in the result; a `UserInputError`
-    (a config that cannot work for any point) is raised."""
+    as it is measured. With `resume`, checkpoints are kept and an earlier attempt's last one
+    is resumed from; the result holds only the records measured after it. A failure of the
+    point comes back in the result; a `UserInputError` (a config that cannot work for any
+    point) is raised."""
     from forgetscope.models import load_tokenizer
     from forgetscope.train import finetune
 
@@ -84,11 +96,13 @@ def run_point(
             model = load_point_base(config, inputs.base_path)
             tokenizer = load_tokenizer(inputs.tokenizer_path)
             at_end = _evaluate_at_end(config, tokenizer, result.artifacts)
+            earlier = resume.earlier if resume is not None else []
             result.records = list(finetune(  # a plain list: it travels back to the driver
                 model, tokenizer, point.lora(), config.train_settings(point), inputs.train_blocks, inputs.eval_blocks,
                 inputs.ft_eval_blocks, out_dir=scratch if config.save_adapters else None, on_record=labelled, progress=False,
                 callbacks=[*callbacks, at_end], base_predictions=inputs.base_predictions, replay_blocks=inputs.replay_blocks,
-            ))
+                checkpoint_dir=resume.checkpoint_dir if resume is not None else None, earlier=earlier,
+            ))[len(earlier):]
             if config.save_adapters:  # carried back as bytes: the driver alone writes the sweep directory
                 result.adapter_files = {f.name: f.read_bytes() for f in (Path(scratch) / "adapter").iterdir() if f.is_file()}
     except (KeyboardInterrupt, SystemExit, UserInputError):

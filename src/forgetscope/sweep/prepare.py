@@ -1,5 +1,7 @@
-"""What every point of a sweep shares, done once by the driver: the base model's location,
-the token blocks, and the base model's recorded predictions on the eval text.
+"""What every point of a sweep shares: the base model's location and the token blocks, made
+once by the driver (`prepare`), and the base model's recorded predictions on the eval text
+with each evaluator's base result, made once where the points run (`base_work`): the driver
+of a Slurm or Ray sweep may have no GPU, and never loads the model.
 
 Nothing here trains; `point.py` runs one point on these inputs and the executors carry them
 to wherever points run.
@@ -112,11 +114,9 @@ def resolve_base(config: SweepConfig, progress: bool = True) -> str:
     return str(ensure_tiny_base(progress=progress))
 
 
-def prepare(config: SweepConfig, base_path: str, record_base: bool = True) -> SweepInputs:
+def prepare(config: SweepConfig, base_path: str) -> SweepInputs:
     """Tokenize the fine-tuning, eval and replay text by the rule every run follows
-    (`data.prepare_run_data`), and (with `record_base`) record the base model's predictions on
-    the eval text, on the device the points use."""
-    from forgetscope.base_cache import try_record_base_predictions
+    (`data.prepare_run_data`). The base predictions are left to `base_work`, where points run."""
     from forgetscope.models import load_tokenizer
 
     tokenizer_path = config.tokenizer or base_path
@@ -127,14 +127,45 @@ def prepare(config: SweepConfig, base_path: str, record_base: bool = True) -> Sw
     data = prepare_run_data(load_tokenizer(tokenizer_path), [d for docs in _documents(config.finetune_data, "finetune").values() for d in docs],
                             eval_documents, seq_len=config.seq_len, steps=config.steps, batch_size=config.batch_size,
                             eval_tokens=config.eval_tokens, ft_eval_tokens=config.ft_eval_tokens, replay_documents=replay)
-    base_predictions = None
-    if record_base:  # every point rebuilds its base logits from these hidden states with its own frozen head
-        base = load_point_base(config, base_path).requires_grad_(False)
-        with point_threads(config):  # the points' threads: the same hidden states on any machine
-            base_predictions = try_record_base_predictions(base, data.eval_blocks)
-        del base
-    return SweepInputs(base_path, tokenizer_path, data.train_blocks, data.ft_eval_blocks, data.eval_blocks, base_predictions,
-                       data.replay_blocks)
+    return SweepInputs(base_path, tokenizer_path, data.train_blocks, data.ft_eval_blocks, data.eval_blocks, None, data.replay_blocks)
+
+
+def record_base_hidden(config: SweepConfig, inputs: SweepInputs) -> BasePredictions | None:
+    """The base model's hidden states on the eval blocks, recorded on the points' device with
+    their threads (the same hidden states on any machine); every point rebuilds its base
+    logits from them with its own frozen head. None where the head cannot (`base_cache`)."""
+    from forgetscope.base_cache import try_record_base_predictions
+
+    base = load_point_base(config, inputs.base_path).requires_grad_(False)
+    with point_threads(config):
+        return try_record_base_predictions(base, inputs.eval_blocks)
+
+
+@dataclass
+class BaseWork:
+    """What is done once on the base model, where the points run."""
+
+    predictions: BasePredictions | None
+    """Its recorded hidden states on the eval blocks (`record_base`), when asked for."""
+    artifacts: dict[str, object]
+    """`{evaluator name: the base model's result}` for the evaluators asked for."""
+
+
+def base_work(config: SweepConfig, inputs: SweepInputs, record: bool, evaluators: list[str]) -> BaseWork:
+    """Record the base predictions (with `record`) and run `evaluators`' base evaluation
+    (`Evaluator.evaluate_base`) on the points' device, dtype and threads: the body of the
+    preparation task an executor runs where its points run (`Executor.prepare_base`)."""
+    from forgetscope.models import resolve_dtype
+    from forgetscope.sweep.evaluators import EVALUATORS
+
+    predictions = record_base_hidden(config, inputs) if record else None
+    sections = config.sections()
+    artifacts = {}
+    with point_threads(config):
+        for name in evaluators:
+            artifacts[name] = EVALUATORS.get(name).evaluate_base(sections[name], inputs.base_path, inputs.tokenizer_path,
+                                                                 point_device(config), resolve_dtype(config.dtype))
+    return BaseWork(predictions, artifacts)
 
 
 def check_modules(config: SweepConfig, points: list[Point], base_path: str) -> None:

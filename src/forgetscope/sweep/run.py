@@ -1,6 +1,8 @@
-"""Run a sweep: prepare the shared inputs once, submit every unfinished point to an
-executor, and store each result as it completes. This driver loop is the only code that
-writes the sweep directory, whatever the executor (`executors/`: local, ray, submitit).
+"""Run a sweep: prepare the shared inputs once, have the executor record and evaluate the
+base where its points run, submit every unfinished point to it, and store each result as
+it completes. This driver loop is the only code that writes the sweep directory, whatever
+the executor (`executors/`: local, ray, submitit), and it never loads the model: it may run
+on a machine without the points' GPU.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from forgetscope.sweep.config import SweepConfig, parse_config
 from forgetscope.sweep.evaluators import EVALUATORS
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext
 from forgetscope.sweep.grid import Point, expand
-from forgetscope.sweep.point import PointResult
-from forgetscope.sweep.prepare import check_modules, point_device, point_threads, prepare, resolve_base
+from forgetscope.sweep.point import PointResult, PointResume
+from forgetscope.sweep.prepare import check_modules, prepare, resolve_base
 from forgetscope.sweepdir import SweepStore, check_resumable, finished_points
 from forgetscope.train import data_digest
 
@@ -50,6 +52,7 @@ def run_sweep(
     # sweep needs no inputs).
     finished = finished_points(out)
     inputs = prepare(config, base_path) if any(p.point_id not in finished for p in points) else None
+    sections = config.sections()
     with SweepStore(out, config.canonical(), identity=_identity) as store:
         done, failed = store.finished(), store.failed()
         if retry_failed:
@@ -64,16 +67,24 @@ def run_sweep(
                                          context.inputs.ft_eval_blocks, context.inputs.replay_blocks))
             if config.save_adapters:
                 store.save_heldout(context.inputs.ft_eval_blocks, context.inputs.eval_blocks)
-        _evaluate_base(config, base_path, store)
-        if todo:
-            with _SweepProgress(len(points), len(skipped), config.steps, progress) as bar:
-                context.on_record, context.step_callback = store.append, bar.step_callback
-                with engine:
-                    for point in todo:
-                        engine.submit(point)
-                    for result in engine.as_completed():
-                        _store(store, result)
-                        bar.point_done()
+        unevaluated = [name for name in sections if store.artifact(name, "base") is None]
+        if not todo and not unevaluated:
+            return SweepResult(Path(out), points, [], skipped, store.failed(), store.records())
+        context.inputs = context.inputs or inputs or prepare(config, base_path)
+        with _SweepProgress(len(points), len(skipped), config.steps, progress and bool(todo)) as bar, engine:
+            work = engine.prepare_base(record=bool(todo), evaluators=unevaluated)
+            context.inputs.base_predictions = work.predictions
+            for name, artifact in work.artifacts.items():
+                store.save_artifact(name, "base", artifact)
+            context.on_record, context.step_callback = store.append, bar.step_callback
+            if config.checkpoints:
+                context.resume = {p.point_id: PointResume(str(store.checkpoints(p.point_id)), store.earlier_records(p.point_id))
+                                  for p in todo}
+            for point in todo:
+                engine.submit(point)
+            for result in engine.as_completed():
+                _store(store, result)
+                bar.point_done()
         return SweepResult(Path(out), points, [p.point_id for p in todo], skipped, store.failed(), store.records())
 
 
@@ -84,7 +95,8 @@ def _identity(data: dict) -> dict:
 
 def _store(store: SweepStore, result: PointResult) -> None:
     """Keep a finished point's artifacts and records, then mark it: only then do they count.
-    Records an in-process executor already streamed are not written twice."""
+    Records an executor already streamed are not written twice. A failed point keeps the
+    records up to its last checkpoint, if it has one, to resume from."""
     point_id, labels = result.point.point_id, result.point.labels()
     if not result.ok:
         store.forget_point(point_id)
@@ -98,18 +110,6 @@ def _store(store: SweepStore, result: PointResult) -> None:
     for record in result.records[streamed:]:
         store.append(record)
     store.mark(point_id, "finished", labels, records=len(result.records))
-
-
-def _evaluate_base(config: SweepConfig, base_path: str, store: SweepStore) -> None:
-    """Each enabled evaluator's base result, once per sweep, on the device and threads of a point."""
-    for name, settings in config.sections().items():
-        if store.artifact(name, "base") is None:
-            with point_threads(config):
-                from forgetscope.models import resolve_dtype
-
-                result = EVALUATORS.get(name).evaluate_base(settings, base_path, config.tokenizer or base_path, point_device(config),
-                                                                    resolve_dtype(config.dtype))
-            store.save_artifact(name, "base", result)
 
 
 class _SweepProgress:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydantic.fields import FieldInfo
 
+from forgetscope.distributed import world
 from forgetscope.errors import UserInputError
 from forgetscope.extensions import TRAINING_MITIGATIONS
 
@@ -57,7 +58,7 @@ class KLPenalty:
 
     def apply(self, value: float, run) -> None:
         try:
-            distillation = ReplayDistillation(run.model, run.replay_blocks, run.settings.micro_batch, run.settings.seed)
+            distillation = ReplayDistillation(run.model, run.replay_blocks, run.settings.per_process(world()[1])[0], run.settings.seed)
         except ValueError as exc:
             raise UserInputError(f"kl_weight: {exc}") from None
         run.loss_terms.append(lambda model: value * distillation.penalty(model))

@@ -6,6 +6,8 @@ directory, so no executor needs a shared filesystem for results.
     class MyExecutor:
         def __init__(self, context: ExecutorContext): ...
         def __enter__(self) / __exit__(self, *exc): start and stop the engine
+        def prepare_base(self, record: bool, evaluators: list[str]) -> BaseWork:
+            `prepare.base_work` where the points run, before any is submitted
         def submit(self, point: Point) -> None: ...
         def as_completed(self) -> Iterator[PointResult]: each submitted point once
 
@@ -24,8 +26,8 @@ from forgetscope.records import Record
 from forgetscope.registry import Registry
 from forgetscope.sweep.config import SweepConfig
 from forgetscope.sweep.grid import Point
-from forgetscope.sweep.point import PointResult
-from forgetscope.sweep.prepare import SweepInputs
+from forgetscope.sweep.point import PointResult, PointResume
+from forgetscope.sweep.prepare import BaseWork, SweepInputs, base_work
 
 
 @dataclass
@@ -42,6 +44,9 @@ class ExecutorContext:
     """Called by executors that run points in this process with each record as it is measured."""
     step_callback: Callable[[Point], object] | None = None
     """A `TrainerCallback` per point that moves a progress bar (in-process executors)."""
+    resume: dict[str, PointResume] = field(default_factory=dict)
+    """Per point id, its checkpoints and earlier records (sweeps with `checkpoints: true`),
+    set by the driver: executors pass them to `run_point`."""
 
     def shared_inputs(self) -> SweepInputs:
         """`inputs`, which the driver sets before the executor starts."""
@@ -61,6 +66,7 @@ class Executor(Protocol):
     def __init__(self, context: ExecutorContext) -> None: ...
     def __enter__(self) -> Executor: ...
     def __exit__(self, *exc) -> None: ...
+    def prepare_base(self, record: bool, evaluators: list[str]) -> BaseWork: ...
     def submit(self, point: Point) -> None: ...
     def as_completed(self) -> Iterator[PointResult]: ...
 
@@ -68,8 +74,15 @@ class Executor(Protocol):
 EXECUTORS: Registry[type[Executor]] = Registry("executors", __name__)
 
 
-def run_remote(config_data: dict, point: Point, inputs: SweepInputs) -> PointResult:
-    """The body of a point in another process: the config travels as plain data."""
+def run_remote(config_data: dict, point: Point, inputs: SweepInputs, resume: PointResume | None = None,
+               on_record: Callable[[Record], None] | None = None) -> PointResult:
+    """The body of a point in another process: the config travels as plain data; `on_record`
+    streams each record to the driver as it is measured."""
     from forgetscope.sweep.point import run_point
 
-    return run_point(SweepConfig.model_validate(config_data), point, inputs)
+    return run_point(SweepConfig.model_validate(config_data), point, inputs, on_record=on_record, resume=resume)
+
+
+def prepare_remote(config_data: dict, inputs: SweepInputs, record: bool, evaluators: list[str]) -> BaseWork:
+    """The body of the preparation task in another process (`prepare.base_work`)."""
+    return base_work(SweepConfig.model_validate(config_data), inputs, record, evaluators)

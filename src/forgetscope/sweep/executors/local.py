@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from forgetscope.sweep.executors import EXECUTORS, ExecutorContext
 from forgetscope.sweep.grid import Point
 from forgetscope.sweep.point import PointResult, run_point
+from forgetscope.sweep.prepare import BaseWork, base_work
 
 
 class LocalExecutor:
@@ -22,6 +23,9 @@ class LocalExecutor:
     def __exit__(self, *exc) -> None:
         self.queue.clear()
 
+    def prepare_base(self, record: bool, evaluators: list[str]) -> BaseWork:
+        return base_work(self.context.config, self.context.shared_inputs(), record, evaluators)
+
     def submit(self, point: Point) -> None:
         self.queue.append(point)
 
@@ -30,7 +34,8 @@ class LocalExecutor:
         while self.queue:
             point = self.queue.pop(0)
             callbacks = [c.step_callback(point)] if c.step_callback is not None else []
-            yield run_point(c.config, point, c.shared_inputs(), on_record=c.on_record, callbacks=callbacks)
+            yield run_point(c.config, point, c.shared_inputs(), on_record=c.on_record, callbacks=callbacks,
+                            resume=c.resume.get(point.point_id))
 
 
 EXECUTORS.register("local", LocalExecutor)

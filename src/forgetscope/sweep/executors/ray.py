@@ -1,6 +1,9 @@
 """`ray`: one Ray task per point with the resources the config asks for (`resources.cpus`,
 `resources.gpus`, fractions allowed). The shared inputs go to the object store once; results
-come back to the driver through `ray.wait`.
+come back to the driver through `ray.wait`, and each record streams to it through a Ray queue
+as it is measured: a task lost to a node failure or a time limit keeps what it measured up
+to its last checkpoint (`checkpoints: true`). The base model is recorded and evaluated in a
+task with a point's resources too (`prepare_base`): the driver may be a CPU-only head.
 
 Options: `address` (a running cluster, e.g. `ray://head:10001` or `auto`; default: start
 a cluster of this machine for the sweep alone, listening on 127.0.0.1 only, and shut it
@@ -16,14 +19,17 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from forgetscope.errors import UserInputError, first_line
-from forgetscope.sweep.executors import EXECUTORS, ExecutorContext, run_remote
+from forgetscope.sweep.executors import EXECUTORS, ExecutorContext, prepare_remote, run_remote
 from forgetscope.sweep.grid import Point
 from forgetscope.sweep.point import PointResult
 
 if TYPE_CHECKING:
     from ray import ObjectRef
 
-    from forgetscope.sweep.prepare import SweepInputs
+    from forgetscope.sweep.prepare import BaseWork, SweepInputs
+
+
+POLL_SECONDS = 1.0
 
 
 class RayExecutor:
@@ -46,8 +52,12 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         resources = self.context.config.resources
         self.task = ray.remote(run_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus)
+        self.preparation = ray.remote(prepare_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus)
         self.config_data = self.context.config.canonical()
         self.inputs_ref = None  # put on the first submit, into this cluster's object store
+        from ray.util.queue import Queue
+
+        self.records = Queue(actor_options={"num_cpus": 0})  # an actor: tasks put, the driver takes
         return self
 
     def __exit__(self, *exc) -> None:
@@ -55,14 +65,29 @@ class RayExecutor:
             self.ray.shutdown()
         self.restore()
 
+    def prepare_base(self, record: bool, evaluators: list[str]) -> BaseWork:
+        """A task with a point's resources: the driver may have no GPU."""
+        return self.ray.get(self.preparation.remote(self.config_data, self.context.shared_inputs(), record, evaluators))
+
     def submit(self, point: Point) -> None:
         if self.inputs_ref is None:  # once, into the object store: every task reads the same copy
             self.inputs_ref = self.ray.put(self.context.shared_inputs())
-        self.pending[self.task.remote(self.config_data, point, self.inputs_ref)] = point
+        resume = self.context.resume.get(point.point_id)
+        self.pending[self.task.remote(self.config_data, point, self.inputs_ref, resume, self.records.put)] = point
+
+    def _take_records(self) -> None:
+        """Store every record the tasks streamed so far (`ExecutorContext.on_record`)."""
+        size = self.records.qsize()
+        for record in self.records.get_nowait_batch(size) if size else []:
+            if self.context.on_record is not None:
+                self.context.on_record(record)
 
     def as_completed(self) -> Iterator[PointResult]:
         while self.pending:
-            done, _ = self.ray.wait(list(self.pending), num_returns=1)
+            done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=POLL_SECONDS)
+            self._take_records()  # a finished task's puts all returned before it did
+            if not done:
+                continue
             point = self.pending.pop(done[0])
             try:
                 yield self.ray.get(done[0])
