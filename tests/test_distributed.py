@@ -112,9 +112,10 @@ def test_what_no_measurement_was_built_for_is_refused_before_the_first_step(setu
     assert "\n" not in str(refused.value)
 
 
-def test_forgetscope_train_under_torchrun_writes_once_and_trains_what_one_process_does(llama_dir, eval_files, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.multi_gpu)])  # gloo, or NCCL on 2 GPUs
+def test_forgetscope_train_under_torchrun_writes_once_and_trains_what_one_process_does(device, llama_dir, eval_files, tmp_path):
     train = ["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0], "--seq-len", 32, "--steps", 6,
-             "--eval-points", 3, "--eval-tokens", 256, "--batch-size", 4, "--device", "cpu", "--json"]
+             "--eval-points", 3, "--eval-tokens", 256, "--batch-size", 4, "--device", device, "--json"]
     two = torchrun("-m", "forgetscope", *train, "--out", tmp_path / "two")
     one = subprocess.run([sys.executable, "-m", "forgetscope", *map(str, train), "--out", tmp_path / "one"], capture_output=True,
                          text=True, timeout=TIMEOUT_S)

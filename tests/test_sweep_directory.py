@@ -128,3 +128,13 @@ def test_fit_leaves_out_records_with_non_finite_values_and_counts_them(tmp_path,
     assert "note: left out 4 records with non-finite values" in err
     fits = json.loads((directory / "fits.json").read_text())
     assert fits["n_records"] == len(records) - 4 and fits["skipped_records"]["non_finite"] == 4
+
+
+def test_two_writers_of_one_file_never_share_a_scratch_name_and_both_are_cleaned_up(tmp_path):
+    """Processes on two machines that share a directory may have the same process id."""
+    from forgetscope.files import scratch_path
+    from forgetscope.sweepdir import _is_scratch
+
+    names = {scratch_path(tmp_path / "records.jsonl") for _ in range(100)}
+    assert len(names) == 100 and all(_is_scratch(name) for name in names)
+    assert _is_scratch(tmp_path / ".config.yaml.4242.tmp"), "an earlier version's scratch name is still recognised"

@@ -114,8 +114,12 @@ def _check_writable(path: Path, what: str, ancestors: list[Path]) -> None:
 
 
 def scratch_path(path: Path) -> Path:
-    """The scratch file a writer of `path` uses: hidden, beside it, named by the writer's process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """The scratch file a writer of `path` uses: hidden, beside it, named by the writer's
+    process and a random token, so no two writers share one, even on two machines that
+    share the directory (a process id is unique on one machine only)."""
+    import secrets
+
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 @contextmanager

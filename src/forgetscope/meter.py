@@ -43,20 +43,28 @@ class ForgettingMeter:
         self.eval_blocks = dict(eval_blocks)
         self.ft_eval_blocks = ft_eval_blocks
         self.base_model, self.base_predictions, self.record_base = base_model, base_predictions, record_base
-        # This process's share of the text, and of predictions recorded for all of it.
-        self.shards = {name: Shard.of(len(ids)) for name, ids in self.eval_blocks.items()}
-        self.local_blocks = {name: self.shards[name].take(ids) for name, ids in self.eval_blocks.items()}
-        if base_predictions is not None and world()[1] > 1:
-            self.base_predictions = BasePredictions({name: self.shards[name].take(hidden) for name, hidden
-                                                     in base_predictions.hidden.items()}, base_predictions.key)
         self.cache_dir = cache_dir
         self.batch_size, self.progress = batch_size, progress
         self.base_source: BaseSource | None = base_source
         """Where base predictions come from, chosen by `start` (or the first measurement)."""
+        self.local_blocks = self.eval_blocks
+        """This process's share of `eval_blocks`, set by `start`."""
+
+    @property
+    def shards(self) -> dict[str, Shard]:
+        """This process's share of each domain's sequences, among the processes there are now
+        (asked at each use: a Trainer starts the process group after its callbacks are made)."""
+        return {name: Shard.of(len(ids)) for name, ids in self.eval_blocks.items()}
 
     def start(self, model: torch.nn.Module) -> BaseSource:
-        """Choose the base source for `model` (recording the base's predictions if asked), once."""
+        """Choose the base source for `model` (recording the base's predictions if asked), once,
+        for this process's share of the text (`shards`)."""
         if self.base_source is None:
+            shards = self.shards
+            self.local_blocks = {name: shards[name].take(ids) for name, ids in self.eval_blocks.items()}
+            if self.base_predictions is not None and world()[1] > 1:  # recorded for all of the text
+                self.base_predictions = BasePredictions({name: shards[name].take(hidden) for name, hidden
+                                                         in self.base_predictions.hidden.items()}, self.base_predictions.key)
             # A separate base is run, not recorded: one measurement costs a forward pass either way.
             self.base_source = choose_base_source(model, self.local_blocks, base=self.base_model, recorded=self.base_predictions,
                                                   record=self.record_base and self.base_model is None, cache_dir=self.cache_dir,
@@ -68,7 +76,8 @@ class ForgettingMeter:
         """The metric overall, per domain and per sequence (bootstrapped intervals with
         `n_bootstrap`); `finetuned_hidden`: the model's final hidden states, when known to be
         the base's (`metric.measure_forgetting`; one process only)."""
-        mine = measure_sums(model, self.local_blocks, base=self.start(model), batch_size=self.batch_size,
+        base = self.start(model)
+        mine = measure_sums(model, self.local_blocks, base=base, batch_size=self.batch_size,
                             progress=self.progress and world()[0] == 0, finetuned_hidden=finetuned_hidden)
         return result_from_sums(self._gathered(mine), n_bootstrap, seed)
 
@@ -76,7 +85,8 @@ class ForgettingMeter:
         """Every process's real rows (padding dropped), in process order: all the sequences."""
         if world()[1] == 1:
             return mine
-        shares = all_gather({name: {key: values[: self.shards[name].real] for key, values in sums.items()}
+        shards = self.shards
+        shares = all_gather({name: {key: values[: shards[name].real] for key, values in sums.items()}
                              for name, sums in mine.items()})
         return {name: {key: np.concatenate([share[name][key] for share in shares]) for key in mine[name]} for name in mine}
 

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from forgetscope.errors import UserInputError, first_line
-from forgetscope.files import atomic_path, plain_name, read_json, read_yaml, write_atomically
+from forgetscope.files import atomic_path, plain_name, read_json, read_yaml, scratch_path, write_atomically
 from forgetscope.records import Record, read_records
 
 
@@ -175,7 +175,7 @@ class SweepStore:
         """Store a point's adapter files as `DIR/adapters/ID/`, whole or not at all (written
         beside it, then renamed into place)."""
         target = self.dir / "adapters" / plain_name(point_id, "point id")
-        scratch = target.with_name(f".{point_id}.tmp")
+        scratch = scratch_path(target)
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         for name, data in files.items():
@@ -294,10 +294,11 @@ def _is_skeleton(directory: Path) -> bool:
 
 
 def _is_scratch(path: Path) -> bool:
-    """A scratch file of `files.write_atomically` (`.NAME.PID.tmp`): a writer killed mid-write
-    leaves one; once the directory's lock is ours, no live writer owns it."""
+    """A scratch file of `files.scratch_path` (`.NAME.PID.TOKEN.tmp`, or `.NAME.PID.tmp` as
+    earlier versions wrote): a writer killed mid-write leaves one; once the directory's lock
+    is ours, no live writer owns it."""
     parts = path.name.split(".")
-    return path.name.startswith(".") and len(parts) >= 4 and parts[-1] == "tmp" and parts[-2].isdigit()
+    return path.name.startswith(".") and len(parts) >= 4 and parts[-1] == "tmp" and (parts[-2].isdigit() or parts[-3].isdigit())
 
 
 def _remove_scratch(directory: Path) -> None:

@@ -51,7 +51,9 @@ class RayExecutor:
         if self.started_here:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         resources = self.context.config.resources
-        self.task = ray.remote(run_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus)
+        # No retries by Ray: a retried task would stream its records again; the sweep resumes a
+        # failed point itself, from its checkpoint (`checkpoints: true`).
+        self.task = ray.remote(run_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=0)
         self.preparation = ray.remote(prepare_remote).options(num_cpus=resources.cpus, num_gpus=resources.gpus)
         self.config_data = self.context.config.canonical()
         self.inputs_ref = None  # put on the first submit, into this cluster's object store
