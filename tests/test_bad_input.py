@@ -333,7 +333,7 @@ def test_the_submitit_job_folder_holds_no_pickle_of_ours(tmp_path):
     marker = tmp_path / "ran"
     torch.save({"payload": _TouchesMarker(str(marker))}, path)  # what an attacker would put there
     with pytest.raises(SafetensorError):
-        _run_job({}, None, str(path))
+        _run_job({}, None, str(path), str(tmp_path / "records.jsonl"), None)
     assert not marker.exists()
 
 

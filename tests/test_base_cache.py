@@ -206,3 +206,16 @@ def test_with_recorded_predictions_no_full_vocabulary_logits_are_made(llama_dir,
     assert 0 < tracked.largest_with(vocab) <= 16 * vocab
 
 
+
+
+def test_a_model_whose_weights_are_not_here_still_has_a_fingerprint(llama_dir):
+    """Meta (or offloaded) parameters hold no data to sample: they count by name and shape."""
+    from transformers import AutoConfig
+
+    from forgetscope.base_cache import cache_key
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(llama_dir))
+    blocks = {"a": torch.zeros(2, 8, dtype=torch.long)}
+    assert cache_key(skeleton, blocks) == cache_key(skeleton, blocks)
+    assert cache_key(skeleton, blocks) != cache_key(AutoModelForCausalLM.from_pretrained(llama_dir), blocks)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pydantic.fields import FieldInfo
 
-from forgetscope.distributed import world
 from forgetscope.errors import UserInputError
 from forgetscope.extensions import TRAINING_MITIGATIONS
 
@@ -58,6 +57,8 @@ class KLPenalty:
 
     def apply(self, value: float, run) -> None:
         try:
+            from forgetscope.distributed import world  # lazily: settings load this file, and fits never need torch
+
             distillation = ReplayDistillation(run.model, run.replay_blocks, run.settings.per_process(world()[1])[0], run.settings.seed)
         except ValueError as exc:
             raise UserInputError(f"kl_weight: {exc}") from None
