@@ -1,12 +1,14 @@
 """One process of the many-process tests (`tests/test_distributed.py`), started by `torchrun`.
 
-    torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py ddp|fsdp2 LLAMA_DIR OUT
+    torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py ddp,fsdp2 LLAMA_DIR OUT
 
 `ddp`: a Trainer run over gloo on CPU with `ForgettingCallback` and a KL budget that stops it.
 `fsdp2`: the same callback driven by hand around a model sharded with FSDP2's `fully_shard`
-(the Trainer only shards with FSDP on GPUs). Each process writes `OUT/rank-N.json`: the step
-it stopped at, its records and how many forgetting logs it saw; the main process also writes
-the trained adapter (`OUT/adapter`) for the test to measure in one process.
+(the Trainer only shards with FSDP on GPUs). The modes run one after the other in the same
+processes (starting them costs more than either run). Each process writes
+`OUT/MODE-rank-N.json`: the step it stopped at, its records and how many forgetting logs it
+saw; the main process also writes the trained LoRA weights (`OUT/ddp-adapter`,
+`OUT/fsdp2-lora.pt`) for the test to measure in one process.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def ddp(llama_dir: str, out: Path) -> dict:
     trainer.add_callback(callback)
     trainer.train()
     if world()[0] == 0:
-        model.save_pretrained(out / "adapter")
+        model.save_pretrained(out / "ddp-adapter")
     return {"step": trainer.state.global_step, "records": callback.records, "logs": counter.seen,
             "stopped_by_budget": callback.stopped_by_budget}
 
@@ -73,7 +75,8 @@ def fsdp2(llama_dir: str, out: Path) -> dict:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # after the ddp mode, the Trainer's group is still there
+        dist.init_process_group("gloo")
     model = adapted(llama_dir)
     eval_blocks, ft_blocks, train_blocks = blocks(model.config.vocab_size)
     for layer in model.base_model.model.model.layers:
@@ -99,13 +102,14 @@ def fsdp2(llama_dir: str, out: Path) -> dict:
     callback.on_train_end(Args, state, control, model=model)
     lora = {name: param.full_tensor() for name, param in model.named_parameters() if "lora_" in name}  # every process gathers
     if rank == 0:
-        torch.save(lora, out / "lora.pt")
+        torch.save(lora, out / "fsdp2-lora.pt")
     return {"step": state.global_step, "records": callback.records, "logs": 0, "base_source": callback.base_source.kind,
             "sharded": callback.base_source.reason}
 
 
 if __name__ == "__main__":
-    mode, llama_dir, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    modes, llama_dir, out = sys.argv[1].split(","), sys.argv[2], Path(sys.argv[3])
     torch.set_num_threads(1)
-    result = {"ddp": ddp, "fsdp2": fsdp2}[mode](llama_dir, out)
-    (out / f"rank-{world()[0]}.json").write_text(json.dumps(result))
+    for mode in modes:
+        result = {"ddp": ddp, "fsdp2": fsdp2}[mode](llama_dir, out)
+        (out / f"{mode}-rank-{world()[0]}.json").write_text(json.dumps(result))

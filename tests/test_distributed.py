@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from cli_helpers import run_cli
 from forgetscope.distributed import Shard
 from forgetscope.meter import ForgettingMeter
 from forgetscope.metric import METRIC_KEYS
@@ -37,10 +38,17 @@ def torchrun(*args: object) -> subprocess.CompletedProcess:
     return done
 
 
-def launch(mode: str, llama_dir: Path, out: Path) -> list[dict]:
-    """Run the worker in two processes; each one's `rank-N.json`."""
-    torchrun(WORKER, mode, llama_dir, out)
-    return [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+@pytest.fixture(scope="module")
+def launched(llama_dir, tmp_path_factory) -> Path:
+    """The worker's DDP and FSDP2 runs, in one launch of two processes."""
+    out = tmp_path_factory.mktemp("two-processes")
+    torchrun(WORKER, "ddp,fsdp2", llama_dir, out)
+    return out
+
+
+def per_process(out: Path, mode: str) -> list[dict]:
+    """What each process of `mode` wrote (`MODE-rank-N.json`), main first."""
+    return [json.loads((out / f"{mode}-rank-{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def one_process_record(model, step: int) -> dict:
@@ -69,26 +77,26 @@ def test_shares_cover_every_row_once_and_every_process_runs_as_many():
         assert torch.cat([t[: s.real] for t, s in zip(taken, shards)]).flatten().tolist() == list(range(n))
 
 
-def test_under_ddp_every_process_stops_at_the_budget_and_the_main_one_records_what_one_process_measures(llama_dir, tmp_path):
-    main, other = launch("ddp", llama_dir, tmp_path)
+def test_under_ddp_every_process_stops_at_the_budget_and_the_main_one_records_what_one_process_measures(llama_dir, launched):
+    main, other = per_process(launched, "ddp")
     assert main["stopped_by_budget"] and main["stopped_by_budget"] == other["stopped_by_budget"]
     assert main["step"] == other["step"] < 8, "both processes stop at the step the budget was crossed"
     assert [r["step"] for r in main["records"]][-1] == main["step"]
     assert other["records"] == [], "records are kept once, on the main process"
     assert main["logs"] == len(main["records"]) and other["logs"] == 0, "each measurement is logged once"
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir), tmp_path / "adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir), launched / "ddp-adapter")
     assert_same_measurement(main["records"][-1], one_process_record(model, main["step"]))
 
 
-def test_under_fsdp2_every_process_joins_each_forward_and_the_result_is_one_process_s(llama_dir, tmp_path):
+def test_under_fsdp2_every_process_joins_each_forward_and_the_result_is_one_process_s(llama_dir, launched):
     sys.path.insert(0, str(WORKER.parent))
     from distributed_worker import adapted
 
-    main, other = launch("fsdp2", llama_dir, tmp_path)
+    main, other = per_process(launched, "fsdp2")
     assert main["step"] == other["step"] == 4 and [r["step"] for r in main["records"]] == [0, 2, 4] and other["records"] == []
     assert main["base_source"] == "adapter" and "FSDP2" in main["sharded"], "sharded weights are measured through the model's forward"
     model = adapted(str(llama_dir))
-    missing = model.load_state_dict(torch.load(tmp_path / "lora.pt"), strict=False)
+    missing = model.load_state_dict(torch.load(launched / "fsdp2-lora.pt"), strict=False)
     assert not missing.unexpected_keys
     assert_same_measurement(main["records"][-1], one_process_record(model, 4))
 
@@ -113,13 +121,12 @@ def test_what_no_measurement_was_built_for_is_refused_before_the_first_step(setu
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.multi_gpu)])  # gloo, or NCCL on 2 GPUs
-def test_forgetscope_train_under_torchrun_writes_once_and_trains_what_one_process_does(device, llama_dir, eval_files, tmp_path):
+def test_forgetscope_train_under_torchrun_writes_once_and_trains_what_one_process_does(device, llama_dir, eval_files, tmp_path, capsys):
     train = ["train", "--base", llama_dir, "--train-data", eval_files[1], "--eval-data", eval_files[0], "--seq-len", 32, "--steps", 6,
              "--eval-points", 3, "--eval-tokens", 256, "--batch-size", 4, "--device", device, "--json"]
     two = torchrun("-m", "forgetscope", *train, "--out", tmp_path / "two")
-    one = subprocess.run([sys.executable, "-m", "forgetscope", *map(str, train), "--out", tmp_path / "one"], capture_output=True,
-                         text=True, timeout=TIMEOUT_S)
-    assert one.returncode == 0, one.stderr[-3000:]
+    code, _, err = run_cli([*train, "--out", tmp_path / "one"], capsys)
+    assert code == 0, err
     printed = json.loads(two.stdout)  # one JSON document: only the main process prints
     written = [json.loads(line) for line in (tmp_path / "two" / "records.jsonl").read_text().splitlines()]
     assert written == printed and [r["step"] for r in written] == [0, 1, 6], "each record once"
