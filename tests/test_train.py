@@ -328,3 +328,11 @@ def test_trainer_args_reach_the_trainer(llama_dir, tok, code_blocks, eval_blocks
                              trainer_args={"weight_decay": 0.25, "optim": "adafactor"})
     finetune(model, tok, LoraSettings(rank=2), settings, code_blocks[:-4], eval_blocks, progress=False, callbacks=[Spy()])
     assert seen == {"weight_decay": 0.25, "optim": "adafactor", "accumulation": 4}
+
+
+def test_records_kept_for_a_checkpoint_this_process_cannot_see_are_not_measured_again(llama_dir, tok, code_blocks, eval_blocks, tmp_path):
+    """A point on a machine without the sweep directory would start over and repeat them."""
+    settings = TrainSettings(steps=4, batch_size=4, seq_len=SEQ_LEN, eval_points=3)
+    with pytest.raises(RuntimeError, match="up to step 2 were kept .* cannot see"):
+        finetune(AutoModelForCausalLM.from_pretrained(llama_dir), tok, LoraSettings(rank=4), settings, code_blocks[:-4], eval_blocks,
+                 code_blocks[-4:], progress=False, checkpoint_dir=tmp_path / "nowhere", earlier=[{"step": 0}, {"step": 2}])

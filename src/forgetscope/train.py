@@ -147,6 +147,10 @@ def finetune(
     micro_batch, accumulation = settings.per_process(processes)
     if out_dir is not None and rank == 0:  # the others would see the main process's files appear
         check_out_dir(Path(out_dir), identity, overwrite)
+    resume_from = last_checkpoint(Path(checkpoint_dir)) if checkpoint_dir is not None else None
+    if earlier and resume_from is None:  # starting over would measure again what was kept
+        raise RuntimeError(f"records up to step {max(r['step'] for r in earlier)} were kept to resume from a checkpoint in "
+                           f"{checkpoint_dir}, which this process cannot see: points must reach the sweep directory")
     if settings.needs_replay:
         if replay_blocks is None or len(replay_blocks) == 0:
             raise UserInputError(f"{', '.join(settings.replay_users)} need a replay corpus (--replay-data, or replay_data in a sweep)")
@@ -178,7 +182,6 @@ def finetune(
     # The Trainer wants an output_dir; it writes nothing there but TensorBoard's event files
     # (`runs/`), which belong with the run's results. Without one, a scratch directory.
     scratch = tempfile.TemporaryDirectory(prefix="forgetscope-trainer-") if out is None and checkpoint_dir is None else None
-    resume_from = last_checkpoint(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     ids = train_blocks.tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
     # Checkpoints are saved by the callback at its measurements, not on the Trainer's schedule.
@@ -234,7 +237,7 @@ def finetune(
         law_arm=None if law is None else law_arm(law, lora),
         progress=progress,
         checkpoint=checkpoint_dir is not None,
-        earlier=earlier if resume_from is not None else (),
+        earlier=earlier,
     )
     trainer.add_callback(callback)
     try:
