@@ -102,8 +102,11 @@ class Form:
         y = E + g
         if shift is None:
             grads = [np.ones_like(y), *grads]
-        grad = np.stack(np.broadcast_arrays(*grads), axis=-1)
-        y = np.broadcast_to(y, grad.shape[:-1])
+        shape = np.broadcast_shapes(np.shape(y), *(np.shape(d) for d in grads))
+        grad = np.empty((*shape, len(grads)))
+        for j, d in enumerate(grads):  # filled in place: np.stack of broadcast copies costs more than the fit
+            grad[..., j] = d
+        y = np.broadcast_to(y, shape)
         return (y, grad) if theta.ndim == 2 else (y[0], grad[0])
 
     def report(self, theta: np.ndarray, shift: float | None, arms: tuple[str, ...] = (), replay: bool = False) -> dict[str, float]:
