@@ -97,6 +97,10 @@ def sharded_reason(model: torch.nn.Module) -> str | None:
     """Why `model`'s weights cannot be used outside its own forward pass (FSDP2 has sharded
     them across processes as DTensors), or None. Such a model is measured through its own
     forward pass, which every process joins."""
+    import torch.distributed as dist
+
+    if not dist.is_available():  # a torch built without it has no DTensors either
+        return None
     from torch.distributed.tensor import DTensor
 
     if any(isinstance(p, DTensor) for p in model.parameters()):
