@@ -395,6 +395,11 @@ def test_a_point_that_dies_half_way_keeps_its_checkpointed_records_and_resumes_f
     assert [r["step"] for r in read_records(tmp_path / "s" / "records.jsonl")] == [0, 1], "what preceded the checkpoint is kept"
 
     monkeypatch.setattr(SweepStore, "append", append)
+    import shutil
+
+    shutil.copytree(tmp_path / "s", tmp_path / "without")
+    over = run_sweep(config.model_copy(update={"checkpoints": False}), tmp_path / "without", retry_failed=True, progress=False)
+    assert over.failed == {} and [r["step"] for r in over.records] == [0, 1, 4, 13, 48], "without checkpoints it starts over, once"
     resumed = run_sweep(config, tmp_path / "s", retry_failed=True, progress=False)
     assert resumed.failed == {}
     records = read_records(tmp_path / "s" / "records.jsonl")

@@ -127,6 +127,14 @@ class SweepStore:
         self._streamed.pop(point_id, None)
         self._rewrite(lambda r: r.get("point_id") != point_id or self._checkpointed(r))
 
+    def drop_checkpoints(self, point_id: str) -> None:
+        """Remove an unfinished point's checkpoints and the records kept for them: it starts over."""
+        folder = self.checkpoints(point_id)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            self._streamed.pop(point_id, None)
+            self._rewrite(lambda r: r.get("point_id") != point_id)
+
     def checkpoints(self, point_id: str) -> Path:
         """Where an unfinished point keeps its Trainer checkpoints (sweeps with `checkpoints: true`)."""
         return self.dir / CHECKPOINTS / plain_name(point_id, "point id")

@@ -77,6 +77,9 @@ def run_sweep(
             for name, artifact in work.artifacts.items():
                 store.save_artifact(name, "base", artifact)
             context.on_record, context.step_callback = store.append, bar.step_callback
+            for point in todo:
+                if not config.checkpoints:  # left by an earlier run with them: without, a point starts over
+                    store.drop_checkpoints(point.point_id)
             if config.checkpoints:
                 context.resume = {p.point_id: PointResume(str(store.checkpoints(p.point_id)), store.earlier_records(p.point_id))
                                   for p in todo}
