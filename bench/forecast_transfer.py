@@ -102,7 +102,7 @@ def pilot_summary(directory: Path) -> dict:
     return summary
 
 
-def fit_pilot(name: str, n_bootstrap: int = 200) -> tuple[dict, float]:
+def fit_pilot(name: str, n_bootstrap: int = 200, kl_law: str = "average") -> tuple[dict, float]:
     """The scenario's pilot fitted as `fit` does (into a scratch copy), and the seconds it took."""
     import shutil
     import tempfile
@@ -113,7 +113,7 @@ def fit_pilot(name: str, n_bootstrap: int = 200) -> tuple[dict, float]:
         copy = Path(scratch) / "pilot"
         shutil.copytree(ROOT / name / "pilot", copy, ignore=shutil.ignore_patterns("fits.json", "report*", "*.png", ".lock"))
         started = time.perf_counter()
-        fits = fit_sweep(copy, n_bootstrap=n_bootstrap)
+        fits = fit_sweep(copy, n_bootstrap=n_bootstrap, kl_law=kl_law)
         return fits, time.perf_counter() - started
 
 
@@ -148,10 +148,10 @@ def transfer_slope(rows: list[dict]) -> float:
     return float(needed[max(len(needed) - 1 - int(0.05 * len(needed)), 0)]) if len(needed) else 0.0
 
 
-def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None) -> dict:
+def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, kl_law: str = "average") -> dict:
     """Fit the scenario's pilot and forecast each of its targets; with `others` (the other
     scenarios' target rows), the intervals take the slope those needed (leave one out)."""
-    fits, fit_seconds = fit_pilot(name, n_bootstrap)
+    fits, fit_seconds = fit_pilot(name, n_bootstrap, kl_law)
     slope = None if others is None else transfer_slope(others)
     rows = forecast_targets(name, fits, slope)
     pilot = pilot_summary(ROOT / name / "pilot")
@@ -159,10 +159,10 @@ def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None) 
             "summary": summarise(rows), "in_run": in_run(fits, pilot, last_records(ROOT / name / "targets")), "fits": fits}
 
 
-def replay_all(names: list[str], n_bootstrap: int = 200) -> list[dict]:
+def replay_all(names: list[str], n_bootstrap: int = 200, kl_law: str = "average") -> list[dict]:
     """Every scenario fitted once; its intervals then take the slope that the other
     scenarios' targets needed, so no scenario's coverage is judged by a slope it set."""
-    first = {name: replay(name, n_bootstrap) for name in names}
+    first = {name: replay(name, n_bootstrap, kl_law=kl_law) for name in names}
     results = []
     for name in names:
         others = [row for other, result in first.items() if other != name for row in result["targets"]]
@@ -223,6 +223,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of each pilot's fit")
     parser.add_argument("--json", action="store_true", help="print every target as JSON instead of the tables")
     parser.add_argument("--root", type=Path, default=ROOT, help="folder of scenarios (default: the benchmark's)")
+    parser.add_argument("--kl-law", choices=("average", "select"), default="average", help="as `fit --kl-law`")
     args = parser.parse_args()
     ROOT = args.root
     names = args.scenario or scenarios()
@@ -230,7 +231,8 @@ def main() -> None:
         for name in names:
             make(name)
     names = [name for name in names if (ROOT / name / "targets" / "records.jsonl").is_file()]
-    results = replay_all(names, args.bootstrap) if len(names) > 1 else [replay(name, args.bootstrap) for name in names]
+    results = (replay_all(names, args.bootstrap, args.kl_law) if len(names) > 1
+               else [replay(name, args.bootstrap, kl_law=args.kl_law) for name in names])
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "fits"} for r in results], indent=1))
         return
@@ -251,7 +253,7 @@ def main() -> None:
     print(f"{'target':<26} {'':>3} {TARGETS['median_error']:>8.0%} {'':>8} {TARGETS['coverage']:>9.0%} {TARGETS['median_width']:>7.2f}")
     if len(results) > 1:
         print(f"\ninterval slope all scenarios' targets needed: {transfer_slope(every):.3f} "
-              "(forgetscope.laws.select.BENCHMARK_SLOPE)")
+              "(forgetscope.laws.select.BENCHMARK_SLOPE, per --kl-law)")
     print("\nin-run forecast of each target run's last KL (median error, coverage, median width):")
     for share in (0.25, 0.5):
         for label in ("prior", "alone"):

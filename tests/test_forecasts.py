@@ -19,7 +19,7 @@ from law_helpers import ARMS, FT_START, GAIN_LAW, H_BASE, KL_LAW, VOCAB, truth, 
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
     directory = write_sweep(tmp_path_factory.mktemp("known") / "sweep")
-    fit_sweep(directory, n_bootstrap=200)
+    fit_sweep(directory, n_bootstrap=200, kl_law="select")  # data from one known law: the form that fits it is the one to pick
     return directory
 
 
@@ -45,7 +45,7 @@ def test_interval_coverage_is_near_nominal_over_repeated_draws(tmp_path):
     inside, total, widths = 0, 0, []
     for draw in range(6):
         table = read_table(write_sweep(tmp_path / f"d{draw}", seed=100 + draw, noise=0.05, arms=("all-linear",)))
-        interval = fit_target(table, "kl", n_bootstrap=100, seed=draw, transfer_slope=0.0)["interval"]  # its own calibration
+        interval = fit_target(table, "kl", n_bootstrap=100, seed=draw, transfer_slope=0.0, kl_law="select")["interval"]  # its own calibration
         for f in interval["forecasts"].values():
             actual, low, high = map(np.array, (f["actual"], f["low"], f["high"]))
             inside += int(((low <= actual) & (actual <= high)).sum())
@@ -57,7 +57,7 @@ def test_interval_coverage_is_near_nominal_over_repeated_draws(tmp_path):
 
 def test_runs_at_different_learning_rates_share_one_law_in_learning_rate_times_steps(tmp_path, capsys):
     directory = write_sweep(tmp_path / "s", arms=("all-linear",), learning_rates=(5e-4, 1e-3, 2e-3))
-    fit_sweep(directory, n_bootstrap=50)
+    fit_sweep(directory, n_bootstrap=50, kl_law="select")
     code, out, err = run_cli(["predict", directory, "--rank", 8, "--learning-rate", 2e-3, "--steps", 90, "--json"], capsys)
     assert code == 0, err
     kl = json.loads(out)["kl"]
@@ -139,7 +139,7 @@ def test_runs_with_replay_get_the_replay_knob_and_predict_forecasts_with_it(tmp_
     from law_helpers import REPLAY_B
 
     directory = write_sweep(tmp_path / "replay", arms=("all-linear",), replay_fractions=(0.0, 0.01, 0.05))
-    fits = fit_sweep(directory, n_bootstrap=50)
+    fits = fit_sweep(directory, n_bootstrap=50, kl_law="select")
     assert fits["kl"]["label"].endswith("+replay") and fits["kl"]["replay"]
     assert fits["kl"]["params"]["B_replay"] == pytest.approx(REPLAY_B, rel=0.2)
     assert fits["kl"]["validation"]["in_size"]["median_ape"] < 0.1

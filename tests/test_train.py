@@ -271,7 +271,8 @@ def test_with_a_sweeps_law_as_prior_the_in_run_forecast_follows_the_laws_bend_at
     from forgetscope.laws.select import fit_sweep
     from law_helpers import ARMS, write_sweep
 
-    fits = fit_sweep(write_sweep(tmp_path / "s", noise=0.0, arms=("all-linear",)), n_bootstrap=0, transfer_slope=0.0)  # a law that held
+    fits = fit_sweep(write_sweep(tmp_path / "s", noise=0.0, arms=("all-linear",)), n_bootstrap=0, transfer_slope=0.0,
+                     kl_law="select")  # a law that held: the known one
     P = 8 * ARMS["all-linear"][1]
     prior = run_prior(fits, Query(P=P, arm="all-linear", extrapolate=True))
     steps = [0, 1, 4, 10, 20, 33, 47]

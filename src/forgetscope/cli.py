@@ -59,6 +59,13 @@ def _main_options(
     """Measure, explain, predict and mitigate forgetting in LoRA / rsLoRA fine-tunes."""
 
 
+class KlLaw(str, Enum):
+    """How `fit` forecasts KL (`CommandOptions.kl_law`)."""
+
+    average = "average"
+    select = "select"
+
+
 class Dtype(str, Enum):
     """Weights for inference (every reduction of the metric stays float32 / float64)."""
 
@@ -323,13 +330,14 @@ def fit(
     directory: Annotated[Path, typer.Argument(help="Sweep directory (its records.jsonl is all that is read).")],
     bootstrap: Bootstrap = CommandOptions.default("bootstrap"),
     holdout: Annotated[float, setting(CommandOptions, "holdout")] = CommandOptions.default("holdout"),
+    kl_law: Annotated[KlLaw, setting(CommandOptions, "kl_law")] = KlLaw(CommandOptions.default("kl_law")),
     seed: Seed = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print fits.json instead of tables.")] = False,
 ) -> None:
     """Fit the scaling laws of forgetting on a sweep; writes DIR/fits.json."""
     from forgetscope.laws.select import fit_sweep
 
-    fits = fit_sweep(directory, bootstrap, seed, holdout)
+    fits = fit_sweep(directory, bootstrap, seed, holdout, kl_law=kl_law.value)
     skipped = fits["skipped_records"]
     if skipped["unfinished_points"]:
         print(f"note: left out {skipped['unfinished_points']} records of points that have not finished (resume the sweep to finish them)", file=sys.stderr)

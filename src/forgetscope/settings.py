@@ -326,6 +326,7 @@ class CommandOptions(Settings):
     bootstrap: int = Field(1000, ge=0, le=100_000, description="Bootstrap resamples for the 95% intervals (0: none).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the bootstrap.")
     holdout: float = Field(0.5, gt=0, lt=1, description="Share of each run's training steps the in-time test forecasts (0.5: fit up to N_max/2).")
+    kl_law: Literal["average", "select"] = Field("average", description="How KL is forecast: average the forms that bend (what held best on the forecast benchmark's pilot sweeps), or select the one form the sweep's own nested validation scores best (right when the data follow one of the forms).")
     params: float | None = Field(None, gt=0, description="Trainable non-embedding parameters P of the planned fine-tune.")
     rank: int | None = Field(None, ge=1, description="LoRA rank of the planned fine-tune (P worked out from the sweep's module set).")
     learning_rate: float | None = Field(None, gt=0, description="Learning rate of the planned fine-tune (default: the sweep's median).")

@@ -48,6 +48,32 @@ class Fit:
         return self.form.report(self.theta, self.shift, self.arms, self.replay)
 
 
+@dataclass
+class Ensemble:
+    """Laws fitted to the same rows whose forecasts are averaged in log space (a geometric
+    mean). One form chosen from a short pilot extrapolates by luck: on the forecast benchmark
+    the choice among forms was as noisy as the forms' errors, and the average of the forms
+    that bend erred less than any one of them (`laws.select.KL_LAWS`)."""
+
+    members: tuple[Fit, ...]
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The arms of the members with a factor per arm (the others pool them)."""
+        return next((m.arms for m in self.members if m.arms), ())
+
+    def predict(self, P, N, theta: list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
+        """The geometric mean of the members' forecasts; `theta`: one parameter array per
+        member (its bootstrap samples: resample `i` of every member drew the same runs)."""
+        thetas = [None] * len(self.members) if theta is None else theta
+        logs = [np.log(np.maximum(m.predict(P, N, t, arm=arm if m.arms else None, replay=replay), 1e-300))
+                for m, t in zip(self.members, thetas)]
+        return np.exp(np.mean(logs, axis=0))
+
+
+Law = Fit | Ensemble
+
+
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
 
@@ -203,6 +229,14 @@ def bootstrap(fit: Fit, groups: np.ndarray, P, N, y, n_resamples: int = 1000, se
     counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_resamples).astype(float)
     start = np.repeat(fit.theta[None], n_resamples, axis=0)
     return refine(fit.form, fit.shift, P, N, y, start, counts[:, row_group], arm=arm, replay=replay if fit.replay else None)[0]
+
+
+def bootstrap_law(law: Law, groups: np.ndarray, P, N, y, n_resamples: int = 1000, seed: int = 0, arm=None, replay=None):
+    """`bootstrap` of a law, or of each member of an ensemble (a list, one array a member,
+    drawn with the same seed, so resample `i` refits every member on the same runs)."""
+    if isinstance(law, Ensemble):
+        return [bootstrap(m, groups, P, N, y, n_resamples, seed, arm=arm if m.arms else None, replay=replay) for m in law.members]
+    return bootstrap(law, groups, P, N, y, n_resamples, seed, arm=arm if law.arms else None, replay=replay)
 
 
 def time_split(N, groups, fraction: float = 0.5) -> np.ndarray:

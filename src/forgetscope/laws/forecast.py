@@ -17,15 +17,27 @@ import numpy as np
 from scipy import stats
 
 from forgetscope.errors import UserInputError
-from forgetscope.laws.fit import Fit, half_width, widen
+from forgetscope.laws.fit import Ensemble, Fit, Law, half_width, widen
 from forgetscope.laws.forms import FORMS
 from forgetscope.laws.schema import Fits, LawFit, Target
 
 
-def fit_from(entry: LawFit) -> Fit:
-    """The `Fit` one target's entry of `fits.json` describes."""
+def fit_from(entry: LawFit) -> Law:
+    """The law one target's entry of `fits.json` describes: its `Fit`, or the `Ensemble` of
+    its members where it averages several."""
+    if entry.get("members"):
+        return Ensemble(tuple(fit_from(member) for member in entry["members"]))  # type: ignore[arg-type]
     return Fit(FORMS.get(entry["form"]), entry.get("shift_value"), np.array(entry["theta"]), 0.0, True, tuple(entry.get("arms", ())),
                bool(entry.get("replay", False)))
+
+
+def samples_from(entry: LawFit, limit: int | None = None) -> np.ndarray | list[np.ndarray]:
+    """The first `limit` bootstrap samples of `fit_from(entry)`, as its `predict` takes them
+    (an empty array where there are none)."""
+    if entry.get("members"):
+        drawn = [np.array(member.get("bootstrap", []))[:limit] for member in entry["members"]]
+        return drawn if all(len(d) for d in drawn) else np.empty((0, 0))
+    return np.array(entry.get("bootstrap", []))[:limit]
 
 
 @dataclass(frozen=True)
@@ -142,7 +154,7 @@ def _band(fits: Fits, target: Target, where: Resolved, T: np.ndarray, widen_by: 
     fit = fit_from(entry)
     arm = fit.arms.index(where.arm) if fit.arms and where.arm in fit.arms else 0
     value = fit.predict(where.P, T, arm=arm, replay=where.replay)
-    samples = np.array(entry["bootstrap"])
+    samples = samples_from(entry)
     if len(samples):
         boot_low, boot_high = np.percentile(fit.predict(where.P, T, samples, arm=arm, replay=where.replay), [2.5, 97.5], axis=0)
     else:

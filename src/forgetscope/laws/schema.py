@@ -35,10 +35,24 @@ class Interval(_Open):
     coverage: dict[str, dict[str, Number | int]] = {}
 
 
-class LawEntry(_Open):
-    """One target's law: its form, parameters and their intervals, and how it validated."""
+class MemberEntry(_Open):
+    """One law of an average (`LawEntry.members`)."""
 
     form: str
+    label: str | None = None
+    shift_value: Number = None
+    theta: list[float]
+    bootstrap: list[list[float]] = []
+    arms: list[str] = []
+    replay: bool = False
+
+
+class LawEntry(_Open):
+    """One target's law: its form, parameters and their intervals, and how it validated;
+    where its forecasts average several laws, those are its `members`."""
+
+    form: str
+    members: list[MemberEntry] = []
     label: str | None = None
     shift_value: Number = None
     params: dict[str, float]
@@ -150,11 +164,26 @@ class FormFit(TypedDict, total=False):
     r2: float
 
 
+class MemberFit(TypedDict, total=False):
+    """One law of an average: a form and its parameters, as `LawFit` has them."""
+
+    label: str
+    form: Required[str]
+    shift_value: float | None
+    theta: Required[list[float]]
+    bootstrap: list[list[float]]
+    arms: list[str]
+    replay: bool
+
+
 class LawFit(TypedDict, total=False):
     """One target's chosen law: its form, parameters and their intervals, how it validated,
     and every candidate it was chosen from (`FormFit`'s keys, and more)."""
 
     form: Required[str]
+    """The form of the law whose parameters are shown (`params`); where `members` is not
+    empty, forecasts average those laws (the mean of their logs) instead."""
+    members: list[MemberFit]
     params: Required[dict[str, float]]
     validation: dict[str, Validation]
     heldout_mape: float
@@ -309,6 +338,8 @@ class Fits(TypedDict, total=False):
     n_records: int
     n_points: int
     holdout: float
+    kl_law: str
+    """How KL is forecast: `average` or `select` (`laws.select.KL_LAWS`)."""
     """The share of each run's steps the in-time test fitted on."""
     skipped_records: dict[str, int]
     range: Ranges | None

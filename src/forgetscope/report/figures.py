@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter
 
-from forgetscope.laws.forecast import fit_from
+from forgetscope.laws.forecast import fit_from, samples_from
 from forgetscope.laws.schema import Fits, Target
 from forgetscope.plots import colors, subplots
 
@@ -47,7 +47,7 @@ def law_vs_steps(table: pd.DataFrame, fits: Fits, target: Target) -> Drawn:
     """KL or forgetting against steps: every run's measurements, the fitted law and its 95% band."""
     entry = fits[target]
     fit = fit_from(entry)
-    samples = np.array(entry.get("bootstrap", []))
+    samples = samples_from(entry, limit=200)
     fig, ax = subplots(figsize=(8, 5))
     grid_steps = np.geomspace(1, table.N.max() * 1.5, 60)
     for rows, color, style in _runs(table):
@@ -58,7 +58,7 @@ def law_vs_steps(table: pd.DataFrame, fits: Fits, target: Target) -> Drawn:
         ax.scatter(rows.N, rows[target], color=color, s=14, zorder=3)
         ax.plot(grid_steps, fit.predict(P, grid, arm=arm, replay=replay), color=color, ls=style, lw=1.4, label=_run_label(rows))
         if len(samples):
-            band = fit.predict(P, grid, samples[:200], arm=arm, replay=replay)
+            band = fit.predict(P, grid, samples, arm=arm, replay=replay)
             ax.fill_between(grid_steps, *np.percentile(band, [2.5, 97.5], axis=0), color=color, alpha=0.12, lw=0)
     if target == "forgetting_ce" and entry.get("shift_value") is not None:
         ax.axhline(entry["shift_value"], color="grey", ls=":", lw=1, label="base entropy H_base")

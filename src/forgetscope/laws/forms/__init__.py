@@ -11,7 +11,8 @@ parameters' names, bounds and a grid of starting points. Amplitudes are fitted a
 logarithms (`log_A`) so they stay positive; `report` gives them back as `A`.
 
 An increasing form (forgetting grows with P and N) is a candidate for `kl` and
-`forgetting_ce`; a decreasing one for the fine-tuning loss.
+`forgetting_ce`; a decreasing one for the fine-tuning loss. A form that `bends` (its growth in
+`N` can slow past a knee) is a member of the average that forecasts KL.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Form:
 
     name: str
     increasing: bool
+    bends: bool = False
+    """Whether its growth in `N` can slow down past a knee (`broken`, `steps`, `rescaled`):
+    the forms whose forecasts of KL `fit` averages (`laws.select.KL_LAWS`)."""
     fitted_names: tuple[str, ...] = ()
     """`g`'s parameters as fitted, amplitudes as `log_X`."""
 

@@ -55,4 +55,4 @@ class BrokenPowerLaw(Form):
         return out
 
 
-FORMS.register("broken", BrokenPowerLaw("broken", increasing=True))
+FORMS.register("broken", BrokenPowerLaw("broken", increasing=True, bends=True))

@@ -49,4 +49,4 @@ class Rescaled(Form):
         return out
 
 
-FORMS.register("rescaled", Rescaled("rescaled", increasing=True))
+FORMS.register("rescaled", Rescaled("rescaled", increasing=True, bends=True))

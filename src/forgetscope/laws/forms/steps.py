@@ -45,4 +45,4 @@ class Steps(Form):
         return out
 
 
-FORMS.register("steps", Steps("steps", increasing=True))
+FORMS.register("steps", Steps("steps", increasing=True, bends=True))
