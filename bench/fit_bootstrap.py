@@ -3,7 +3,7 @@ resamples of whole runs. The batched bootstrap (`forgetscope.laws.fit.bootstrap`
 the baseline of refitting each resample one by one (L-BFGS-B + polish, `fit_law(optimizer="lbfgsb")`), measured in
 the same run; then `fit` on whole stored sweeps (the forecast benchmark's pilots) against a 5 s budget.
 
-    python bench/fit_bootstrap.py [--resamples 1000]
+    python bench/fit_bootstrap.py [--resamples 1000] [--sweep forgetscope-demo/sweep]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ CASES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--sweep", action="append", default=[], help="a sweep directory to fit as well, e.g. the demo's "
+                        "(forgetscope-demo/sweep, after `forgetscope demo`); repeatable")
     args = parser.parse_args()
     P = np.repeat(np.geomspace(1e3, 1e7, 10), 20)
     N = np.tile(np.geomspace(1, 3000, 20), 10)
@@ -59,13 +61,13 @@ def main() -> None:
         print(f"{label:<21} {fit_seconds:>8.2f} {batched_seconds:>14.2f} {loop_seconds:>18.2f} "
               f"{loop_seconds / batched_seconds:>8.1f}x {gap:>14.4f}")
     print(f"\n{args.resamples} resamples of 10 runs; last column: largest difference of the 95% interval ends.")
-    whole_sweeps(args.resamples)
+    whole_sweeps(args.resamples, extra=args.sweep)
 
 
-def whole_sweeps(resamples: int, budget: float = 5.0) -> None:
+def whole_sweeps(resamples: int, budget: float = 5.0, extra: list[str] = ()) -> None:
     """`fit` on whole sweeps, as the command runs it: the forecast benchmark's stored pilots
-    (every candidate, every split, `resamples` bootstrap resamples), against a budget of
-    `budget` seconds for the demo's size of sweep (about 100 records)."""
+    and the sweeps in `extra` (every candidate, every split, `resamples` bootstrap resamples),
+    against a budget of `budget` seconds for the demo's size of sweep (about 100 records)."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -73,7 +75,7 @@ def whole_sweeps(resamples: int, budget: float = 5.0) -> None:
     from forgetscope.laws.select import fit_sweep
 
     root = Path(__file__).resolve().parent / "forecast_transfer"
-    pilots = sorted(p for p in root.glob("*/pilot") if (p / "records.jsonl").is_file())
+    pilots = sorted(p for p in root.glob("*/pilot") if (p / "records.jsonl").is_file()) + [Path(e) for e in extra]
     print(f"\n{'fit DIR (whole sweep)':<34} {'records':>8} {'wall (s)':>9} {'cpu (s)':>8} {'/ budget':>9}")
     for pilot in pilots:
         with tempfile.TemporaryDirectory() as scratch:
@@ -82,7 +84,8 @@ def whole_sweeps(resamples: int, budget: float = 5.0) -> None:
             wall, cpu = time.perf_counter(), time.process_time()
             fits = fit_sweep(copy, n_bootstrap=resamples)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        print(f"{pilot.parent.name:<34} {fits['n_records']:>8} {wall:>9.2f} {cpu:>8.2f} {wall / budget:>8.2f}x")
+        name = pilot.parent.name if pilot.name == "pilot" else str(pilot)
+        print(f"{name:<34} {fits['n_records']:>8} {wall:>9.2f} {cpu:>8.2f} {wall / budget:>8.2f}x")
     print(f"budget: {budget:.0f} s for a sweep of the demo's size (issue 23)")
 
 

@@ -33,13 +33,13 @@ class Fit:
     replay: bool = False
     """Whether the law has the replay knob (its last parameter is `log B`)."""
 
-    def predict(self, P, N, theta: np.ndarray | None = None, arm=None, replay=None) -> np.ndarray:
+    def predict(self, P, N, theta: np.ndarray | list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
         """The law at `(P, N)` (broadcast), in arm `arm` (an index into `arms`; 0 if omitted),
         at replay fraction `replay` (0 if omitted; ignored by a law without the knob)."""
         P, N, arm, fraction = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float),
                                                   np.asarray(0 if arm is None else arm, dtype=int),
                                                   np.asarray(0.0 if replay is None else replay, dtype=float))
-        y, _ = self.form.value_and_grad(self.theta if theta is None else theta, P.ravel(), N.ravel(), self.shift, arm.ravel(),
+        y, _ = self.form.value_and_grad(self.theta if theta is None else np.asarray(theta), P.ravel(), N.ravel(), self.shift, arm.ravel(),
                                         fraction.ravel() if self.replay else None)
         return y.reshape(y.shape[:-1] + P.shape)
 
@@ -62,7 +62,7 @@ class Ensemble:
         """The arms of the members with a factor per arm (the others pool them)."""
         return next((m.arms for m in self.members if m.arms), ())
 
-    def predict(self, P, N, theta: list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
+    def predict(self, P, N, theta: np.ndarray | list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
         """The geometric mean of the members' forecasts; `theta`: one parameter array per
         member (its bootstrap samples: resample `i` of every member drew the same runs)."""
         thetas = [None] * len(self.members) if theta is None else theta

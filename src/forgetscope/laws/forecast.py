@@ -19,14 +19,18 @@ from scipy import stats
 from forgetscope.errors import UserInputError
 from forgetscope.laws.fit import Ensemble, Fit, Law, half_width, widen
 from forgetscope.laws.forms import FORMS
-from forgetscope.laws.schema import Fits, LawFit, Target
+from forgetscope.laws.schema import Fits, LawFit, MemberFit, Target
 
 
 def fit_from(entry: LawFit) -> Law:
     """The law one target's entry of `fits.json` describes: its `Fit`, or the `Ensemble` of
     its members where it averages several."""
     if entry.get("members"):
-        return Ensemble(tuple(fit_from(member) for member in entry["members"]))  # type: ignore[arg-type]
+        return Ensemble(tuple(_one_fit(member) for member in entry["members"]))
+    return _one_fit(entry)
+
+
+def _one_fit(entry: LawFit | MemberFit) -> Fit:
     return Fit(FORMS.get(entry["form"]), entry.get("shift_value"), np.array(entry["theta"]), 0.0, True, tuple(entry.get("arms", ())),
                bool(entry.get("replay", False)))
 
