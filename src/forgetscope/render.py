@@ -101,6 +101,8 @@ def print_fit_tables(fits: Fits) -> None:
         in_time, in_size = validation.get("in_time", {}), validation.get("in_size", {})
         table = Table(title=f"{target}: {entry.get('label', entry['form'])} law (R^2 {entry['r2']:.3f} in log space; "
                             f"median error forecasting in time {_pct(in_time.get('median_ape'))}, in size {_pct(in_size.get('median_ape'))})")
+        if entry.get("members"):  # a mean of laws: the parameters shown are one member's
+            table.caption = f"parameters of {entry['form']}, the member with the lowest selection error"
         table.add_column("parameter")
         table.add_column("value", justify="right")
         table.add_column("95% interval", justify="right")
