@@ -156,3 +156,15 @@ def test_runs_with_replay_get_the_replay_knob_and_predict_forecasts_with_it(tmp_
 def test_a_law_without_the_knob_refuses_a_replay_forecast(known, capsys):
     code, _, err = run_cli(["predict", known, "--rank", 8, "--target-modules", "all-linear", "--steps", 100, "--replay-fraction", 0.01], capsys)
     assert_user_error(code, err, "no replay knob")
+
+
+def test_the_averaged_law_leaves_out_each_runs_first_steps_unless_that_leaves_too_few_to_validate(tmp_path, monkeypatch):
+    from forgetscope.laws import select
+
+    table = read_table(write_sweep(tmp_path / "s", arms=("all-linear",)))
+    kl = fit_target(table, "kl", n_bootstrap=0)
+    assert kl["transient"] == select.TRANSIENT and kl["n"] == int(((table.N >= select.TRANSIENT * 200) & (table.kl > 0)).sum())
+    monkeypatch.setattr(select, "TRANSIENT", 0.5)  # past half of each run: nothing left to fit in time
+    kl = fit_target(table, "kl", n_bootstrap=0)
+    assert kl["transient"] == 0.0 and kl["n"] == int(((table.N > 0) & (table.kl > 0)).sum())
+    assert fit_target(table, "kl", n_bootstrap=0, kl_law="select")["transient"] == 0.0  # the one selected law: every step

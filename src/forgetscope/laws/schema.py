@@ -184,6 +184,9 @@ class LawFit(TypedDict, total=False):
     """The form of the law whose parameters are shown (`params`); where `members` is not
     empty, forecasts average those laws (the mean of their logs) instead."""
     members: list[MemberFit]
+    transient: float
+    """Each run's measurements before this share of its steps were left out of the fit
+    (`laws.select.TRANSIENT`; 0 where that left too few to validate in time)."""
     params: Required[dict[str, float]]
     validation: dict[str, Validation]
     heldout_mape: float

@@ -394,12 +394,16 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     model-error slope (default `BENCHMARK_SLOPE[kl_law]`)."""
     transfer_slope = BENCHMARK_SLOPE[kl_law] if transfer_slope is None else transfer_slope
     tried, refused = {}, []
-    transient = TRANSIENT if kl_law == "average" else 0.0
-    for label, (name, shift, rows, column, with_arms, with_replay) in _candidates(target, table, growing, transient).items():
-        try:
-            tried[label] = _fit_candidate(name, shift, rows, column, fraction, with_arms, with_replay) | {"column": column}
-        except UserInputError as exc:  # too little data for this candidate: the others may still fit
-            refused.append(exc)
+    # Past the transient where that leaves enough to validate in time, else every step.
+    for transient in ([TRANSIENT, 0.0] if kl_law == "average" and target == "kl" else [0.0]):
+        tried, refused = {}, []
+        for label, (name, shift, rows, column, with_arms, with_replay) in _candidates(target, table, growing, transient).items():
+            try:
+                tried[label] = _fit_candidate(name, shift, rows, column, fraction, with_arms, with_replay) | {"column": column}
+            except UserInputError as exc:  # too little data for this candidate: the others may still fit
+                refused.append(exc)
+        if tried and not all(np.isnan(t["validation"]["in_time"]["median_ape"]) for t in tried.values()):
+            break
     if not tried:
         raise refused[0]
 
@@ -450,6 +454,7 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     return {
         "label": _mean_label(best["labels"]) if members else label,
         "members": members,
+        "transient": transient,
         "form": fit.form.name,
         "shift": "zero" if target == "kl" else ("fixed" if fit.shift is not None else "free"),
         "shift_value": fit.shift,
