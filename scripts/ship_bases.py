@@ -28,7 +28,8 @@ from forgetscope.tiny.shipped import BASES, sha256, write_manifest
 
 def ship(name: str, settings: dict, build, first_steps: int) -> None:
     made_with = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-                 "tokenizers": tokenizers.__version__, "machine": platform.machine(), "processor": platform.processor()}
+                 "tokenizers": tokenizers.__version__, "machine": platform.machine(), "processor": platform.processor(),
+                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # float kernels differ by ISA: run with ATEN_CPU_CAPABILITY=avx2
     with tempfile.TemporaryDirectory() as scratch:
         build(Path(scratch), first_steps)
         first = {"steps": first_steps, "model.safetensors": sha256(Path(scratch) / "model.safetensors")}

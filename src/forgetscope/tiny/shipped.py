@@ -8,7 +8,10 @@ its tokenizer) with `manifest.json` beside it, which holds
 - `sha256`: the hash of every file, checked each time the base is served;
 - `first_steps`: the hash of the weights after the recipe's first steps, which
   `forgetscope tiny pretrain --stop-after` reproduces and a test checks;
-- `made_with`: the versions and machine it was pretrained on.
+- `made_with`: the versions and machine it was pretrained on, and the instruction set of
+  torch's CPU kernels (`cpu_capability`): float results differ between AVX2 and AVX-512
+  kernels, so a rerun matches bit for bit only on the same (`ATEN_CPU_CAPABILITY=avx2`
+  makes torch use AVX2 kernels on a machine with AVX-512).
 
 `scripts/ship_bases.py` pretrains the bases and writes these directories.
 """
@@ -66,8 +69,20 @@ def compare_with_shipped(name: str, directory: Path) -> str:
         return f"{steps} steps: the shipped {name} records hashes at {found['first_steps']['steps']} and {settings['pretrain_steps']} steps only"
     differing = [f for f, digest in expected.items() if sha256(Path(directory) / f) != digest]
     if differing:
-        return f"differs from the shipped {name} {what} ({', '.join(differing)}); it was made with {found['made_with']}"
+        hint = ""
+        made_on, here = found["made_with"].get("cpu_capability"), _cpu_capability()
+        if made_on and here and made_on != here:
+            hint = (f" (this torch runs {here} kernels, the shipped base's ran {made_on}, and their floats differ: "
+                    f"rerun with ATEN_CPU_CAPABILITY={made_on.lower()} to compare bit for bit)")
+        return f"differs from the shipped {name} {what} ({', '.join(differing)}); it was made with {found['made_with']}{hint}"
     return f"matches the shipped {name} {what}, bit for bit"
+
+
+def _cpu_capability() -> str | None:
+    """The instruction set torch's CPU kernels use here (`AVX2`, `AVX512`, ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def write_manifest(name: str, directory: Path, settings: dict, first_steps: dict, made_with: dict) -> Path:
