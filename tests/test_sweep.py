@@ -79,8 +79,24 @@ def test_running_a_finished_sweep_again_skips_every_point(sweep):
 def test_a_directory_from_another_config_is_refused(sweep):
     result, config = sweep
     other = config.model_copy(update={"steps": 9})
-    with pytest.raises(UserInputError, match="different config .*steps"):
+    with pytest.raises(UserInputError, match=r"different config \(differs in: steps\)"):
         run_sweep(other, result.directory, progress=False)
+
+
+def test_a_directory_whose_config_predates_a_setting_names_only_what_really_differs(sweep, tmp_path):
+    import shutil
+
+    import yaml
+
+    result, config = sweep
+    old = tmp_path / "old"
+    shutil.copytree(result.directory, old)
+    written = yaml.safe_load((old / "config.yaml").read_text())
+    written.pop("checkpoints", None)  # as a version before that setting wrote it
+    (old / "config.yaml").write_text(yaml.safe_dump(written))
+    assert run_sweep(config, old, progress=False).ran == []  # the same sweep: it resumes
+    with pytest.raises(UserInputError, match=r"different config \(differs in: steps\)"):
+        run_sweep(config.model_copy(update={"steps": 9}), old, progress=False)
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(llama_dir, eval_files, tmp_path, monkeypatch):

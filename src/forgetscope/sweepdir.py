@@ -246,8 +246,11 @@ def check_resumable(directory: Path, config: dict, identity: Callable[[dict], ob
     if not config_path.is_file():
         raise UserInputError(f"{directory} is not empty and holds no sweep config.yaml: use another --out directory")
     existing = read_config_data(config_path)
-    if identity(existing) != identity(config):
-        changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
+    before, now = identity(existing), identity(config)
+    if before != now:
+        # what the identity compares (a setting left at its default counts as unchanged)
+        before, now = (before, now) if isinstance(before, dict) and isinstance(now, dict) else (existing, config)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         raise UserInputError(f"{directory} holds a sweep with a different config (differs in: {', '.join(changed)}): "
                              "use another --out directory")
 
