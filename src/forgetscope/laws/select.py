@@ -178,12 +178,11 @@ def _score(form, shift, rows: pd.DataFrame, target: str, train: np.ndarray, held
     groups = rows.point_id.to_numpy()
     held = last_steps(T, groups, held & (T > 0))
     fitted = train & (T > 0)
-    empty = EMPTY
     enough = (held.any() and len(np.unique(P[fitted])) >= 2 and len(np.unique(T[fitted])) >= 2
               and fitted.sum() >= _n_fitted(form, shift, arms, replay) + 2
               and (arm is None or set(arm[held]) <= set(arm[fitted])))  # an arm's factor needs its own runs
     if not enough:
-        return empty, None, held & False
+        return EMPTY, None, held & False
     starts = None if start is None else [start.theta, *grid_starts(form, shift, y[train], arm, replay)]  # the full fit's optimum, and the form's grid
     partial = fit_law(form, P[train], T[train], y[train], shift, starts=starts, arm=_at(arm, train), arms=arms,
                       replay=_at(replay, train), n_optimized=2 if start is not None else 4)
@@ -264,10 +263,11 @@ def _fit_candidate(name: str, shift: float | None, rows: pd.DataFrame, target: s
 
 
 TRANSIENT = 1 / 8
-"""With `kl_law="average"`, KL's laws are fitted to each run's measurements from this share of its steps on: the first
-steps are a transient (the adapter starts at zero and Adam's first updates are not yet
-steady) whose slope in `N` differs from the rest of the run's; on the forecast benchmark, laws
-fitted through it forecast later steps worse."""
+"""With `kl_law="average"`, KL's laws are fitted to each run's measurements from this share
+of its steps on: the first steps are a transient (the adapter starts at zero and Adam's first
+updates are not yet steady) whose slope in `N` differs from the rest of the run's; on the
+forecast benchmark, laws fitted through it forecast later steps worse. Where that leaves too
+few measurements to validate in time, every step is fitted (`kl.transient` says which)."""
 KL_LAWS = ("average", "select")
 """How KL is forecast (`fit --kl-law`). `average` (the default): the geometric mean of the
 forms that bend (`Form.bends`), each pooled or with a factor per arm as its selection error
@@ -393,7 +393,6 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     with bootstrap intervals for its parameters. `transfer_slope`: the intervals' smallest
     model-error slope (default `BENCHMARK_SLOPE[kl_law]`)."""
     transfer_slope = BENCHMARK_SLOPE[kl_law] if transfer_slope is None else transfer_slope
-    tried, refused = {}, []
     # Past the transient where that leaves enough to validate in time, else every step.
     for transient in ([TRANSIENT, 0.0] if kl_law == "average" and target == "kl" else [0.0]):
         tried, refused = {}, []
