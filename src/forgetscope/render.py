@@ -281,8 +281,9 @@ def print_demo(result, summary: dict, fits: Fits | None, out: Path) -> None:
         params = escape(", ".join(f"{k} {v:.3g}" for k, v in kl["params"].items()))
         validation = kl.get("validation", {})
         console.print(
-            f"law of KL: {kl.get('label', kl['form'])} ({params}; R^2 {kl['r2']:.3f})\n"
-            f"  forecast error (median at the held-out runs' last steps): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
+            f"law of KL: {kl.get('label', kl['form'])} ("
+            + (f"R^2 {kl['r2']:.3f}; its member {kl['form']}: {params})\n" if kl.get("members") else f"{params}; R^2 {kl['r2']:.3f})\n")
+            + f"  forecast error (median at the held-out runs' last steps): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
             f"in size {_pct(validation.get('in_size', {}).get('median_ape'))}\n"
             + (f"  {_coverage_text(kl['interval'])}\n" if kl.get("interval", {}).get("coverage") else "") +
             f"L_f = {_line(line, 3)} (R^2 {line['r2']:.3f})"
