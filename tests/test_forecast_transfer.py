@@ -65,16 +65,18 @@ def test_the_in_run_forecast_of_every_target_run_is_made_with_and_without_the_pi
         assert np.isfinite(row["prior"]["error"]) and row["prior"]["width"] >= 1
 
 
-def test_on_the_scenarios_made_after_it_was_fixed_the_averaged_law_beats_the_selected_one(bench):
-    # `fit --kl-law average` was chosen on the first seven scenarios; these two were run after.
-    for name in HELD_OUT:
-        averaged = bench.summarise(bench.replay(name, n_bootstrap=0)["targets"])
-        selected = bench.summarise(bench.replay(name, n_bootstrap=0, kl_law="select")["targets"])
-        assert averaged["median_error"] < selected["median_error"], name
+def test_on_the_scenarios_made_after_it_was_fixed_the_averaged_laws_worst_miss_is_far_smaller(bench):
+    # `fit --kl-law average` was chosen on the first seven scenarios; these were run after. Its
+    # median error there is no better than the selected form's; its worst miss is.
+    worst = {}
+    for law in ("average", "select"):
+        rows = [t for name in HELD_OUT for t in bench.replay(name, n_bootstrap=0, kl_law=law)["targets"]]
+        worst[law] = bench.summarise(rows)["max_error"]
+    assert worst["average"] < worst["select"] / 2, worst
 
 
-HELD_OUT = ("code-rslora-attn", "docs-lora-qv")
-MEASURED = {"median_error": 0.319, "coverage": 0.99, "median_width": 7.08}
-"""The replay above (`fit` defaults, `--kl-law average`; 72 targets in 9 scenarios), as
+HELD_OUT = ("code-rslora-attn", "docs-lora-qv", "docs-rslora-mlp", "scripture-lora-attn")
+MEASURED = {"median_error": 0.339, "coverage": 0.99, "median_width": 7.63}
+"""The replay above (`fit` defaults, `--kl-law average`; 88 targets in 11 scenarios), as
 `bench/forecast_transfer.py` prints it but with each scenario's own interval slope. The issue's
 targets (20%, 80%, 2.5) are not met: these guard what was reached, not what was asked."""
