@@ -172,6 +172,10 @@ FITS: dict[str, str | bytes] = {
     "verdict-markup": "PATCH:claims=[{\"claim\": \"x\", \"verdict\": \"<script>alert(1)</script>\", \"evidence\": \"y\"}]",
     "vocab-as-text": "PATCH:vocab_size=\"many\"",
     "bootstrap-ragged": "PATCH:kl.bootstrap=\"x\"",
+    "theta-short": "PATCH:kl.theta=[1.0]",
+    "member-form-unknown": "PATCH:kl.members=[{\"form\": \"nosuch\", \"theta\": [1.0, 0.5, 0.5]}]",
+    "member-theta-short": "PATCH:kl.members=[{\"form\": \"mult\", \"theta\": [1.0]}, {\"form\": \"mult\", \"theta\": [1.0, 0.5, 0.5]}]",
+    "member-bootstrap-short": "PATCH:kl.members=[{\"form\": \"mult\", \"theta\": [1.0, 0.5, 0.5], \"bootstrap\": [[1.0]]}]",
 }
 """`fits.json` contents that `predict`, `report` and `train --law` must refuse."""
 

@@ -330,3 +330,21 @@ def test_a_fits_json_from_before_the_label_and_heldout_keys_still_reports(sweep_
     assert "Fitted laws" in (old / "report.html").read_text()
     code, out, err = run_cli(["predict", old, "--params", 5000, "--steps", 32, "--json"], capsys)
     assert code == 0 and json.loads(out)["kl"]["value"] > 0, err
+
+
+@pytest.mark.parametrize("where", ["kl.theta", "kl.members.1.theta", "kl.members.0.bootstrap.0", "ft_loss.theta"])
+def test_a_fits_json_whose_parameters_do_not_fit_their_law_is_refused(sweep_dir, tmp_path, capsys, where):
+    import shutil
+
+    run_cli(["fit", sweep_dir, "--bootstrap", 20], capsys)
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    fits = json.loads((copy / "fits.json").read_text())
+    *path, last = where.split(".")
+    node = fits
+    for key in path:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[int(last) if last.isdigit() else last] = [1.0]  # one parameter where the law takes more
+    (copy / "fits.json").write_text(json.dumps(fits))
+    code, _, err = run_cli(["predict", copy, "--rank", 2, "--target-modules", "all-linear", "--steps", 8], capsys)
+    assert_user_error(code, err, "parameters per vector")

@@ -584,4 +584,12 @@ def load_fits(directory: str | Path) -> dict:
         for where, entry in [(f"{target}.form", fits[target]), *((f"{target}.members[{i}].form", m) for i, m in enumerate(fits[target].get("members", [])))]:
             if entry["form"] not in FORMS:
                 raise UserInputError(f"fits {path}: `{where}`: unknown law form {entry['form']!r} (known: {', '.join(FORMS.names())})")
+            form, arms = FORMS.get(entry["form"]), entry.get("arms", [])
+            expected = _n_fitted(form, entry.get("shift_value"), arms, True if entry.get("replay") else None)
+            # a file without `arms` (older versions) may carry arm factors it does not name: every row is then arm 0
+            named = "arms" in entry
+            for key, vectors in (("theta", [entry["theta"]]), ("bootstrap", entry.get("bootstrap", []))):
+                if not all(len(v) == expected or (not named and len(v) > expected) for v in vectors):
+                    raise UserInputError(f"fits {path}: `{where.removesuffix('.form')}.{key}`: the {entry['form']} law with "
+                                         f"{max(len(arms) - 1, 0)} arm factor(s) takes {expected} parameters per vector")
     return fits
