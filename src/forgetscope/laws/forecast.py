@@ -14,20 +14,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy import stats
 
 from forgetscope.errors import UserInputError
-from forgetscope.laws.fit import Ensemble, Fit, Law, half_width, widen
+from forgetscope.laws.fit import Anchored, Ensemble, Fit, Law, half_width, widen
 from forgetscope.laws.forms import FORMS
 from forgetscope.laws.schema import Fits, LawFit, MemberFit, Target
 
 
 def fit_from(entry: LawFit) -> Law:
     """The law one target's entry of `fits.json` describes: its `Fit`, or the `Ensemble` of
-    its members where it averages several."""
-    if entry.get("members"):
-        return Ensemble(tuple(_one_fit(member) for member in entry["members"]))
-    return _one_fit(entry)
+    its members where it averages several, `Anchored` where it has an `anchor`."""
+    law: Fit | Ensemble = Ensemble(tuple(_one_fit(member) for member in entry["members"])) if entry.get("members") else _one_fit(entry)
+    if entry.get("anchor"):
+        at = entry["anchor"]
+        return Anchored(law, tuple(at["arms"]), np.array(at["offsets"], dtype=float), np.array(at["horizons"], dtype=float))
+    return law
 
 
 def _one_fit(entry: LawFit | MemberFit) -> Fit:
@@ -221,22 +224,23 @@ def budget_steps(fits: Fits, query: Query, budget: float, target: Target = "kl")
     top = ranges.get("validated_T", 1e6) if not query.extrapolate else 1e4 * ranges.get("max_T", 1e2)
     T = np.geomspace(min(1.0, top), top, 400)
     widened = widening(fits, where, T[-1], query.extrapolate)[1]  # without extrapolate T stays validated: checks P
-    value, low, high = _band(fits, target, where, T, widened)[:3]
+    curves = _band(fits, target, where, T, widened)[:3]
 
-    def first_crossing(curve: np.ndarray) -> float | None:
-        over = np.flatnonzero(curve > budget)
+    def first_crossing(which: int) -> float | None:
+        over = np.flatnonzero(curves[which] > budget)
         if not len(over):
             return None
         j = over[0]
         if j == 0:
             return 0.0
-        # interpolate in log-log between the grid points around the crossing
-        w = (np.log(budget) - np.log(curve[j - 1])) / (np.log(curve[j]) - np.log(curve[j - 1]))
-        return float(np.exp(np.log(T[j - 1]) + w * (np.log(T[j]) - np.log(T[j - 1]))) / where.T_per_step)
+        # the crossing between the grid points around it, to the curve's own precision (a law
+        # anchored to its runs' ends bends where its anchor starts and stops)
+        def excess(log_t: float) -> float:
+            return float(_band(fits, target, where, np.array([np.exp(log_t)]), widened)[which][0]) - budget
+        return float(np.exp(brentq(excess, np.log(T[j - 1]), np.log(T[j]), xtol=1e-10)) / where.T_per_step)
 
-    steps = first_crossing(value)
-    return {"target": target, "P": where.P, "module_set": where.arm, "budget": budget, "steps": steps,
-            "low": first_crossing(high), "high": first_crossing(low), "searched_up_to": float(T[-1] / where.T_per_step)}
+    return {"target": target, "P": where.P, "module_set": where.arm, "budget": budget, "steps": first_crossing(0),
+            "low": first_crossing(2), "high": first_crossing(1), "searched_up_to": float(T[-1] / where.T_per_step)}
 
 
 @dataclass(frozen=True)
@@ -249,8 +253,11 @@ class RunPrior:
     slope: float
 
     def kl(self, steps) -> np.ndarray:
-        """The law's KL at `steps` (its value only: the prior needs no bootstrap band)."""
+        """The law's KL at `steps` (its value only: the prior needs no bootstrap band). An
+        anchored law's shape without its anchor: the run's own factor sets the level, and
+        the anchor's ramp toward the sweep's horizon is no part of a run's shape."""
         fit = fit_from(self.fits["kl"])
+        fit = fit.law if isinstance(fit, Anchored) else fit
         arm = fit.arms.index(self.where.arm) if fit.arms and self.where.arm in fit.arms else 0
         T = np.asarray(steps, dtype=float) * self.where.T_per_step
         return np.asarray(fit.predict(self.where.P, T, arm=arm, replay=self.where.replay), dtype=float)

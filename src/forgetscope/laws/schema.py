@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import Required, TypedDict
 
 Number = float | None
@@ -47,12 +47,31 @@ class MemberEntry(_Open):
     replay: bool = False
 
 
+class AnchorEntry(_Open):
+    """Where a law was moved onto its runs' last measurements (`LawEntry.anchor`): one finite
+    log offset and one positive horizon per arm."""
+
+    arms: list[str] = Field(min_length=1)
+    offsets: list[float]
+    horizons: list[float]
+
+    @model_validator(mode="after")
+    def _one_per_arm(self) -> AnchorEntry:
+        if not len(self.arms) == len(self.offsets) == len(self.horizons):
+            raise ValueError(f"{len(self.arms)} arms, {len(self.offsets)} offsets and {len(self.horizons)} horizons: one of each per arm")
+        if not all(abs(o) < 50 for o in self.offsets) or not all(0 < h < float("inf") for h in self.horizons):
+            raise ValueError("offsets must be finite logs and horizons positive times")
+        return self
+
+
 class LawEntry(_Open):
     """One target's law: its form, parameters and their intervals, and how it validated;
-    where its forecasts average several laws, those are its `members`."""
+    where its forecasts average several laws, those are its `members`; where it was moved
+    onto its runs' last measurements, that is its `anchor`."""
 
     form: str
     members: list[MemberEntry] = []
+    anchor: AnchorEntry | None = None
     label: str | None = None
     shift_value: Number = None
     params: dict[str, float]
@@ -176,6 +195,15 @@ class MemberFit(TypedDict, total=False):
     replay: bool
 
 
+class Anchor(TypedDict):
+    """Per arm (`arms`), the log offset that moves the law onto its runs' last measurements
+    and the time from which it applies in full (`laws.fit.Anchored`)."""
+
+    arms: list[str]
+    offsets: list[float]
+    horizons: list[float]
+
+
 class LawFit(TypedDict, total=False):
     """One target's chosen law: its form, parameters and their intervals, how it validated,
     and every candidate it was chosen from (`FormFit`'s keys, and more)."""
@@ -184,6 +212,7 @@ class LawFit(TypedDict, total=False):
     """The form of the law whose parameters are shown (`params`); where `members` is not
     empty, forecasts average those laws (the mean of their logs) instead."""
     members: list[MemberFit]
+    anchor: Anchor
     transient: float
     """Each run's measurements before this share of its steps were left out of the fit
     (`laws.select.TRANSIENT`; 0 where that left too few to validate in time)."""

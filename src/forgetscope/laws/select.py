@@ -29,9 +29,11 @@ from forgetscope.errors import UserInputError
 from forgetscope.files import check_schema, read_json, write_atomically
 from forgetscope.laws.analyses import claims, domain_analysis, linear_relation, matched_loss_analysis
 from forgetscope.laws.fit import (
+    Anchored,
     Ensemble,
     Fit,
     Law,
+    anchor,
     bootstrap,
     bootstrap_law,
     check_enough_data,
@@ -287,9 +289,15 @@ def _ensemble(tried: dict, labels: list[str], target: str) -> dict:
     log space on everything and on every split, scored as one candidate is."""
     members = [tried[label] for label in labels]
     first = members[0]
-    rows, arm, replay = first["rows"], next((m["arm"] for m in members if m["arm"] is not None), None), first["replay"]
-    law = Ensemble(tuple(m["fit"] for m in members))
+    rows, replay = first["rows"], first["replay"]
     P, N, y = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float)
+    groups, names = rows.point_id.to_numpy(), rows.arm_name.to_numpy()
+    arm = rows.arm_name.map(sorted(set(names)).index).to_numpy()  # the anchor's arms: every arm, pooled members or not
+
+    def anchored(parts: list[Fit], train: np.ndarray) -> Anchored:
+        return anchor(Ensemble(tuple(parts)), P[train], N[train], y[train], groups[train], names[train])
+
+    law = anchored([m["fit"] for m in members], np.ones(len(rows), dtype=bool))
     validation, fits, masks = {}, {}, {}
     for split in first["masks"]:
         parts = [m["split_fits"][split] for m in members]
@@ -297,7 +305,7 @@ def _ensemble(tried: dict, labels: list[str], target: str) -> dict:
         if any(part is None for part in parts) or not scored.any():
             validation[split], fits[split], masks[split] = EMPTY, None, (train, scored & False)
             continue
-        fits[split], masks[split] = Ensemble(tuple(parts)), (train, scored)
+        fits[split], masks[split] = anchored(parts, train & (N > 0)), (train, scored)
         validation[split] = _errors(fits[split], rows, target, train, scored, arm, replay)
     metrics = log_metrics(y, law.predict(P, N, arm=arm, replay=replay))
     return {"fit": law, "rows": rows, "arm": arm, "replay": replay, "r2": metrics["r2"], "log_rmse": metrics["log_rmse"],
@@ -452,9 +460,12 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
                         "theta": law.theta.tolist(), "bootstrap": drawn.tolist()})
     reported = np.array([list(fit.form.report(t, fit.shift, fit.arms, fit.replay).values()) for t in samples]) if len(samples) else None
     ci = {name: [float(v) for v in np.percentile(reported[:, i], [2.5, 97.5])] for i, name in enumerate(fit.params)} if reported is not None else {}
+    anchored = best["fit"] if isinstance(best["fit"], Anchored) else None
     return {
         "label": _mean_label(best["labels"]) if members else label,
         "members": members,
+        **({"anchor": {"arms": list(anchored.arms), "offsets": anchored.offsets.tolist(), "horizons": anchored.horizons.tolist()}}
+           if anchored is not None else {}),
         "transient": transient,
         "form": fit.form.name,
         "shift": "zero" if target == "kl" else ("fixed" if fit.shift is not None else "free"),
@@ -465,7 +476,8 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
         "ci": ci,
         "selected_by": ("the mean in log space of the forms that bend, each pooled or not by " if members else "")
                        + "median absolute percentage error at the last steps on the nested selection splits ("
-                       + " and ".join(n for n, used in (("in time", with_time), ("in size", with_size)) if used) + ")",
+                       + " and ".join(n for n, used in (("in time", with_time), ("in size", with_size)) if used) + ")"
+                       + (", moved per arm onto its runs' last measurements" if anchored is not None else ""),
         "validation": best["validation"],
         "column": column,
         "start": base_values(table)[target],
