@@ -168,3 +168,31 @@ def test_the_averaged_law_leaves_out_each_runs_first_steps_unless_that_leaves_to
     kl = fit_target(table, "kl", n_bootstrap=0)
     assert kl["transient"] == 0.0 and kl["n"] == int(((table.N > 0) & (table.kl > 0)).sum())
     assert fit_target(table, "kl", n_bootstrap=0, kl_law="select")["transient"] == 0.0  # the one selected law: every step
+
+
+def test_the_averaged_law_is_anchored_per_arm_onto_its_runs_last_measurements(tmp_path):
+    from forgetscope.laws.fit import Anchored
+    from forgetscope.laws.forecast import fit_from
+
+    table = read_table(write_sweep(tmp_path / "s", noise=0.1))
+    kl = fit_target(table, "kl", n_bootstrap=0)
+    law = fit_from(kl)
+    assert isinstance(law, Anchored) and law.arms == tuple(sorted(ARMS)) and kl["anchor"]["arms"] == list(law.arms)
+    ends = table[table.N == table.N.max()]  # every run ends at the same step: the horizon
+    for name, rows in ends.groupby("arm_name"):
+        arm = law.arms.index(name)
+        P, T, y = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows.kl.to_numpy(float)
+        inner = np.log(y) - np.log(law.law.predict(P, T, arm=arm if law.law.arms else None))
+        assert kl["anchor"]["offsets"][arm] == pytest.approx(inner.mean())  # the inner law's mean miss at the runs' ends
+        assert np.mean(np.log(y) - np.log(law.predict(P, T, arm=arm))) == pytest.approx(0.0, abs=1e-9)  # ... moved away
+        assert law.predict(P, T / 2, arm=arm) == pytest.approx(law.law.predict(P, T / 2, arm=arm if law.law.arms else None))
+    assert "anchor" not in fit_target(table, "kl", n_bootstrap=0, kl_law="select")  # the one selected law, as before
+
+
+def test_an_anchor_naming_arms_the_sweep_does_not_have_is_refused_in_one_line(tmp_path, capsys):
+    directory = write_sweep(tmp_path / "s")
+    fits = fit_sweep(directory, n_bootstrap=0)
+    fits["kl"]["anchor"]["arms"] = ["all-linear", "gate_proj"]
+    (directory / "fits.json").write_text(json.dumps(fits))
+    code, _, err = run_cli(["predict", directory, "--rank", 4, "--target-modules", "all-linear", "--steps", 100], capsys)
+    assert_user_error(code, err, "kl.anchor.arms")

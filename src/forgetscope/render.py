@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from forgetscope.laws.schema import Fits, IntervalFit, LinearFit, Target
+from forgetscope.laws.schema import Fits, IntervalFit, LawFit, LinearFit, Target
 
 console = Console()
 
@@ -92,6 +93,15 @@ def _coverage_text(interval: IntervalFit) -> str:
     return f"95% forecast intervals cover the held-out points {', '.join(parts)}"
 
 
+def _anchor_text(entry: LawFit, before: str = "", after: str = "") -> str:
+    """How far an anchored law was moved onto its runs' last measurements, per arm ('' if not)."""
+    anchor = entry.get("anchor")
+    if not anchor:
+        return ""
+    moves = ", ".join(f"x{np.exp(o):.2f}" + (f" ({escape(a)})" if len(anchor["arms"]) > 1 else "") for a, o in zip(anchor["arms"], anchor["offsets"]))
+    return f"{before}forecasts moved onto the runs' last measurements: {moves}{after}"
+
+
 def print_fit_tables(fits: Fits) -> None:
     """The selected law of each target with intervals, and every form's held-out error."""
     targets: tuple[Target, ...] = ("forgetting_ce", "kl", "ft_loss")
@@ -102,7 +112,7 @@ def print_fit_tables(fits: Fits) -> None:
         table = Table(title=f"{target}: {entry.get('label', entry['form'])} law (R^2 {entry['r2']:.3f} in log space; "
                             f"median error forecasting in time {_pct(in_time.get('median_ape'))}, in size {_pct(in_size.get('median_ape'))})")
         if entry.get("members"):  # a mean of laws: the parameters shown are one member's
-            table.caption = f"parameters of {entry['form']}, the member with the lowest selection error"
+            table.caption = f"parameters of {entry['form']}, the member with the lowest selection error" + _anchor_text(entry, "; ")
         table.add_column("parameter")
         table.add_column("value", justify="right")
         table.add_column("95% interval", justify="right")
@@ -283,6 +293,7 @@ def print_demo(result, summary: dict, fits: Fits | None, out: Path) -> None:
         console.print(
             f"law of KL: {kl.get('label', kl['form'])} ("
             + (f"R^2 {kl['r2']:.3f}; its member {kl['form']}: {params})\n" if kl.get("members") else f"{params}; R^2 {kl['r2']:.3f})\n")
+            + _anchor_text(kl, "  ", "\n")
             + f"  forecast error (median at the held-out runs' last steps): in time {_pct(validation.get('in_time', {}).get('median_ape'))}, "
             f"in size {_pct(validation.get('in_size', {}).get('median_ape'))}\n"
             + (f"  {_coverage_text(kl['interval'])}\n" if kl.get("interval", {}).get("coverage") else "") +

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy import stats
+from scipy.optimize import brentq
 
 from forgetscope.errors import UserInputError
 from forgetscope.laws.fit import Anchored, Ensemble, Fit, Law, half_width, widen

@@ -592,6 +592,10 @@ def load_fits(directory: str | Path) -> dict:
     if missing:
         raise UserInputError(f"{path} lacks the fits of {', '.join(missing)}: run `forgetscope fit {directory}` again")
     check_schema(fits, FitsFile, f"fits {path}")
+    anchored, arms = fits["kl"].get("anchor") or {"arms": []}, fits.get("range", {}).get("arms", {})
+    if arms and not set(anchored["arms"]) <= set(arms):
+        raise UserInputError(f"fits {path}: `kl.anchor.arms` names {', '.join(sorted(set(anchored['arms']) - set(arms)))}, "
+                             f"which the sweep's range does not have ({', '.join(arms)})")
     for target in TARGETS:
         for where, entry in [(f"{target}.form", fits[target]), *((f"{target}.members[{i}].form", m) for i, m in enumerate(fits[target].get("members", [])))]:
             if entry["form"] not in FORMS:
