@@ -155,10 +155,15 @@ def transfer_slope(rows: list[dict]) -> float:
     return float(needed[max(len(needed) - 1 - int(0.05 * len(needed)), 0)]) if len(needed) else 0.0
 
 
-def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, kl_law: str = "average") -> dict:
+def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, kl_law: str = "average",
+           anchored: bool = True) -> dict:
     """Fit the scenario's pilot and forecast each of its targets; with `others` (the other
-    scenarios' target rows), the intervals take the slope those needed (leave one out)."""
+    scenarios' target rows), the intervals take the slope those needed (leave one out).
+    `anchored=False`: the averaged law without its anchor (`kl.anchor`), to measure what the
+    anchor does (its interval slope stays the anchored law's)."""
     fits, fit_seconds = fit_pilot(name, n_bootstrap, kl_law)
+    if not anchored:
+        fits = {**fits, "kl": {k: v for k, v in fits["kl"].items() if k != "anchor"}}
     slope = None if others is None else transfer_slope(others)
     rows = forecast_targets(name, fits, slope)
     pilot = pilot_summary(ROOT / name / "pilot")
@@ -166,10 +171,10 @@ def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, 
             "summary": summarise(rows), "in_run": in_run(fits, pilot, target_runs(name)), "fits": fits}
 
 
-def replay_all(names: list[str], n_bootstrap: int = 200, kl_law: str = "average") -> list[dict]:
+def replay_all(names: list[str], n_bootstrap: int = 200, kl_law: str = "average", anchored: bool = True) -> list[dict]:
     """Every scenario fitted once; its intervals then take the slope that the other
     scenarios' targets needed, so no scenario's coverage is judged by a slope it set."""
-    first = {name: replay(name, n_bootstrap, kl_law=kl_law) for name in names}
+    first = {name: replay(name, n_bootstrap, kl_law=kl_law, anchored=anchored) for name in names}
     results = []
     for name in names:
         others = [row for other, result in first.items() if other != name for row in result["targets"]]
@@ -231,6 +236,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print every target as JSON instead of the tables")
     parser.add_argument("--root", type=Path, default=ROOT, help="folder of scenarios (default: the benchmark's)")
     parser.add_argument("--kl-law", choices=("average", "select"), default="average", help="as `fit --kl-law`")
+    parser.add_argument("--no-anchor", action="store_true", help="the averaged law without its anchor at the pilot's last measurements")
     args = parser.parse_args()
     ROOT = args.root
     names = args.scenario or scenarios()
@@ -238,8 +244,8 @@ def main() -> None:
         for name in names:
             make(name)
     names = [name for name in names if (ROOT / name / "targets" / "records.jsonl").is_file()]
-    results = (replay_all(names, args.bootstrap, args.kl_law) if len(names) > 1
-               else [replay(name, args.bootstrap, kl_law=args.kl_law) for name in names])
+    results = (replay_all(names, args.bootstrap, args.kl_law, not args.no_anchor) if len(names) > 1
+               else [replay(name, args.bootstrap, kl_law=args.kl_law, anchored=not args.no_anchor) for name in names])
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "fits"} for r in results], indent=1))
         return
