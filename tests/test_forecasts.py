@@ -196,3 +196,14 @@ def test_an_anchor_naming_arms_the_sweep_does_not_have_is_refused_in_one_line(tm
     (directory / "fits.json").write_text(json.dumps(fits))
     code, _, err = run_cli(["predict", directory, "--rank", 4, "--target-modules", "all-linear", "--steps", 100], capsys)
     assert_user_error(code, err, "kl.anchor.arms")
+
+
+def test_a_test_reaches_in_size_only_as_far_as_every_arm_it_held_out(tmp_path):
+    # q, v run at ranks 2 and 16 only (an 8x gap), all-linear at 1 to 32 (2x): the in-size test
+    # reached 2x, not 8x, for all-linear, and must not validate 8x for it.
+    directory = write_sweep(tmp_path / "s")
+    lines = [line for line in (directory / "records.jsonl").read_text().splitlines()
+             if '"q_proj' not in line or json.loads(line)["rank"] in (2, 16)]
+    (directory / "records.jsonl").write_text("\n".join(lines) + "\n")
+    kl = fit_target(read_table(directory), "kl", n_bootstrap=0)
+    assert kl["validation"]["in_size"]["reach_P"] == 1.0

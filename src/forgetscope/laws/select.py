@@ -196,8 +196,11 @@ def _errors(law: Law, rows: pd.DataFrame, target: str, train: np.ndarray, held: 
     P, T, y = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float)
     pred = law.predict(P[held], T[held], arm=_at(arm, held), replay=_at(replay, held))
     errors = extrapolation_errors(*_growth(rows, target, held, y[held], pred))
-    in_P, in_N = reach(P, T, rows.arm_name.to_numpy(), train & (T > 0), held)
-    return errors | {"reach_P": float(in_P.max()), "reach_N": float(in_N.max())}
+    modules = rows.arm_name.to_numpy()
+    in_P, in_N = reach(P, T, modules, train & (T > 0), held)
+    # as far as every held arm reached: one arm's wider gap in rank validates no other arm's
+    arms = modules[held]
+    return errors | {key: float(min(far[arms == a].max() for a in np.unique(arms))) for key, far in (("reach_P", in_P), ("reach_N", in_N))}
 
 
 def _growth(rows: pd.DataFrame, column: str, held: np.ndarray, y: np.ndarray, pred: np.ndarray):
