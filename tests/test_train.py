@@ -283,6 +283,13 @@ def test_with_a_sweeps_law_as_prior_the_in_run_forecast_follows_the_laws_bend_at
     assert forecast["prior"] and forecast["low"] < truth < forecast["high"]
     assert abs(forecast["kl"] - truth) < abs(alone["kl"] - truth)  # the law knows the curve bends; a power law does not
     assert forecast["kl"] == pytest.approx(truth, rel=0.1)
+    # A run whose first steps climb faster than the law (the transient) keeps the law's slope
+    # ahead: only its level is its own.
+    steep = [0.0, *(1.7 * prior.kl(s) * (s / 47) ** 0.5 for s in steps[1:])]
+    forecast = forecast_run(steps, steep, planned_steps=200, prior=prior)
+    kept = [s for s in steps if s >= math.sqrt(47)]  # the latest half of the measurements in log N
+    level = math.exp(sum(math.log(1.7 * (s / 47) ** 0.5) for s in kept) / len(kept))
+    assert forecast["kl"] == pytest.approx(level * float(prior.kl(200)), rel=1e-9)
 
 
 @pytest.mark.slow
