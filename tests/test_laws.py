@@ -229,6 +229,9 @@ def test_the_report_is_one_html_file_with_its_plots_embedded(sweep_dir, capsys):
         assert pixels[..., :3].std() > 0.05, f"{png} is blank"  # something was drawn on it
     assert page.count("data:image/png;base64,") >= 6
     assert "Fitted laws" in page and "src='http" not in page
+    kl = json.loads((sweep_dir / "fits.json").read_text())["kl"]
+    moved = ", ".join(f"x{np.exp(o):.2f} ({a})" for a, o in zip(kl["anchor"]["arms"], kl["anchor"]["offsets"]))
+    assert f"moved onto its runs' last measurements by {moved}" in page.replace("\n", " ")  # what the anchor did, per module set
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,7 @@ def _environment() -> jinja2.Environment:
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["pct"] = _pct
+    env.filters["exp"] = math.exp  # an anchor's log offset as the factor it moves the law by
     return env
 
 
