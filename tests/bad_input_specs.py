@@ -176,9 +176,10 @@ FITS: dict[str, str | bytes] = {
     "member-form-unknown": "PATCH:kl.members=[{\"form\": \"nosuch\", \"theta\": [1.0, 0.5, 0.5]}]",
     "member-theta-short": "PATCH:kl.members=[{\"form\": \"mult\", \"theta\": [1.0]}, {\"form\": \"mult\", \"theta\": [1.0, 0.5, 0.5]}]",
     "member-bootstrap-short": "PATCH:kl.members=[{\"form\": \"mult\", \"theta\": [1.0, 0.5, 0.5], \"bootstrap\": [[1.0]]}]",
-    "anchor-offsets-short": "PATCH:kl.anchor={\"arms\": [\"a\", \"b\"], \"offsets\": [0.1], \"horizons\": [100, 100]}",
-    "anchor-horizon-zero": "PATCH:kl.anchor={\"arms\": [\"a\"], \"offsets\": [0.1], \"horizons\": [0]}",
-    "anchor-offset-huge": "PATCH:kl.anchor={\"arms\": [\"a\"], \"offsets\": [1e300], \"horizons\": [100]}",
+    "anchor-offsets-short": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [], \"horizons\": [100]}",
+    "anchor-horizon-zero": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [0]}",
+    "anchor-offset-huge": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [1e300], \"horizons\": [100]}",
+    "anchor-start-after-horizon": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], \"starts\": [200]}",
 }
 """`fits.json` contents that `predict`, `report` and `train --law` must refuse."""
 

@@ -185,17 +185,59 @@ def test_the_averaged_law_is_anchored_per_arm_onto_its_runs_last_measurements(tm
         inner = np.log(y) - np.log(law.law.predict(P, T, arm=arm if law.law.arms else None))
         assert kl["anchor"]["offsets"][arm] == pytest.approx(inner.mean())  # the inner law's mean miss at the runs' ends
         assert np.mean(np.log(y) - np.log(law.predict(P, T, arm=arm))) == pytest.approx(0.0, abs=1e-9)  # ... moved away
-        assert law.predict(P, T / 2, arm=arm) == pytest.approx(law.law.predict(P, T / 2, arm=arm if law.law.arms else None))
+        start = law.starts[arm] * 0.999  # before its start, the inner law's shape
+        assert law.predict(P, start, arm=arm) == pytest.approx(law.law.predict(P, start, arm=arm if law.law.arms else None))
     assert "anchor" not in fit_target(table, "kl", n_bootstrap=0, kl_law="select")  # the one selected law, as before
 
 
-def test_an_anchor_naming_arms_the_sweep_does_not_have_is_refused_in_one_line(tmp_path, capsys):
+def test_the_anchor_is_taken_at_every_runs_end_at_several_learning_rates_and_with_replay(tmp_path):
+    from forgetscope.laws.forecast import fit_from
+
+    for name, sweep in (("learning rates", {"learning_rates": (5e-4, 1e-3, 2e-3)}), ("replay", {"replay_fractions": (0.0, 0.2, 0.5)})):
+        table = read_table(write_sweep(tmp_path / name.replace(" ", "-"), noise=0.05, **sweep))
+        kl = fit_target(table, "kl", n_bootstrap=0)
+        law = fit_from(kl)
+        ends = table[table.N == table.N.max()]  # each run's end: at T = N lr / lr_ref, earlier for a lower rate
+        arm = ends.arm_name.map(law.arms.index).to_numpy()
+        miss = np.log(ends.kl.to_numpy()) - np.log(law.predict(ends.P.to_numpy(float), ends["T"].to_numpy(float), arm=arm,
+                                                                  replay=ends.replay_fraction.to_numpy(float)))
+        for a in range(len(law.arms)):  # every run's end is past its arm's horizon: the anchor holds there in full
+            assert miss[arm == a].mean() == pytest.approx(0.0, abs=1e-9), name
+        assert np.all(np.abs(kl["anchor"]["offsets"]) < 0.25), (name, kl["anchor"])  # replay's effect is the law's knob, not an offset
+
+
+def test_a_lowering_anchor_never_makes_a_rising_law_fall():
+    from forgetscope.laws.fit import anchor
+    from forgetscope.laws.forms import FORMS
+    from forgetscope.laws.select import fit_law
+
+    N = np.tile(np.geomspace(10, 100, 8), 2)
+    P = np.repeat([1e4, 4e4], 8)
+    y = 1e-4 * P**0.1 * N**0.3
+    y[[7, 15]] *= 0.3  # each run ends far below the law: the offset is about log 0.3 over one doubling
+    law = fit_law(FORMS.get("mult"), P, N, y, shift=0.0)
+    anchored = anchor(law, P, N, y, np.repeat(["a", "b"], 8), np.repeat(["all"], 16), ("all",))
+    assert anchored.offsets[0] < -0.5 and anchored.starts[0] < anchored.horizons[0] / 2  # a longer ramp than one doubling
+    grid = np.geomspace(1, 1000, 400)
+    assert np.all(np.diff(anchored.predict(4e4, grid)) > 0)
+
+
+def test_an_anchor_naming_arms_the_sweep_or_its_members_do_not_have_is_refused_in_one_line(tmp_path, capsys):
     directory = write_sweep(tmp_path / "s")
     fits = fit_sweep(directory, n_bootstrap=0)
+    code, _, err = run_cli(["predict", directory, "--params", 5000, "--steps", 100], capsys)
+    assert_user_error(code, err, "give --target-modules")  # each module set has its own anchor
+    written = json.dumps(fits)
     fits["kl"]["anchor"]["arms"] = ["all-linear", "gate_proj"]
     (directory / "fits.json").write_text(json.dumps(fits))
     code, _, err = run_cli(["predict", directory, "--rank", 4, "--target-modules", "all-linear", "--steps", 100], capsys)
     assert_user_error(code, err, "kl.anchor.arms")
+    fits = json.loads(written)
+    fits["kl"]["anchor"]["arms"] = fits["kl"]["anchor"]["arms"][::-1]  # the members' factors would go to the other arm
+    fits["kl"]["members"][0]["arms"] = sorted(fits["kl"]["anchor"]["arms"])
+    (directory / "fits.json").write_text(json.dumps(fits))
+    code, _, err = run_cli(["predict", directory, "--rank", 4, "--target-modules", "all-linear", "--steps", 100], capsys)
+    assert_user_error(code, err, "not the arms its members have factors for")
 
 
 def test_a_test_reaches_in_size_only_as_far_as_every_arm_it_held_out(tmp_path):

@@ -80,40 +80,57 @@ class Anchored:
     forecast benchmark the pilots' curves bent near their end in ways the laws did not
     (KL steepened late on most scripture pilots, flattened on others), so forecasts started
     from the wrong level, by 14% (median) and up to a factor 1.8, at the very step they
-    extrapolate from. The offset applies in full from
-    the arm's horizon (the geometric mean of its runs' last times) on, and fades out over
-    the doubling before it, so forecasts inside the sweep keep the law's shape. Forecasting
-    from the last observed level is what time-series forecasters call intercept correction."""
+    extrapolate from. Forecasting from the last observed level is what time-series
+    forecasters call intercept correction.
+
+    The offset applies in full from the arm's horizon (the earliest end of its runs) on and
+    fades in, linearly in `log N`, from the arm's `start`: half the horizon, or earlier where
+    a lowering offset over one doubling would make a rising law fall (`anchor` sets it), so
+    forecasts inside the sweep keep the law's shape and never turn down."""
 
     law: Fit | Ensemble
     arms: tuple[str, ...]
-    """Every arm of the rows anchored (the inner law's `arms`, where it has a factor per arm)."""
+    """Every arm (the inner law's `arms`, where it has a factor per arm)."""
     offsets: np.ndarray
     horizons: np.ndarray
+    starts: np.ndarray
 
     def predict(self, P, N, theta: np.ndarray | list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
-        """The inner law's forecast times `exp(offset * weight)`, `weight` 0 up to half the
-        arm's horizon, 1 from the horizon on, linear in `log N` between."""
+        """The inner law's forecast times `exp(offset * weight)`: `weight` 0 up to the arm's
+        `start`, 1 from its horizon on, linear in `log N` between."""
         inner = self.law.predict(P, N, theta, arm=arm if self.law.arms else None, replay=replay)
         _, N, arm = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float),
                                         np.asarray(0 if arm is None else arm, dtype=int))
-        weight = np.clip(1.0 + np.log2(np.maximum(N, 1e-300) / self.horizons[arm]), 0.0, 1.0)
+        span = np.log(self.horizons[arm] / self.starts[arm])
+        weight = np.clip(np.log(np.maximum(N, 1e-300) / self.starts[arm]) / span, 0.0, 1.0)
         return inner * np.exp(self.offsets[arm] * weight)
 
 
-def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names) -> Anchored:
-    """`law` anchored at the last measurement of each run (`groups`) of each arm
-    (`arm_names`, one per row); an arm without runs here takes the mean offset of the others."""
+def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...], replay=None) -> Anchored:
+    """`law` anchored at the last measurement of each run (`groups`) of each of `arms`
+    (`arm_names`: each row's; `replay`: each row's replay fraction, for a law with the knob).
+    An arm without runs among these rows takes the mean offset of the others."""
     P, N, y, groups, arm_names = (np.asarray(v) for v in (P, N, y, groups, arm_names))
-    arms = tuple(sorted(set(arm_names.tolist())))
+    P, N, y = P.astype(float), N.astype(float), y.astype(float)
     last = np.array([np.flatnonzero(groups == g)[np.argmax(N[groups == g])] for g in np.unique(groups)], dtype=int)
     index = np.array([arms.index(a) for a in arm_names[last]], dtype=int)
     inner_arm = np.array([law.arms.index(a) if a in law.arms else 0 for a in arm_names[last]]) if law.arms else None
-    residual = np.log(y[last].astype(float)) - np.log(np.maximum(law.predict(P[last].astype(float), N[last].astype(float), arm=inner_arm), 1e-300))
-    offsets = np.array([residual[index == i].mean() if (index == i).any() else residual.mean() for i in range(len(arms))])
-    horizons = np.array([np.exp(np.log(N[last][index == i].astype(float)).mean()) if (index == i).any() else float(N[last].max())
-                         for i in range(len(arms))])
-    return Anchored(law, arms, offsets, horizons)
+    fraction = None if replay is None else np.asarray(replay, dtype=float)[last]
+    residual = np.log(y[last]) - np.log(np.maximum(law.predict(P[last], N[last], arm=inner_arm, replay=fraction), 1e-300))
+    offsets, horizons, starts = (np.empty(len(arms)) for _ in range(3))
+    for i in range(len(arms)):
+        mine = index == i if (index == i).any() else np.ones(len(last), dtype=bool)
+        offsets[i], horizons[i] = residual[mine].mean(), N[last][mine].min()
+        starts[i] = horizons[i] / 2
+        if offsets[i] < 0:  # lowering over one doubling must not outpace the law's own rise
+            grid = np.geomspace(horizons[i] / 64, horizons[i], 33)
+            rows = last[mine]
+            curves = np.log(np.maximum(law.predict(P[rows][:, None], grid[None, :], arm=None if inner_arm is None else inner_arm[mine][:, None],
+                                                   replay=None if fraction is None else fraction[mine][:, None]), 1e-300))
+            rise = float(np.min(np.diff(curves, axis=1)) / np.log(grid[1] / grid[0]))  # the law's smallest local slope in log-log
+            if rise > 0:
+                starts[i] = min(starts[i], horizons[i] * np.exp(offsets[i] / (0.9 * rise)))
+    return Anchored(law, arms, offsets, horizons, starts)
 
 
 Law = Fit | Ensemble | Anchored

@@ -54,13 +54,16 @@ class AnchorEntry(_Open):
     arms: list[str] = Field(min_length=1)
     offsets: list[float]
     horizons: list[float]
+    starts: list[float] | None = None
 
     @model_validator(mode="after")
     def _one_per_arm(self) -> AnchorEntry:
-        if not len(self.arms) == len(self.offsets) == len(self.horizons):
-            raise ValueError(f"{len(self.arms)} arms, {len(self.offsets)} offsets and {len(self.horizons)} horizons: one of each per arm")
-        if not all(abs(o) < 50 for o in self.offsets) or not all(0 < h < float("inf") for h in self.horizons):
-            raise ValueError("offsets must be finite logs and horizons positive times")
+        starts = self.starts if self.starts is not None else [h / 2 for h in self.horizons]
+        if not len(self.arms) == len(self.offsets) == len(self.horizons) == len(starts):
+            raise ValueError(f"{len(self.arms)} arms, {len(self.offsets)} offsets, {len(self.horizons)} horizons and {len(starts)} starts: "
+                             "one of each per arm")
+        if not all(abs(o) < 50 for o in self.offsets) or not all(0 < s < h < float("inf") for s, h in zip(starts, self.horizons)):
+            raise ValueError("offsets must be finite logs, and each start a positive time before its horizon")
         return self
 
 
@@ -195,13 +198,15 @@ class MemberFit(TypedDict, total=False):
     replay: bool
 
 
-class Anchor(TypedDict):
-    """Per arm (`arms`), the log offset that moves the law onto its runs' last measurements
-    and the time from which it applies in full (`laws.fit.Anchored`)."""
+class Anchor(TypedDict, total=False):
+    """Per arm (`arms`), the log offset that moves the law onto its runs' last measurements,
+    the time from which it applies in full and the time it starts to fade in from
+    (`laws.fit.Anchored`; half the horizon where `starts` is absent)."""
 
-    arms: list[str]
-    offsets: list[float]
-    horizons: list[float]
+    arms: Required[list[str]]
+    offsets: Required[list[float]]
+    horizons: Required[list[float]]
+    starts: list[float]
 
 
 class LawFit(TypedDict, total=False):

@@ -198,9 +198,9 @@ def _errors(law: Law, rows: pd.DataFrame, target: str, train: np.ndarray, held: 
     errors = extrapolation_errors(*_growth(rows, target, held, y[held], pred))
     modules = rows.arm_name.to_numpy()
     in_P, in_N = reach(P, T, modules, train & (T > 0), held)
-    # as far as every held arm reached: one arm's wider gap in rank validates no other arm's
+    # in P as far as every held arm reached: one arm's wider gap in rank validates no other arm's
     arms = modules[held]
-    return errors | {key: float(min(far[arms == a].max() for a in np.unique(arms))) for key, far in (("reach_P", in_P), ("reach_N", in_N))}
+    return errors | {"reach_P": float(min(in_P[arms == a].max() for a in np.unique(arms))), "reach_N": float(in_N.max())}
 
 
 def _growth(rows: pd.DataFrame, column: str, held: np.ndarray, y: np.ndarray, pred: np.ndarray):
@@ -296,10 +296,11 @@ def _ensemble(tried: dict, labels: list[str], target: str) -> dict:
     rows, replay = first["rows"], first["replay"]
     P, N, y = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float)
     groups, names = rows.point_id.to_numpy(), rows.arm_name.to_numpy()
-    arm = rows.arm_name.map(sorted(set(names)).index).to_numpy()  # the anchor's arms: every arm, pooled members or not
+    arms = tuple(sorted(set(names)))  # the anchor's arms: every arm, pooled members or not
+    arm = rows.arm_name.map(arms.index).to_numpy()
 
     def anchored(parts: list[Fit], train: np.ndarray) -> Anchored:
-        return anchor(Ensemble(tuple(parts)), P[train], N[train], y[train], groups[train], names[train])
+        return anchor(Ensemble(tuple(parts)), P[train], N[train], y[train], groups[train], names[train], arms, _at(replay, train))
 
     law = anchored([m["fit"] for m in members], np.ones(len(rows), dtype=bool))
     validation, fits, masks = {}, {}, {}
@@ -468,7 +469,8 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     return {
         "label": _mean_label(best["labels"]) if members else label,
         "members": members,
-        **({"anchor": {"arms": list(anchored.arms), "offsets": anchored.offsets.tolist(), "horizons": anchored.horizons.tolist()}}
+        **({"anchor": {"arms": list(anchored.arms), "offsets": anchored.offsets.tolist(), "horizons": anchored.horizons.tolist(),
+                       "starts": anchored.starts.tolist()}}
            if anchored is not None else {}),
         "transient": transient,
         "form": fit.form.name,
@@ -594,10 +596,14 @@ def load_fits(directory: str | Path) -> dict:
     if missing:
         raise UserInputError(f"{path} lacks the fits of {', '.join(missing)}: run `forgetscope fit {directory}` again")
     check_schema(fits, FitsFile, f"fits {path}")
-    anchored, arms = fits["kl"].get("anchor") or {"arms": []}, fits.get("range", {}).get("arms", {})
+    anchored, arms = fits["kl"].get("anchor") or {"arms": []}, (fits.get("range") or {}).get("arms", {})
     if arms and not set(anchored["arms"]) <= set(arms):
         raise UserInputError(f"fits {path}: `kl.anchor.arms` names {', '.join(sorted(set(anchored['arms']) - set(arms)))}, "
                              f"which the sweep's range does not have ({', '.join(arms)})")
+    factored = [m.get("arms") for m in fits["kl"].get("members", []) if m.get("arms")]
+    if anchored["arms"] and any(a != anchored["arms"] for a in factored):
+        raise UserInputError(f"fits {path}: `kl.anchor.arms` ({', '.join(anchored['arms'])}) are not the arms its members have factors for "
+                             f"({', '.join(factored[0])})")
     for target in TARGETS:
         for where, entry in [(f"{target}.form", fits[target]), *((f"{target}.members[{i}].form", m) for i, m in enumerate(fits[target].get("members", [])))]:
             if entry["form"] not in FORMS:

@@ -53,7 +53,7 @@ def law_vs_steps(table: pd.DataFrame, fits: Fits, target: Target) -> Drawn:
     for rows, color, style in _runs(table):
         T_per_step = float(rows["T"].iloc[-1] / rows.N.iloc[-1])
         grid = grid_steps * T_per_step
-        arm = fit.arms.index(rows.arm_name.iloc[0]) if fit.arms else 0
+        arm = fit.arms.index(rows.arm_name.iloc[0]) if rows.arm_name.iloc[0] in fit.arms else 0
         P, replay = float(rows.P.iloc[0]), float(rows.replay_fraction.iloc[0])
         ax.scatter(rows.N, rows[target], color=color, s=14, zorder=3)
         ax.plot(grid_steps, fit.predict(P, grid, arm=arm, replay=replay), color=color, ls=style, lw=1.4, label=_run_label(rows))
