@@ -79,7 +79,7 @@ class Anchored:
     fitted in log space to a whole curve balances its errors over every step, and on the
     forecast benchmark the pilots' curves bent near their end in ways the laws did not
     (KL steepened late on most scripture pilots, flattened on others), so forecasts started
-    from the wrong level, by 14% (median) and up to a factor 1.8, at the very step they
+    from the wrong level, by 11% (median) and up to a factor 1.8, at the very step they
     extrapolate from. Forecasting from the last observed level is what time-series
     forecasters call intercept correction.
 
