@@ -85,8 +85,9 @@ class Anchored:
 
     The offset applies in full from the arm's horizon (the earliest end of its runs) on and
     fades in, linearly in `log N`, from the arm's `start`: half the horizon, or earlier where
-    a lowering offset over one doubling would make a rising law fall (`anchor` sets it), so
-    forecasts inside the sweep keep the law's shape and never turn down."""
+    a lowering offset over one doubling would make a rising law fall (`anchor` sets it from
+    the law's smallest slope over the six doublings before the horizon), so forecasts inside
+    the sweep keep the law's shape and do not turn down where the law rises."""
 
     law: Fit | Ensemble
     arms: tuple[str, ...]
