@@ -340,7 +340,7 @@ def _forecast_with_prior(steps: np.ndarray, kl: np.ndarray, planned_steps: int, 
     value = float(np.exp(mean))
     out = {"from_step": int(steps[-1]), "planned_steps": int(planned_steps), "kl": value,
            "low": float(np.exp(mean - half)), "high": float(np.exp(mean + half)), "slope": slope,
-           "law_slope": slope, "prior": True}
+           "prior": True}
     if budget is not None and slope > 0:
         out["budget_step"] = float(np.exp(x[-1] + (np.log(budget) - level) / slope))
     return out
