@@ -124,14 +124,17 @@ def fit_pilot(name: str, n_bootstrap: int = 200, kl_law: str = "average") -> tup
         return fits, time.perf_counter() - started
 
 
-def forecast_targets(name: str, fits: dict, transfer_slope: float | None = None) -> list[dict]:
-    """Each target's forecast, as `predict --extrapolate` gives it. With `transfer_slope`, the
-    interval's slope is at least that (`BENCHMARK_SLOPE`, measured without this scenario)."""
+def forecast_targets(name: str, fits: dict, transfer: tuple[float, int] | None = None) -> list[dict]:
+    """Each target's forecast, as `predict --extrapolate` gives it. With `transfer` (a slope
+    and how many targets needed it, measured without this scenario), the interval's slope is
+    the pilot's own pooled with that, as `fit` pools its own with `BENCHMARK_SLOPE`."""
     from forgetscope.laws.forecast import Query, forecasts
+    from forgetscope.laws.select import interval_slope
 
     interval = fits["kl"]["interval"]
-    if transfer_slope is not None and "slope_calibrated" in interval:
-        fits = {**fits, "kl": {**fits["kl"], "interval": {**interval, "slope": max(interval["slope_calibrated"], transfer_slope)}}}
+    if transfer is not None and "slope_calibrated" in interval:
+        slope = interval_slope(interval["slope_calibrated"], interval["n_calibration"], *transfer)
+        fits = {**fits, "kl": {**fits["kl"], "interval": {**interval, "slope": slope}}}
     rows = []
     pilot = pilot_summary(ROOT / name / "pilot")
     for t in target_points(pilot, target_runs(name)):
@@ -165,7 +168,7 @@ def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, 
     if not anchored:
         fits = {**fits, "kl": {k: v for k, v in fits["kl"].items() if k != "anchor"}}
     slope = None if others is None else transfer_slope(others)
-    rows = forecast_targets(name, fits, slope)
+    rows = forecast_targets(name, fits, None if others is None else (transfer_slope(others), len(others)))
     pilot = pilot_summary(ROOT / name / "pilot")
     return {"scenario": name, "law": fits["kl"].get("label"), "fit_seconds": fit_seconds, "targets": rows, "transfer_slope": slope,
             "summary": summarise(rows), "in_run": in_run(fits, pilot, target_runs(name)), "fits": fits}
@@ -178,7 +181,7 @@ def replay_all(names: list[str], n_bootstrap: int = 200, kl_law: str = "average"
     results = []
     for name in names:
         others = [row for other, result in first.items() if other != name for row in result["targets"]]
-        rows = forecast_targets(name, first[name]["fits"], transfer_slope(others))
+        rows = forecast_targets(name, first[name]["fits"], (transfer_slope(others), len(others)))
         results.append(first[name] | {"targets": rows, "summary": summarise(rows), "transfer_slope": transfer_slope(others)})
     return results
 
@@ -251,7 +254,7 @@ def main() -> None:
         return
     header = f"{'':<26} {'n':>3} {'median':>8} {'max':>8} {'coverage':>9} {'width':>7} {'validated (error)':>16}"
     for result in results:
-        slope = "" if result["transfer_slope"] is None else f", interval slope at least {result['transfer_slope']:.3f} (the others')"
+        slope = "" if result["transfer_slope"] is None else f", interval slope pooled with the others' {result['transfer_slope']:.3f}"
         print(f"\n{result['scenario']}: law {result['law']}, fitted in {result['fit_seconds']:.1f} s{slope}")
         print(f"  {'target':<22} {'step':>5} {'forecast [95%]':>26} {'measured':>9} {'error':>7}")
         for t in result["targets"]:

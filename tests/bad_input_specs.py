@@ -180,6 +180,8 @@ FITS: dict[str, str | bytes] = {
     "anchor-horizon-zero": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [0]}",
     "anchor-offset-huge": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [1e300], \"horizons\": [100]}",
     "anchor-start-after-horizon": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], \"starts\": [200]}",
+    "anchor-samples-ragged": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], \"sample_offsets\": [[0.1, 0.2]]}",
+    "anchor-sample-huge": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], \"sample_offsets\": [[1e300]]}",
 }
 """`fits.json` contents that `predict`, `report` and `train --law` must refuse."""
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_user_error, run_cli
-from forgetscope.laws.select import fit_sweep, fit_target, load_fits, read_table
+from forgetscope.laws.select import TRANSIENT, fit_sweep, fit_target, load_fits, read_table
 from law_helpers import ARMS, FT_START, GAIN_LAW, H_BASE, KL_LAW, VOCAB, truth, write_sweep
 
 
@@ -204,6 +204,30 @@ def test_the_anchor_is_taken_at_every_runs_end_at_several_learning_rates_and_wit
         for a in range(len(law.arms)):  # every run's end is past its arm's horizon: the anchor holds there in full
             assert miss[arm == a].mean() == pytest.approx(0.0, abs=1e-9), name
         assert np.all(np.abs(kl["anchor"]["offsets"]) < 0.25), (name, kl["anchor"])  # replay's effect is the law's knob, not an offset
+
+
+def test_each_bootstrap_resample_is_anchored_on_the_runs_it_drew(tmp_path, capsys):
+    from forgetscope.laws.fit import resample_counts
+    from forgetscope.laws.forecast import fit_from, samples_from
+
+    directory = write_sweep(tmp_path / "s", noise=0.1)
+    fits = fit_sweep(directory, n_bootstrap=20)
+    law, samples = fit_from(fits["kl"]), samples_from(fits["kl"])
+    assert law.sample_offsets is not None and law.sample_offsets.shape == (20, len(law.arms))
+    table = read_table(directory)
+    rows = table[(table.N >= TRANSIENT * table.N.max()) & (table.kl > 0)]  # the rows the law was fitted to
+    ends = rows.loc[rows.groupby("point_id").N.idxmax()].sort_values("point_id")  # in the order bootstrap counts runs
+    arm = ends.arm_name.map(law.arms.index).to_numpy()
+    miss = np.log(ends.kl.to_numpy()) - np.log(law.predict(ends.P.to_numpy(float), ends["T"].to_numpy(float), samples, arm=arm))
+    counts = resample_counts(rows.point_id.to_numpy(), 20, 0)
+    for a in range(len(law.arms)):  # each resample's mean miss at the ends of the runs it drew of this arm: none
+        drew = counts * (arm == a)
+        has = drew.sum(axis=1) > 0
+        assert np.allclose((drew * miss).sum(axis=1)[has] / drew.sum(axis=1)[has], 0.0, atol=1e-9)
+    fits["kl"]["anchor"]["sample_offsets"] = fits["kl"]["anchor"]["sample_offsets"][:5]  # fewer rows than resamples
+    (directory / "fits.json").write_text(json.dumps(fits))
+    code, _, err = run_cli(["predict", directory, "--rank", 4, "--target-modules", "all-linear", "--steps", 100], capsys)
+    assert_user_error(code, err, "sample_offsets")
 
 
 def test_a_lowering_anchor_never_makes_a_rising_law_fall():

@@ -6,7 +6,7 @@ run) and in size (the largest `P` of each module set)."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -95,28 +95,33 @@ class Anchored:
     offsets: np.ndarray
     horizons: np.ndarray
     starts: np.ndarray
+    sample_offsets: np.ndarray | None = None
+    """The offsets of each bootstrap resample of the inner law (resample by arm), anchored on
+    the runs that resample drew (`anchor_resamples`): with them, a bootstrap band holds how
+    well the law's shape is known beyond the anchor, not how far its level sat from the runs'
+    ends, which the anchor removes."""
 
     def predict(self, P, N, theta: np.ndarray | list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
         """The inner law's forecast times `exp(offset * weight)`: `weight` 0 up to the arm's
-        `start`, 1 from its horizon on, linear in `log N` between."""
+        `start`, 1 from its horizon on, linear in `log N` between. With bootstrap samples
+        `theta` (the first of `sample_offsets`' resamples), each moved by its own offsets."""
         inner = self.law.predict(P, N, theta, arm=arm if self.law.arms else None, replay=replay)
         _, N, arm = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float),
                                         np.asarray(0 if arm is None else arm, dtype=int))
         span = np.log(self.horizons[arm] / self.starts[arm])
         weight = np.clip(np.log(np.maximum(N, 1e-300) / self.starts[arm]) / span, 0.0, 1.0)
-        return inner * np.exp(self.offsets[arm] * weight)
+        offsets = self.offsets[arm]
+        if theta is not None and self.sample_offsets is not None:
+            drawn = len(theta[0]) if isinstance(theta, list) else len(theta)
+            offsets = self.sample_offsets[:drawn][:, arm]
+        return inner * np.exp(offsets * weight)
 
 
 def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...], replay=None) -> Anchored:
     """`law` anchored at the last measurement of each run (`groups`) of each of `arms`
     (`arm_names`: each row's; `replay`: each row's replay fraction, for a law with the knob).
     An arm without runs among these rows takes the mean offset of the others."""
-    P, N, y, groups, arm_names = (np.asarray(v) for v in (P, N, y, groups, arm_names))
-    P, N, y = P.astype(float), N.astype(float), y.astype(float)
-    last = np.array([np.flatnonzero(groups == g)[np.argmax(N[groups == g])] for g in np.unique(groups)], dtype=int)
-    index = np.array([arms.index(a) for a in arm_names[last]], dtype=int)
-    inner_arm = np.array([law.arms.index(a) if a in law.arms else 0 for a in arm_names[last]]) if law.arms else None
-    fraction = None if replay is None else np.asarray(replay, dtype=float)[last]
+    P, N, y, groups, last, index, inner_arm, fraction = _run_ends(law, P, N, y, groups, arm_names, arms, replay)
     residual = np.log(y[last]) - np.log(np.maximum(law.predict(P[last], N[last], arm=inner_arm, replay=fraction), 1e-300))
     offsets, horizons, starts = (np.empty(len(arms)) for _ in range(3))
     for i in range(len(arms)):
@@ -132,6 +137,41 @@ def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...
             if rise > 0:
                 starts[i] = min(starts[i], horizons[i] * np.exp(offsets[i] / (0.9 * rise)))
     return Anchored(law, arms, offsets, horizons, starts)
+
+
+def _run_ends(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...], replay):
+    """The rows as arrays, and of each run (in `np.unique(groups)` order, as `bootstrap`
+    counts them): its last row, its arm's index in `arms` and in the law's own arms, and
+    its replay fraction."""
+    P, N, y, groups, arm_names = (np.asarray(v) for v in (P, N, y, groups, arm_names))
+    P, N, y = P.astype(float), N.astype(float), y.astype(float)
+    last = np.array([np.flatnonzero(groups == g)[np.argmax(N[groups == g])] for g in np.unique(groups)], dtype=int)
+    index = np.array([arms.index(a) for a in arm_names[last]], dtype=int)
+    inner_arm = np.array([law.arms.index(a) if a in law.arms else 0 for a in arm_names[last]]) if law.arms else None
+    fraction = None if replay is None else np.asarray(replay, dtype=float)[last]
+    return P, N, y, groups, last, index, inner_arm, fraction
+
+
+def anchor_resamples(anchored: Anchored, samples: np.ndarray | list[np.ndarray], P, N, y, groups, arm_names,
+                     seed: int = 0, replay=None) -> Anchored:
+    """`anchored` with the offsets of each bootstrap resample (`samples`, drawn by
+    `bootstrap_law` with `seed` on these rows): each resample anchored on the runs it drew,
+    counted as often as it drew them. An arm a resample drew no run of takes the mean offset
+    of the runs it drew."""
+    law = anchored.law
+    P, N, y, groups, last, index, inner_arm, fraction = _run_ends(law, P, N, y, groups, arm_names, anchored.arms, replay)
+    drawn = len(samples[0]) if isinstance(samples, list) else len(samples)
+    if drawn == 0:
+        return anchored
+    counts = resample_counts(groups, drawn, seed)
+    residual = np.log(y[last]) - np.log(np.maximum(law.predict(P[last], N[last], samples, arm=inner_arm, replay=fraction), 1e-300))
+    offsets = np.empty((drawn, len(anchored.arms)))
+    everywhere = (counts * residual).sum(axis=1) / counts.sum(axis=1)
+    for i in range(len(anchored.arms)):
+        weights = counts * (index == i)
+        total = weights.sum(axis=1)
+        offsets[:, i] = np.where(total > 0, (weights * residual).sum(axis=1) / np.maximum(total, 1), everywhere)
+    return replace(anchored, sample_offsets=offsets)
 
 
 Law = Fit | Ensemble | Anchored
@@ -287,17 +327,25 @@ def bootstrap(fit: Fit, groups: np.ndarray, P, N, y, n_resamples: int = 1000, se
     resample is a vector of run counts, i.e. per-row weights of the same Huber objective,
     so all resamples are refitted at once by `refine`, warm-started at `fit`.
     """
-    ids, row_group = np.unique(np.asarray(groups), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_resamples).astype(float)
+    row_group = np.unique(np.asarray(groups), return_inverse=True)[1]
+    counts = resample_counts(groups, n_resamples, seed)
     start = np.repeat(fit.theta[None], n_resamples, axis=0)
     return refine(fit.form, fit.shift, P, N, y, start, counts[:, row_group], arm=arm, replay=replay if fit.replay else None)[0]
+
+
+def resample_counts(groups, n_resamples: int, seed: int) -> np.ndarray:
+    """How often each run (in `np.unique(groups)` order) is drawn in each of `n_resamples`
+    bootstrap resamples of whole runs: the same for the same seed, so that `anchor_resamples`
+    sees the runs `bootstrap` refitted on."""
+    ids = np.unique(np.asarray(groups))
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_resamples).astype(float)
 
 
 def bootstrap_law(law: Law, groups: np.ndarray, P, N, y, n_resamples: int = 1000, seed: int = 0, arm=None, replay=None):
     """`bootstrap` of a law, or of each member of an ensemble (a list, one array a member,
     drawn with the same seed, so resample `i` refits every member on the same runs)."""
-    if isinstance(law, Anchored):  # the offsets stay: the seed noise of the runs they average is in the interval's floor
+    if isinstance(law, Anchored):  # the inner law's resamples; `anchor_resamples` gives each its offsets
         return bootstrap_law(law.law, groups, P, N, y, n_resamples, seed, arm, replay)
     if isinstance(law, Ensemble):
         return [bootstrap(m, groups, P, N, y, n_resamples, seed, arm=arm if m.arms else None, replay=replay) for m in law.members]

@@ -30,7 +30,8 @@ def fit_from(entry: LawFit) -> Law:
         at = entry["anchor"]
         horizons = np.array(at["horizons"], dtype=float)
         return Anchored(law, tuple(at["arms"]), np.array(at["offsets"], dtype=float), horizons,
-                        np.array(at["starts"], dtype=float) if at.get("starts") else horizons / 2)
+                        np.array(at["starts"], dtype=float) if at.get("starts") else horizons / 2,
+                        np.array(at["sample_offsets"], dtype=float) if at.get("sample_offsets") else None)
     return law
 
 

@@ -55,6 +55,8 @@ class AnchorEntry(_Open):
     offsets: list[float]
     horizons: list[float]
     starts: list[float] | None = None
+    sample_offsets: list[list[float]] | None = None
+    """The offsets of each bootstrap resample (one row per resample, one offset per arm)."""
 
     @model_validator(mode="after")
     def _one_per_arm(self) -> AnchorEntry:
@@ -62,7 +64,11 @@ class AnchorEntry(_Open):
         if not len(self.arms) == len(self.offsets) == len(self.horizons) == len(starts):
             raise ValueError(f"{len(self.arms)} arms, {len(self.offsets)} offsets, {len(self.horizons)} horizons and {len(starts)} starts: "
                              "one of each per arm")
-        if not all(abs(o) < 50 for o in self.offsets) or not all(0 < s < h < float("inf") for s, h in zip(starts, self.horizons)):
+        drawn = self.sample_offsets or []
+        if any(len(row) != len(self.arms) for row in drawn):
+            raise ValueError(f"each row of sample_offsets must have one offset per arm ({len(self.arms)})")
+        if not all(abs(o) < 50 for o in [*self.offsets, *(o for row in drawn for o in row)]) \
+                or not all(0 < s < h < float("inf") for s, h in zip(starts, self.horizons)):
             raise ValueError("offsets must be finite logs, and each start a positive time before its horizon")
         return self
 
