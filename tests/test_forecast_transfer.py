@@ -89,12 +89,12 @@ def test_on_the_scenarios_made_after_it_was_fixed_the_anchor_errs_less_on_most_t
 def test_what_predict_calls_validated_held_on_the_benchmark(bench, results):
     validated = [t for r in results for t in r["targets"] if t["validated"]]
     assert len(validated) >= 10
-    assert bench.summarise(validated)["median_error"] <= 0.15  # measured: 10.8% over 34 targets (largest 36%)
+    assert bench.summarise(validated)["median_error"] <= 0.15  # measured: 10.8% over 42 targets (largest 55%)
 
 
 HELD_OUT = ("code-rslora-attn", "docs-lora-qv", "docs-rslora-mlp", "scripture-lora-attn")
 HELD_OUT_ANCHOR = ("code-lora-qv", "docs-lora-all", "scripture-rslora-mlp", "code-rslora-mlp", "docs-rslora-qv", "scripture-rslora-all")
-MEASURED = {"median_error": 0.233, "coverage": 0.97, "median_width": 4.73}
-"""The replay above (`fit` defaults, `--kl-law average`; 136 targets in 17 scenarios), as
+MEASURED = {"median_error": 0.237, "coverage": 0.96, "median_width": 5.38}
+"""The replay above (`fit` defaults, `--kl-law average`; 160 targets in 20 scenarios), as
 `bench/forecast_transfer.py` prints it but with each scenario's own interval slope. The issue's
 targets (20%, 80%, 2.5) are not met: these guard what was reached, not what was asked."""

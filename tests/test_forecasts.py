@@ -230,6 +230,16 @@ def test_each_bootstrap_resample_is_anchored_on_the_runs_it_drew(tmp_path, capsy
     assert_user_error(code, err, "sample_offsets")
 
 
+def test_the_interval_slope_pools_the_sweeps_own_with_the_benchmarks_by_how_many_forecasts_each_rests_on():
+    from forgetscope.laws.select import interval_slope
+
+    assert interval_slope(0.3, 16, 0.0) == pytest.approx(0.3)  # no benchmark: the sweep's own
+    assert interval_slope(0.0, 0, 0.26, 160) == pytest.approx(0.26)  # no tests of its own: the benchmark's
+    assert interval_slope(0.26, 16, 0.26, 160) == pytest.approx(0.26)  # agreeing: that slope
+    few, many = interval_slope(1.0, 16, 0.26, 160), interval_slope(1.0, 1600, 0.26, 160)
+    assert 0.26 < few < 0.45 < 0.9 < many < 1.0  # a pilot's few noisy tests move it a little, many tests most of the way
+
+
 def test_a_lowering_anchor_never_makes_a_rising_law_fall():
     from forgetscope.laws.fit import anchor
     from forgetscope.laws.forms import FORMS

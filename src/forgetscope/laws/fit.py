@@ -96,7 +96,7 @@ class Anchored:
     horizons: np.ndarray
     starts: np.ndarray
     sample_offsets: np.ndarray | None = None
-    """The offsets of each bootstrap resample of the inner law (resample by arm), anchored on
+    """The offsets of each bootstrap resample of the inner law (a row each, a column an arm), anchored on
     the runs that resample drew (`anchor_resamples`): with them, a bootstrap band holds how
     well the law's shape is known beyond the anchor, not how far its level sat from the runs'
     ends, which the anchor removes."""

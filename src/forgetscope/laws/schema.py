@@ -207,12 +207,14 @@ class MemberFit(TypedDict, total=False):
 class Anchor(TypedDict, total=False):
     """Per arm (`arms`), the log offset that moves the law onto its runs' last measurements,
     the time from which it applies in full and the time it starts to fade in from
-    (`laws.fit.Anchored`; half the horizon where `starts` is absent)."""
+    (`laws.fit.Anchored`; half the horizon where `starts` is absent), and the offsets of each
+    bootstrap resample (`sample_offsets`, absent in files from before them)."""
 
     arms: Required[list[str]]
     offsets: Required[list[float]]
     horizons: Required[list[float]]
     starts: list[float]
+    sample_offsets: list[list[float]]
 
 
 class LawFit(TypedDict, total=False):
