@@ -230,7 +230,7 @@ BENCHMARK_SLOPE = {"average": 0.26, "select": 0.60}
 `kl_law`, that the forecast benchmark's targets needed (`bench/forecast_transfer.py` prints
 it): a pilot's own tests reach one or two doublings on a few runs, so their slope alone is
 a noisy guide further out (`interval_slope`)."""
-BENCHMARK_TARGETS = 160
+BENCHMARK_TARGETS = 162
 """How many forecasts `BENCHMARK_SLOPE` was measured on."""
 
 
