@@ -168,7 +168,7 @@ def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, 
     if not anchored:
         fits = {**fits, "kl": {k: v for k, v in fits["kl"].items() if k != "anchor"}}
     slope = None if others is None else transfer_slope(others)
-    rows = forecast_targets(name, fits, None if others is None else (transfer_slope(others), len(others)))
+    rows = forecast_targets(name, fits, None if slope is None else (slope, len(others or [])))
     pilot = pilot_summary(ROOT / name / "pilot")
     return {"scenario": name, "law": fits["kl"].get("label"), "fit_seconds": fit_seconds, "targets": rows, "transfer_slope": slope,
             "summary": summarise(rows), "in_run": in_run(fits, pilot, target_runs(name)), "fits": fits}

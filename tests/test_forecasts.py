@@ -215,7 +215,8 @@ def test_each_bootstrap_resample_is_anchored_on_the_runs_it_drew(tmp_path, capsy
     law, samples = fit_from(fits["kl"]), samples_from(fits["kl"])
     assert law.sample_offsets is not None and law.sample_offsets.shape == (20, len(law.arms))
     table = read_table(directory)
-    rows = table[(table.N >= TRANSIENT * table.N.max()) & (table.kl > 0)]  # the rows the law was fitted to
+    assert fits["kl"]["transient"] == TRANSIENT
+    rows = table[(table.N >= TRANSIENT * table.groupby("point_id").N.transform("max")) & (table.kl > 0)]  # the rows it was fitted to
     ends = rows.loc[rows.groupby("point_id").N.idxmax()].sort_values("point_id")  # in the order bootstrap counts runs
     arm = ends.arm_name.map(law.arms.index).to_numpy()
     miss = np.log(ends.kl.to_numpy()) - np.log(law.predict(ends.P.to_numpy(float), ends["T"].to_numpy(float), samples, arm=arm))
@@ -234,6 +235,7 @@ def test_the_interval_slope_pools_the_sweeps_own_with_the_benchmarks_by_how_many
     from forgetscope.laws.select import interval_slope
 
     assert interval_slope(0.3, 16, 0.0) == pytest.approx(0.3)  # no benchmark: the sweep's own
+    assert interval_slope(0.0, 0, 0.0) == 0.0  # neither: no model-error term
     assert interval_slope(0.0, 0, 0.26, 160) == pytest.approx(0.26)  # no tests of its own: the benchmark's
     assert interval_slope(0.26, 16, 0.26, 160) == pytest.approx(0.26)  # agreeing: that slope
     few, many = interval_slope(1.0, 16, 0.26, 160), interval_slope(1.0, 1600, 0.26, 160)

@@ -87,7 +87,8 @@ class Anchored:
     fades in, linearly in `log N`, from the arm's `start`: half the horizon, or earlier where
     a lowering offset over one doubling would make a rising law fall (`anchor` sets it from
     the law's smallest slope over the six doublings before the horizon), so forecasts inside
-    the sweep keep the law's shape and do not turn down where the law rises."""
+    the sweep keep the law's shape and do not turn down where the law rises (the forecast
+    itself: a bootstrap resample's own, lower offset may dip inside the ramp)."""
 
     law: Fit | Ensemble
     arms: tuple[str, ...]
@@ -111,9 +112,8 @@ class Anchored:
         span = np.log(self.horizons[arm] / self.starts[arm])
         weight = np.clip(np.log(np.maximum(N, 1e-300) / self.starts[arm]) / span, 0.0, 1.0)
         offsets = self.offsets[arm]
-        if theta is not None and self.sample_offsets is not None:
-            drawn = len(theta[0]) if isinstance(theta, list) else len(theta)
-            offsets = self.sample_offsets[:drawn][:, arm]
+        if theta is not None and self.sample_offsets is not None and len(self.sample_offsets) >= inner.shape[0]:
+            offsets = self.sample_offsets[: inner.shape[0]][:, arm]
         return inner * np.exp(offsets * weight)
 
 
