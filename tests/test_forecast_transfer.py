@@ -76,26 +76,27 @@ def test_on_the_scenarios_made_after_it_was_fixed_the_averaged_laws_worst_miss_i
 
 
 def test_on_the_scenarios_made_after_it_was_fixed_the_anchor_errs_less_on_most_targets(bench):
-    # The anchor (`laws.fit.Anchored`) was chosen on the eleven scenarios before these six. Its
-    # median error there is no better (23.4% against 22.7%); most forecasts and the worst one are.
+    # The anchor (`laws.fit.Anchored`) was chosen on the eleven scenarios before these twelve. Its
+    # median error there is about the same (24.2% against 26.3%); most forecasts and the worst one are better.
     errors = {anchored: np.array([t["error"] for name in HELD_OUT_ANCHOR
                                   for t in bench.replay(name, n_bootstrap=0, anchored=anchored)["targets"]])
               for anchored in (True, False)}
-    assert len(errors[True]) == 48
-    assert np.mean(errors[True] < errors[False]) >= 0.55  # measured: 30 of 48
+    assert len(errors[True]) == 96
+    assert np.mean(errors[True] < errors[False]) >= 0.55  # measured: 57 of 96
     assert errors[True].max() < errors[False].max()  # measured: 135% against 165%
 
 
 def test_what_predict_calls_validated_held_on_the_benchmark(bench, results):
     validated = [t for r in results for t in r["targets"] if t["validated"]]
     assert len(validated) >= 10
-    assert bench.summarise(validated)["median_error"] <= 0.15  # measured: 10.8% over 42 targets (largest 55%)
+    assert bench.summarise(validated)["median_error"] <= 0.15  # measured: 10.8% over 48 targets (largest 55%)
 
 
 HELD_OUT = ("code-rslora-attn", "docs-lora-qv", "docs-rslora-mlp", "scripture-lora-attn")
-HELD_OUT_ANCHOR = ("code-lora-qv", "docs-lora-all", "scripture-rslora-mlp", "code-rslora-mlp", "docs-rslora-qv", "scripture-rslora-all")
-MEASURED = {"median_error": 0.236, "coverage": 0.96, "median_width": 5.40}
-"""The replay above (`fit` defaults, `--kl-law average`; 162 targets in 20 scenarios), as
+HELD_OUT_ANCHOR = ("code-lora-qv", "docs-lora-all", "scripture-rslora-mlp", "code-rslora-mlp", "docs-rslora-qv", "scripture-rslora-all",
+                   "code-lora-attn", "docs-lora-mlp", "scripture-lora-mlp", "code-lora-all", "docs-lora-attn", "scripture-rslora-attn")
+MEASURED = {"median_error": 0.233, "coverage": 0.96, "median_width": 4.81}
+"""The replay above (`fit` defaults, `--kl-law average`; 186 targets in 23 scenarios), as
 `bench/forecast_transfer.py` prints it but with each pilot's interval slope pooled with
 `BENCHMARK_SLOPE` (measured on every scenario, this one too) instead of the others'. The issue's
 targets (20%, 80%, 2.5) are not met: these guard what was reached, not what was asked."""
