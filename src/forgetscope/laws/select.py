@@ -296,8 +296,8 @@ measurements (`laws.fit.Anchored`). On the forecast benchmark (`bench/forecast_t
 selection among forms from a pilot's short runs was as noisy as their errors, and the average
 erred less than the selected form; on the scenarios run after it was fixed its worst error
 and its intervals were far smaller. The anchor lowered the median error on the scenarios it
-was chosen on; on six run after it, not the median (23% with it, 23% without), but it erred
-less on 30 of their 48 targets, with a smaller worst miss and narrower intervals
+was chosen on; on the twelve run after it, about the same (24% with it, 26%
+without), but it erred less on 57 of their 96 targets, with a smaller worst miss
 (`docs/results/forecasts.md`).
 `select`: the one form with the lowest selection error,
 fitted to every step, as before issue 23's benchmark; it is right where the data follow one of
@@ -477,19 +477,20 @@ def fit_target(table: pd.DataFrame, target: str, n_bootstrap: int = 1000, seed: 
     column = best["column"]
     groups, P, T, y = rows.point_id.to_numpy(), rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[column].to_numpy(float)
     samples = bootstrap(fit, groups, P, T, y, n_bootstrap, seed, arm=tried[label]["arm"], replay=best["replay"]) if n_bootstrap > 0 else np.empty((0, len(fit.theta)))
+    drawn_per_member = []
     for member in best.get("labels", []):
         law = tried[member]["fit"]
         drawn = samples if member == label else (
             bootstrap(law, groups, P, T, y, n_bootstrap, seed, arm=tried[member]["arm"], replay=best["replay"])
             if n_bootstrap > 0 else np.empty((0, len(law.theta))))
+        drawn_per_member.append(drawn)
         members.append({"label": member, "form": law.form.name, "shift_value": law.shift, "arms": list(law.arms), "replay": law.replay,
                         "theta": law.theta.tolist(), "bootstrap": drawn.tolist()})
     reported = np.array([list(fit.form.report(t, fit.shift, fit.arms, fit.replay).values()) for t in samples]) if len(samples) else None
     ci = {name: [float(v) for v in np.percentile(reported[:, i], [2.5, 97.5])] for i, name in enumerate(fit.params)} if reported is not None else {}
     anchored = best["fit"] if isinstance(best["fit"], Anchored) else None
     if anchored is not None and n_bootstrap > 0:
-        anchored = anchor_resamples(anchored, [np.array(m["bootstrap"]) for m in members], P, T, y, groups, rows.arm_name.to_numpy(),
-                                    seed, best["replay"])
+        anchored = anchor_resamples(anchored, drawn_per_member, P, T, y, groups, rows.arm_name.to_numpy(), seed, best["replay"])
     return {
         "label": _mean_label(best["labels"]) if members else label,
         "members": members,
@@ -531,9 +532,10 @@ BENCHMARK_HELD = {"average": {"P": 3.0, "N": 1.0}, "select": {"P": 1.0, "N": 0.0
 """How far, in doublings, forecasts held (median error at most `HELD`) on the forecast
 benchmark (`bench/forecast_transfer.py`: pilot sweeps forecasting runs made after them),
 beyond the pilots' largest `P` at their own steps, and beyond their steps, per `kl_law`. A
-sweep's own tests validate no further than this. On the benchmark's 136 targets in 17
-scenarios: with `average` (anchored), 2x the pilots' largest `P` at their steps 12%, 8x 17%;
-2x their steps 20%, 4x 36%; with `select`, 2x in `P` 15%, 8x 33%, 2x their steps 36%."""
+sweep's own tests validate no further than this. On the benchmark's 186 targets in 23
+scenarios, with `average` (anchored): 2x the pilots' largest `P` at their steps 11%, 8x 16%;
+2x their steps 20%, 4x 30%; on its first 136, with `select`: 2x in `P` 15%, 8x 33%, 2x
+their steps 36%."""
 
 
 def sweep_ranges(table: pd.DataFrame, fraction: float, kl: dict | None = None, kl_law: str = "average") -> dict:
