@@ -16,7 +16,9 @@ from forgetscope.laws.forms import Form
 
 HUBER_DELTA = 1e-3
 CONVERGED = 1e-6
-"""`refine` stops a member after five steps in a row that lower its objective by less than this share."""
+"""`refine` stops a member after `STALLED` accepted steps in a row that lower its objective by
+less than this share, or once its damping is at its ceiling and still no step gains."""
+STALLED = 5
 
 
 @dataclass
@@ -213,7 +215,7 @@ def grid_starts(form: Form, shift: float | None, y: np.ndarray, arm=None, replay
 def fit_law(
     form: Form, P, N, y, shift: float | None = None, starts: list[np.ndarray] | None = None,
     delta: float = HUBER_DELTA, n_optimized: int = 4, arm=None, arms: tuple[str, ...] = (), replay=None,
-    optimizer: str = "lm",
+    optimizer: str = "lbfgsb",
 ) -> Fit:
     """Fit `form` to `(P, N, y)`: score a grid of starting points in one batched evaluation,
     minimise from the `n_optimized` best, keep the best result. With `arm` (each row's index
@@ -292,11 +294,11 @@ def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights:
     r = np.log(pred) - log_y
     value, jac = (weights * _huber(r, delta)).sum(axis=1), grad / pred[..., None]
     damping = np.full(len(theta), 1e-3)
-    stalled = np.zeros(len(theta), dtype=int)  # iterations in a row that gained (almost) nothing
+    stalled = np.zeros(len(theta), dtype=int)  # accepted steps in a row that gained (almost) nothing
     eye = np.eye(theta.shape[1])
     weights = np.broadcast_to(weights, r.shape)
     for _ in range(iterations):
-        active = np.flatnonzero(stalled < 5)  # a member that has converged stops costing anything
+        active = np.flatnonzero(stalled < STALLED)  # a member that has converged stops costing anything
         if not len(active):
             break
         w, ra, ja = weights[active], r[active], jac[active]
@@ -316,7 +318,12 @@ def refine(form: Form, shift: float | None, P, N, y, theta: np.ndarray, weights:
         kept = active[better]
         theta[kept], value[kept], r[kept], jac[kept] = trial[better], trial_value[better], trial_r[better], (g / pred[..., None])[better]
         damping[active] = np.clip(np.where(better, damping[active] / 3, damping[active] * 4), 1e-6, 1e10)  # floor: a one-P resample is singular
-        stalled[active] = np.where((gain < CONVERGED) | (np.abs(step).max(axis=1) < 1e-10), stalled[active] + 1, 0)
+        # A rejected step is not convergence: it raises the damping until a step gains (the
+        # poorly determined knee parameters first take steps far too long). Counting rejections
+        # as stalls stopped members at their start (issue 23: `broken` never left its grid).
+        small = (gain < CONVERGED) | (np.abs(step).max(axis=1) < 1e-10)
+        stalled[active] = np.where(better, np.where(small, stalled[active] + 1, 0),
+                                   np.where(damping[active] >= 1e10, STALLED, stalled[active]))
     return theta, value
 
 

@@ -35,10 +35,11 @@ class BrokenPowerLaw(Form):
 
     def terms(self, params, logP, logN, trained):
         log_a, alpha, beta1, bend, log_n0, g = params
+        bend, capped = np.minimum(bend, beta1), bend > beta1  # never past flat: beta2 >= 0
         x = logN - log_n0 - g * logP  # log(N / N_c)
         soft, gate = _softplus(x), _sigmoid(x)
         term = np.where(trained, np.exp(log_a + alpha * logP + beta1 * logN - bend * soft), 0.0)
-        grads = [term, term * logP, term * logN, -term * soft, term * bend * gate, term * bend * gate * logP]
+        grads = [term, term * logP, term * (logN - capped * soft), -term * soft * ~capped, term * bend * gate, term * bend * gate * logP]
         return [term], grads
 
     def bounds(self):

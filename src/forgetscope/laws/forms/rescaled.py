@@ -28,12 +28,13 @@ class Rescaled(Form):
 
     def terms(self, params, logP, logN, trained):
         log_a, gamma, beta1, bend, log_uc = params
+        bend, capped = np.minimum(bend, beta1), bend > beta1  # never past flat: beta2 >= 0
         u = logN + gamma * logP
         x = u - log_uc
         soft, gate = _softplus(x), _sigmoid(x)
         term = np.where(trained, np.exp(log_a + beta1 * u - bend * soft), 0.0)
         slope = beta1 - bend * gate  # d log(term) / d u
-        return [term], [term, term * slope * logP, term * u, -term * soft, term * bend * gate]
+        return [term], [term, term * slope * logP, term * (u - capped * soft), -term * soft * ~capped, term * bend * gate]
 
     def bounds(self):
         return [(-40.0, 40.0), (0.0, 2.0), (0.0, 3.0), (0.0, 3.0), (-5.0, 40.0)]

@@ -26,10 +26,11 @@ class Steps(Form):
 
     def terms(self, params, logP, logN, trained):
         log_a, beta1, bend, log_nc = params
+        bend, capped = np.minimum(bend, beta1), bend > beta1  # never past flat: beta2 >= 0
         x = logN - log_nc
         soft, gate = _softplus(x), _sigmoid(x)
         term = np.where(trained, np.exp(log_a + beta1 * logN - bend * soft), 0.0)
-        return [term], [term, term * logN, -term * soft, term * bend * gate]
+        return [term], [term, term * (logN - capped * soft), -term * soft * ~capped, term * bend * gate]
 
     def bounds(self):
         return [(-40.0, 40.0), (0.0, 3.0), (0.0, 3.0), (-5.0, 20.0)]
