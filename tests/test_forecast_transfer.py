@@ -75,28 +75,41 @@ def test_on_the_scenarios_made_after_it_was_fixed_the_averaged_laws_worst_miss_i
     assert worst["average"] < worst["select"] / 2, worst
 
 
-def test_on_the_scenarios_made_after_it_was_fixed_the_anchor_errs_less_on_most_targets(bench):
-    # The anchor (`laws.fit.Anchored`) was chosen on the eleven scenarios before these twelve. Its
-    # median error there is about the same (24.2% against 26.3%); most forecasts and the worst one are better.
+def test_on_the_scenarios_made_after_it_was_fixed_the_anchor_errs_no_more_and_its_worst_miss_less(bench):
+    # The anchor (`laws.fit.Anchored`) was chosen on the eleven scenarios before these fifteen.
+    # With fits that reach their minimum it is about even there: median 21.9% against 22.1%,
+    # better on 61 of 120 targets; its worst miss is smaller (209% against 217%).
     errors = {anchored: np.array([t["error"] for name in HELD_OUT_ANCHOR
                                   for t in bench.replay(name, n_bootstrap=0, anchored=anchored)["targets"]])
               for anchored in (True, False)}
-    assert len(errors[True]) == 96
-    assert np.mean(errors[True] < errors[False]) >= 0.55  # measured: 57 of 96
-    assert errors[True].max() < errors[False].max()  # measured: 135% against 165%
+    assert len(errors[True]) == 120
+    assert np.median(errors[True]) <= np.median(errors[False])
+    assert errors[True].max() < errors[False].max()
+
+
+def test_on_the_scenarios_made_after_the_fits_were_fixed_they_err_less_than_before(bench):
+    # L-BFGS-B fits and bending forms that never turn down were fixed on the 186 targets before
+    # the sixth set; on its 24 they erred 12.2% (median; largest 43%), where the fits of before
+    # (commit fd6934e) erred 25.3% (largest 141%).
+    rows = [t for name in HELD_OUT_FITS for t in bench.replay(name, n_bootstrap=0)["targets"]]
+    assert len(rows) == 24
+    summary = bench.summarise(rows)
+    assert summary["median_error"] <= 0.2 and summary["max_error"] <= 0.6, summary
 
 
 def test_what_predict_calls_validated_held_on_the_benchmark(bench, results):
     validated = [t for r in results for t in r["targets"] if t["validated"]]
     assert len(validated) >= 10
-    assert bench.summarise(validated)["median_error"] <= 0.15  # measured: 10.8% over 48 targets (largest 55%)
+    assert bench.summarise(validated)["median_error"] <= 0.2  # measured: 14.9% over 52 targets (largest 41%)
 
 
 HELD_OUT = ("code-rslora-attn", "docs-lora-qv", "docs-rslora-mlp", "scripture-lora-attn")
 HELD_OUT_ANCHOR = ("code-lora-qv", "docs-lora-all", "scripture-rslora-mlp", "code-rslora-mlp", "docs-rslora-qv", "scripture-rslora-all",
-                   "code-lora-attn", "docs-lora-mlp", "scripture-lora-mlp", "code-lora-all", "docs-lora-attn", "scripture-rslora-attn")
-MEASURED = {"median_error": 0.233, "coverage": 0.96, "median_width": 4.81}
-"""The replay above (`fit` defaults, `--kl-law average`; 186 targets in 23 scenarios), as
+                   "code-lora-attn", "docs-lora-mlp", "scripture-lora-mlp", "code-lora-all", "docs-lora-attn", "scripture-rslora-attn",
+                   "code-rslora-qv", "scripture-lora-qv", "docs-rslora-all")
+HELD_OUT_FITS = ("code-rslora-qv", "scripture-lora-qv", "docs-rslora-all")
+MEASURED = {"median_error": 0.217, "coverage": 0.99, "median_width": 6.29}
+"""The replay above (`fit` defaults, `--kl-law average`; 210 targets in 26 scenarios), as
 `bench/forecast_transfer.py` prints it but with each pilot's interval slope pooled with
 `BENCHMARK_SLOPE` (measured on every scenario, this one too) instead of the others'. The issue's
 targets (20%, 80%, 2.5) are not met: these guard what was reached, not what was asked."""

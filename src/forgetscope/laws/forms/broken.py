@@ -4,9 +4,10 @@
 
 Below the knee `N_c` forgetting grows like `N^beta1`, above it like `N^beta2`; the knee moves
 with the number of parameters fine-tuned (`g`), so the exponent in `P` can change with `N`, as
-was measured on the demo's sweep. The curves bend down, never up: `beta2 = beta1 - bend` with
-`bend >= 0` is fitted, since a fitted upturn (the noise of a few late steps) would run away
-when extrapolated. It is the smoothly broken power law of Caballero et al.
+was measured on the demo's sweep. The curves bend down, never up, and never turn down:
+`beta2 = beta1 - bend` with `0 <= bend <= beta1` (a larger fitted `bend` acts as `beta1`), since
+a fitted upturn (the noise of a few late steps) would run away when extrapolated, and a law
+whose forgetting falls with more steps forecast KL falling beyond the pilots (issue 23). It is the smoothly broken power law of Caballero et al.
 (2023, "Broken Neural Scaling Laws") with one break and smoothness 1, written in log space:
 `log(term) = log A + alpha log P + beta1 log N - bend softplus(log N - log N_c)`.
 """
@@ -50,10 +51,14 @@ class BrokenPowerLaw(Form):
         return [[level + scale, a, b1, bend, ln0, g] for a, b1, bend, ln0, g, scale in grid]
 
     def report(self, theta, shift, arms=(), replay=False):
-        """The fitted parameters, and `beta2 = beta1 - bend`, the slope past the knee."""
-        out = super().report(theta, shift, arms, replay)
-        out["beta2"] = out["beta1"] - out["bend"]
-        return out
+        return with_beta2(super().report(theta, shift, arms, replay))
+
+
+def with_beta2(out: dict[str, float]) -> dict[str, float]:
+    """A bending form's parameters with the bend it acts with (at most `beta1`) and `beta2 =
+    beta1 - bend`, the slope past the knee."""
+    out["bend"] = min(out["bend"], out["beta1"])
+    return out | {"beta2": out["beta1"] - out["bend"]}
 
 
 FORMS.register("broken", BrokenPowerLaw("broken", increasing=True, bends=True))

@@ -7,7 +7,7 @@ ahead on the same curve; the smaller ones catch up later. The slope in `P` is th
 times the local slope in `N`, and falls as the curve bends: measured on the benchmark's pilots
 (issue 23), the slope of log KL in log rank fell from 0.63 at step 20 to 0.20 at step 100,
 which a law separable in P and N (`mult`) cannot follow and overshoots when it extrapolates
-in P. Written in log space, with `beta2 = beta1 - bend`, `bend >= 0` (the curves bend down):
+in P. Written in log space, with `beta2 = beta1 - bend`, `0 <= bend <= beta1` (the curves bend down, never turn down):
 `log(term) = log A + beta1 u' - bend softplus(u' - log u_c)`, `u' = log N + gamma log P`.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from forgetscope.laws.forms import FORMS, Form
-from forgetscope.laws.forms.broken import _sigmoid, _softplus
+from forgetscope.laws.forms.broken import _sigmoid, _softplus, with_beta2
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,7 @@ class Rescaled(Form):
         return [[level + scale, g, b1, bend, luc] for g, b1, bend, luc, scale in grid]
 
     def report(self, theta, shift, arms=(), replay=False):
-        """The fitted parameters, and `beta2 = beta1 - bend`, the slope past the knee."""
-        out = super().report(theta, shift, arms, replay)
-        out["beta2"] = out["beta1"] - out["bend"]
-        return out
+        return with_beta2(super().report(theta, shift, arms, replay))
 
 
 FORMS.register("rescaled", Rescaled("rescaled", increasing=True, bends=True))

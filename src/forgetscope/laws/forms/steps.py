@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from forgetscope.laws.forms import FORMS, Form
-from forgetscope.laws.forms.broken import _sigmoid, _softplus
+from forgetscope.laws.forms.broken import _sigmoid, _softplus, with_beta2
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,7 @@ class Steps(Form):
         return [[level + scale, b1, bend, lnc] for b1, bend, lnc, scale in grid]
 
     def report(self, theta, shift, arms=(), replay=False):
-        """The fitted parameters, and `beta2 = beta1 - bend`, the slope past the knee."""
-        out = super().report(theta, shift, arms, replay)
-        out["beta2"] = out["beta1"] - out["bend"]
-        return out
+        return with_beta2(super().report(theta, shift, arms, replay))
 
 
 FORMS.register("steps", Steps("steps", increasing=True, bends=True))
