@@ -296,9 +296,9 @@ measurements (`laws.fit.Anchored`). On the forecast benchmark (`bench/forecast_t
 selection among forms from a pilot's short runs was as noisy as their errors, and the average
 erred less than the selected form; on the scenarios run after it was fixed its worst error
 and its intervals were far smaller. The anchor lowered the median error on the scenarios it
-was chosen on; on the twelve run after it, about the same (24% with it, 26%
-without), but it erred less on 57 of their 96 targets, with a smaller worst miss
-(`docs/results/forecasts.md`).
+was chosen on; on the fifteen run after it, with fits that reach their minimum, it is about
+even (22% with it and without, better on 61 of 120 targets), with a smaller worst miss and
+narrower intervals (`docs/results/forecasts.md`).
 `select`: the one form with the lowest selection error,
 fitted to every step, as before issue 23's benchmark; it is right where the data follow one of
 the forms from the first step (the tests' sweeps drawn from known laws) and costs accuracy
