@@ -223,12 +223,12 @@ def fit_law(
     replay fraction), the law gets the replay knob.
 
     `optimizer="lbfgsb"` (the default) runs scipy's L-BFGS-B from each start, then polishes
-    its results and the starts themselves with `refine` and keeps the best. `"lm"` runs all the starts at once through `refine` alone (batched, damped
-    Gauss-Newton on the IRLS weights of the Huber loss): quicker, and right from a start near
-    the optimum (the bootstrap's), but from the grid it stops short where the knee's
-    parameters are barely determined: on the forecast benchmark's 69 KL fits it ended above
-    L-BFGS-B's objective on 13 (by up to 21%), and on 48 (up to 5.7x) before `refine` stopped
-    counting rejected steps as stalls (issue 23)."""
+    its results and the starts themselves with `refine` and keeps the best. `"lm"` runs the
+    starts through `refine` alone (batched, damped Gauss-Newton on the IRLS weights of the
+    Huber loss): quicker, and right from a start near the optimum (the bootstrap's), but from
+    the grid it stops short where the knee's parameters are barely determined: on the
+    forecast benchmark's 69 KL fits it ended above L-BFGS-B's objective on 13 (by up to 21%),
+    and on 48 (up to 5.7x) before `refine` stopped counting rejected steps as stalls (issue 23)."""
     P, N, y = (np.asarray(v, dtype=float) for v in (P, N, y))
     arm = None if arm is None else np.asarray(arm, dtype=int)
     log_y = np.log(y)

@@ -5,10 +5,11 @@
 Below the knee `N_c` forgetting grows like `N^beta1`, above it like `N^beta2`; the knee moves
 with the number of parameters fine-tuned (`g`), so the exponent in `P` can change with `N`, as
 was measured on the demo's sweep. The curves bend down, never up, and never turn down:
-`beta2 = beta1 - bend` with `0 <= bend <= beta1` (a larger fitted `bend` acts as `beta1`), since
-a fitted upturn (the noise of a few late steps) would run away when extrapolated, and a law
-whose forgetting falls with more steps forecast KL falling beyond the pilots (issue 23). It is the smoothly broken power law of Caballero et al.
-(2023, "Broken Neural Scaling Laws") with one break and smoothness 1, written in log space:
+`beta2 = beta1 - bend` with `0 <= bend <= beta1` (a larger fitted `bend` acts as `beta1`),
+since a fitted upturn (the noise of a few late steps) would run away when extrapolated, and
+a law whose forgetting falls with more steps forecast KL falling beyond the pilots (issue
+23). It is the smoothly broken power law of Caballero et al. (2023, "Broken Neural Scaling
+Laws") with one break and smoothness 1, written in log space:
 `log(term) = log A + alpha log P + beta1 log N - bend softplus(log N - log N_c)`.
 """
 

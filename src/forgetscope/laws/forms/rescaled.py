@@ -7,8 +7,8 @@ ahead on the same curve; the smaller ones catch up later. The slope in `P` is th
 times the local slope in `N`, and falls as the curve bends: measured on the benchmark's pilots
 (issue 23), the slope of log KL in log rank fell from 0.63 at step 20 to 0.20 at step 100,
 which a law separable in P and N (`mult`) cannot follow and overshoots when it extrapolates
-in P. Written in log space, with `beta2 = beta1 - bend`, `0 <= bend <= beta1` (the curves bend down, never turn down):
-`log(term) = log A + beta1 u' - bend softplus(u' - log u_c)`, `u' = log N + gamma log P`.
+in P. Written in log space, with `beta2 = beta1 - bend`, `0 <= bend <= beta1` (the curves
+bend down, never turn down): `log(term) = log A + beta1 u' - bend softplus(u' - log u_c)`, `u' = log N + gamma log P`.
 """
 
 from __future__ import annotations
