@@ -129,6 +129,7 @@ def forecast_targets(name: str, fits: dict, transfer: tuple[float, int] | None =
     and how many targets needed it, measured without this scenario), the interval's slope is
     the pilot's own pooled with that, as `fit` pools its own with `BENCHMARK_SLOPE`."""
     from forgetscope.laws.forecast import Query, forecasts
+    from forgetscope.laws.fit import model_error
     from forgetscope.laws.select import interval_slope
 
     interval = fits["kl"]["interval"]
@@ -143,12 +144,14 @@ def forecast_targets(name: str, fits: dict, transfer: tuple[float, int] | None =
         kl = forecasts(fits, query, t["step"])["kl"]
         # doublings beyond the pilot: in P (its arm's largest) and in steps (one learning rate a scenario)
         reach = max(np.log2(t["P"] / pilot["P"][t["arm"]]), 0.0) + np.log2(t["step"] / pilot["steps"])
-        log_error = abs(np.log(kl["value"] / t["kl"]))
+        log_error = np.log(kl["value"] / t["kl"])
+        # the side of the bootstrap band the measurement lies on; the slope covers what it and the floor leave
+        side = np.log(kl["value"] / kl["bootstrap_low"] if log_error > 0 else kl["bootstrap_high"] / kl["value"])
         floor = fits["kl"]["interval"].get("floor", 0.0)
         rows.append(t | {"forecast": kl["value"], "low": kl["low"], "high": kl["high"], "validated": kl["validated"],
                          "error": abs(kl["value"] - t["kl"]) / t["kl"], "inside": bool(kl["low"] <= t["kl"] <= kl["high"]),
                          "width": kl["high"] / kl["low"], "reach": float(reach),
-                         "needed_slope": float(np.sqrt(max(log_error**2 - floor**2, 0.0)) / max(reach, 0.5))})
+                         "needed_slope": float(model_error(log_error, max(side, 0.0), floor) / max(reach, 0.5))})
     return rows
 
 

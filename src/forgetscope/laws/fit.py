@@ -425,10 +425,23 @@ def half_width(floor: float, slope: float, doublings) -> np.ndarray:
     return np.sqrt(floor**2 + (slope * np.asarray(doublings, dtype=float)) ** 2)
 
 
-def widen(value, boot_low, boot_high, half) -> tuple[np.ndarray, np.ndarray]:
+def widen(value, boot_low, boot_high, half, falling: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`(low, high)`: the bootstrap band around `value` and the model error `half`, added in
-    quadrature in log space (each end never on the wrong side of `value`)."""
+    quadrature in log space (each end never on the wrong side of `value`). `falling` (a law of
+    the fine-tuning loss, whose log-space band sits around `E + g`): each end of the band
+    moved out by `half`."""
+    if falling:
+        return np.asarray(boot_low, dtype=float) * np.exp(-half), np.asarray(boot_high, dtype=float) * np.exp(half)
     value = np.maximum(np.asarray(value, dtype=float), 1e-300)
     below = np.log(value / np.maximum(np.minimum(boot_low, value), 1e-300))
     above = np.log(np.maximum(boot_high, value) / value)
     return value * np.exp(-np.hypot(below, half)), value * np.exp(np.hypot(above, half))
+
+
+def model_error(error, band_side, floor: float, falling: bool = False) -> np.ndarray:
+    """The part of each log `error` that the interval's model-error term must cover: what
+    the seed noise `floor` and the bootstrap band's side the measurement lies on
+    (`band_side`, in log) leave, combined as `widen` combines them."""
+    error, band_side = np.abs(np.asarray(error, dtype=float)), np.asarray(band_side, dtype=float)
+    beyond_band = np.maximum(error - band_side, 0.0) if falling else np.sqrt(np.maximum(error**2 - band_side**2, 0.0))
+    return np.sqrt(np.maximum(beyond_band**2 - floor**2, 0.0))

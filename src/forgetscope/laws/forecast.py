@@ -176,10 +176,7 @@ def _band(fits: Fits, target: Target, where: Resolved, T: np.ndarray, widen_by: 
     if "slope" in interval and ranges:  # the half-width grows with how far the query reaches beyond the data
         in_P = query_reach(fits, where, 1.0)[0]
         in_N = np.log2(np.maximum(np.asarray(T, dtype=float) / ranges["max_T"], 1.0))
-        half = half_width(interval["floor"], interval["slope"], in_P + in_N)
-        if falling:
-            return value, boot_low * np.exp(-half), boot_high * np.exp(half), boot_low, boot_high
-        low, high = widen(value, boot_low, boot_high, half)
+        low, high = widen(value, boot_low, boot_high, half_width(interval["floor"], interval["slope"], in_P + in_N), falling)
         return value, low, high, boot_low, boot_high
     q = interval.get("residual_q", 0.0) * widen_by  # fits.json from before issue 23: a fixed model-error term
     if falling:

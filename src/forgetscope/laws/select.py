@@ -44,6 +44,7 @@ from forgetscope.laws.fit import (
     half_width,
     last_steps,
     log_metrics,
+    model_error,
     reach,
     size_split,
     time_split,
@@ -225,7 +226,7 @@ beyond in `P` and `N` at once). The form is chosen on the two nested inside them
 `selection` (the in-time split again, inside the in-time training part) and
 `selection_size` (the in-size split again, among the runs the in-size test fits)."""
 REPORTED = ("in_time", "in_size", "in_size_far", "joint")
-BENCHMARK_SLOPE = {"average": 0.25, "select": 0.59}
+BENCHMARK_SLOPE = {"average": 0.14, "select": 0.54}
 """The model-error slope of an interval (95% log half-width per doubling of reach), per
 `kl_law`, that the forecast benchmark's targets needed (`bench/forecast_transfer.py` prints
 it): a pilot's own tests reach one or two doublings on a few runs, so their slope alone is
@@ -359,6 +360,22 @@ def seed_noise(rows: pd.DataFrame, column: str) -> dict:
     return {"log_sd": float(np.sqrt(squares / dof)) if dof else None, "dof": dof}
 
 
+def _bootstrap_band(fit: Law, rows: pd.DataFrame, target: str, train: np.ndarray, held: np.ndarray, arm: np.ndarray,
+                    replay: np.ndarray | None, n_bootstrap: int, seed: int, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(low, high)`: the 95% bootstrap band over runs of `fit` (fitted on `train`) on the
+    `held` rows, from at most 100 resamples; `value` itself where `n_bootstrap` is 0."""
+    if n_bootstrap == 0:
+        return value, value
+    P, N, y, groups = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float), rows.point_id.to_numpy()
+    samples = bootstrap_law(fit, groups[train], P[train], N[train], y[train], min(n_bootstrap, 100), seed,
+                            arm=arm[train], replay=_at(replay, train))
+    if isinstance(fit, Anchored):
+        fit = anchor_resamples(fit, samples, P[train], N[train], y[train], groups[train], rows.arm_name.to_numpy()[train],
+                               seed, _at(replay, train))
+    low, high = np.percentile(fit.predict(P[held], N[held], samples, arm=arm[held], replay=_at(replay, held)), [2.5, 97.5], axis=0)
+    return low, high
+
+
 def _interval(best: dict, target: str, n_bootstrap: int, seed: int, transfer_slope: float = BENCHMARK_SLOPE["average"]) -> dict:
     """The model-error term of the prediction intervals, as a function of how far a forecast
     reaches, and the intervals' coverage on what each reported split held out.
@@ -367,11 +384,13 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int, transfer_slo
     `P` and of time). Its 95% half-width in log space is `sqrt(floor^2 + (slope * reach)^2)`:
     `floor` is 1.96 times the seed-to-seed noise of one run (`seed_noise`), which a single
     run shows whatever the law; `slope` is calibrated on the reported splits' forecasts at the
-    last steps (the smallest slope under which all but 5% of them, rounded down, lie inside),
-    pooled with `transfer_slope`, what the forecast benchmark needed (`interval_slope`).
-    Coverage of each split is checked with the slope calibrated on the other splits alone,
-    so that no forecast judges an interval it helped to size; the interval is the bootstrap
-    band over runs of the fit that never saw the held-out runs, widened by the half-width.
+    last steps (the smallest slope under which all but 5% of them, rounded down, lie inside
+    the interval as issued: the bootstrap band and the half-width, added in quadrature by
+    `widen`), pooled with `transfer_slope`, what the forecast benchmark needed
+    (`interval_slope`). Coverage of each split is checked with the slope calibrated on the
+    other splits alone, so that no forecast judges an interval it helped to size; the
+    interval is the bootstrap band over runs of the fit that never saw the held-out runs,
+    widened by the half-width.
     """
     rows, arm, replay = best["rows"], best["arm"], best["replay"]
     P, N, y, groups = rows.P.to_numpy(float), rows["T"].to_numpy(float), rows[target].to_numpy(float), rows.point_id.to_numpy()
@@ -381,14 +400,18 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int, transfer_slo
     # Without runs that differ only in their seed, the scatter of the measurements about the
     # full fit stands in for it: a forecast of one measurement shows that much at least.
     floor = 1.96 * (noise["log_sd"] if noise["log_sd"] is not None else best["log_rmse"])
+    falling = target == "ft_loss"  # issued as `forecast._band` issues it
     reported = [s for s in REPORTED if best["split_fits"].get(s) is not None and best["masks"][s][1].any()]
-    ratios, value, doublings = {}, {}, {}
+    ratios, value, doublings, bands = {}, {}, {}, {}
     for split in reported:
         fit, (train, held) = best["split_fits"][split], best["masks"][split]
         value[split] = fit.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held))
-        r = np.abs(np.log(np.maximum(value[split], 1e-300)) - np.log(y[held]))
+        bands[split] = _bootstrap_band(fit, rows, target, train, held, arm, replay, n_bootstrap, seed, value[split])
+        error = np.log(np.maximum(value[split], 1e-300)) - np.log(y[held])
+        side = np.log(np.where(error > 0, value[split] / np.minimum(bands[split][0], value[split]),
+                               np.maximum(bands[split][1], value[split]) / value[split]))
         doublings[split] = sum(reach(P, N, modules, train & (N > 0), held))
-        ratios[split] = np.sqrt(np.maximum(r**2 - floor**2, 0.0)) / np.maximum(doublings[split], 0.5)
+        ratios[split] = model_error(error, side, floor, falling) / np.maximum(doublings[split], 0.5)
 
     def calibrated(splits: list[str]) -> float:
         pooled = np.sort(np.concatenate([ratios[s] for s in splits])) if splits else np.zeros(0)
@@ -403,15 +426,10 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int, transfer_slo
     for split in reported:
         if n_bootstrap == 0:
             break
-        fit, (train, held) = best["split_fits"][split], best["masks"][split]
-        samples = bootstrap_law(fit, groups[train], P[train], N[train], y[train], min(n_bootstrap, 100), seed,
-                                arm=arm[train], replay=_at(replay, train))
-        if isinstance(fit, Anchored):
-            fit = anchor_resamples(fit, samples, P[train], N[train], y[train], groups[train], modules[train], seed, _at(replay, train))
-        band = np.percentile(fit.predict(P[held], N[held], samples, arm=arm[held], replay=_at(replay, held)), [2.5, 97.5], axis=0)
+        held, band = best["masks"][split][1], bands[split]
         others = [s for s in reported if s != split]
         half = half_width(floor, interval_slope(calibrated(others), int(sum(len(ratios[s]) for s in others)), transfer_slope), doublings[split])
-        low, high = widen(value[split], band[0], band[1], half)
+        low, high = widen(value[split], band[0], band[1], half, falling)
         inside = (band[0] <= y[held]) & (y[held] <= band[1])
         widened = (low <= y[held]) & (y[held] <= high)
         out["coverage"][split] = {"bootstrap": float(inside.mean()), "with_model_error": float(widened.mean()), "n": int(held.sum()),
