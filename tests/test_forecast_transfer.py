@@ -57,6 +57,19 @@ def test_the_figures_stay_within_what_was_measured(bench, results):
     assert every["median_width"] <= MEASURED["median_width"] * 1.1, every
 
 
+def test_the_95_percent_intervals_hold_about_95_percent_of_the_targets_they_were_not_sized_on(bench, results):
+    # Each scenario's intervals take the slope the other scenarios' targets needed. Sized as
+    # issued (bootstrap band, seed noise and model error together) they hold 95% of the 258
+    # (100 bootstrap resamples, median width 4.3); sized as if the model error stood alone,
+    # 98% at 6.2: wider than the errors needed.
+    rows = []
+    for result in results:
+        others = [t for other in results if other is not result for t in other["targets"]]
+        rows += bench.forecast_targets(result["scenario"], result["fits"], (bench.transfer_slope(others), len(others)))
+    coverage = bench.summarise(rows)["coverage"]
+    assert 0.9 <= coverage <= 0.975, coverage
+
+
 def test_the_in_run_forecast_of_every_target_run_is_made_with_and_without_the_pilot_law(results):
     rows = [row for r in results for row in r["in_run"]]
     assert {row["share"] for row in rows} == {0.25, 0.5}
@@ -100,7 +113,7 @@ def test_on_the_scenarios_made_after_the_fits_were_fixed_they_err_less_than_befo
 def test_what_predict_calls_validated_held_on_the_benchmark(bench, results):
     validated = [t for r in results for t in r["targets"] if t["validated"]]
     assert len(validated) >= 10
-    assert bench.summarise(validated)["median_error"] <= 0.2  # measured: 15.0% over 59 targets (largest 41%)
+    assert bench.summarise(validated)["median_error"] <= 0.2  # measured: 15.9% over 66 targets (largest 46%)
 
 
 HELD_OUT = ("code-rslora-attn", "docs-lora-qv", "docs-rslora-mlp", "scripture-lora-attn")
@@ -108,8 +121,8 @@ HELD_OUT_ANCHOR = ("code-lora-qv", "docs-lora-all", "scripture-rslora-mlp", "cod
                    "code-lora-attn", "docs-lora-mlp", "scripture-lora-mlp", "code-lora-all", "docs-lora-attn", "scripture-rslora-attn",
                    "code-rslora-qv", "scripture-lora-qv", "docs-rslora-all", "scripture-lora-all", "code-lora-mlp-2e3", "docs-lora-attn-5e4")
 HELD_OUT_FITS = ("code-rslora-qv", "scripture-lora-qv", "docs-rslora-all", "scripture-lora-all", "code-lora-mlp-2e3", "docs-lora-attn-5e4")
-MEASURED = {"median_error": 0.221, "coverage": 0.98, "median_width": 6.48}
-"""The replay above (`fit` defaults, `--kl-law average`; 234 targets in 29 scenarios), as
+MEASURED = {"median_error": 0.237, "coverage": 0.950, "median_width": 4.23}
+"""The replay above (`fit` defaults, `--kl-law average`; 258 targets in 32 scenarios), as
 `bench/forecast_transfer.py` prints it but with each pilot's interval slope pooled with
 `BENCHMARK_SLOPE` (measured on every scenario, this one too) instead of the others'. The issue's
 targets (20%, 80%, 2.5) are not met: these guard what was reached, not what was asked."""

@@ -42,8 +42,10 @@ def test_held_out_forecasts_of_the_last_steps_are_within_8_percent_in_time_and_i
 
 
 def test_interval_coverage_is_near_nominal_over_repeated_draws(tmp_path):
+    # Ten draws (100 forecasts, in groups of one draw's): over twenty, 90% inside. Six were too
+    # few: one draw's in-time split, all outside or all inside, moved the rate by 3 points.
     inside, total, widths = 0, 0, []
-    for draw in range(6):
+    for draw in range(10):
         table = read_table(write_sweep(tmp_path / f"d{draw}", seed=100 + draw, noise=0.05, arms=("all-linear",)))
         interval = fit_target(table, "kl", n_bootstrap=100, seed=draw, transfer_slope=0.0, kl_law="select")["interval"]  # its own calibration
         for f in interval["forecasts"].values():
@@ -240,6 +242,22 @@ def test_the_interval_slope_pools_the_sweeps_own_with_the_benchmarks_by_how_many
     assert interval_slope(0.26, 16, 0.26, 160) == pytest.approx(0.26)  # agreeing: that slope
     few, many = interval_slope(1.0, 16, 0.26, 160), interval_slope(1.0, 1600, 0.26, 160)
     assert 0.26 < few < 0.45 < 0.9 < many < 1.0  # a pilot's few noisy tests move it a little, many tests most of the way
+
+
+def test_the_model_error_term_is_sized_for_what_the_band_and_the_seed_noise_leave_of_an_error():
+    from forgetscope.laws.fit import model_error, widen
+
+    assert model_error(0.3, 0.5, 0.2) == 0.0  # inside the band: nothing left to cover
+    assert model_error(-0.3, 0.1, 0.5) == 0.0  # inside the seed noise
+    needed = float(model_error(1.0, 0.6, 0.3))
+    assert needed == pytest.approx(np.sqrt(1.0 - 0.36 - 0.09))
+    # and the interval issued with exactly that much model error reaches the error, no further
+    low, high = widen(1.0, np.exp(-0.6), np.exp(0.6), np.hypot(0.3, needed))
+    assert np.log(high) == pytest.approx(1.0) and np.log(low) == pytest.approx(-1.0)
+    # a falling law's band is moved out by the half-width, not added in quadrature
+    assert model_error(1.0, 0.6, 0.3, falling=True) == pytest.approx(np.sqrt(0.4**2 - 0.3**2))
+    low, high = widen(1.0, np.exp(-0.6), np.exp(0.6), 0.4, falling=True)
+    assert np.log(high) == pytest.approx(1.0)
 
 
 def test_a_lowering_anchor_never_makes_a_rising_law_fall():
