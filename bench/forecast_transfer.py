@@ -128,8 +128,8 @@ def forecast_targets(name: str, fits: dict, transfer: tuple[float, int] | None =
     """Each target's forecast, as `predict --extrapolate` gives it. With `transfer` (a slope
     and how many targets needed it, measured without this scenario), the interval's slope is
     the pilot's own pooled with that, as `fit` pools its own with `BENCHMARK_SLOPE`."""
-    from forgetscope.laws.forecast import Query, forecasts
     from forgetscope.laws.fit import model_error
+    from forgetscope.laws.forecast import Query, forecasts
     from forgetscope.laws.select import interval_slope
 
     interval = fits["kl"]["interval"]
