@@ -244,6 +244,21 @@ def test_the_interval_slope_pools_the_sweeps_own_with_the_benchmarks_by_how_many
     assert 0.26 < few < 0.45 < 0.9 < many < 1.0  # a pilot's few noisy tests move it a little, many tests most of the way
 
 
+def test_the_benchmarks_slope_of_log_kl_widens_kls_intervals_and_no_others(known):
+    # L_f is about 5 nats of which KL is a few hundredths: KL's slope in log L_f made the
+    # report's L_f - H_base intervals run from below zero to 1.5 around forecasts near 0.1.
+    from forgetscope.laws.select import BENCHMARK_SLOPE, interval_slope
+
+    fits = load_fits(known)
+    kl = fits["kl"]["interval"]
+    assert kl["slope"] == pytest.approx(interval_slope(kl["slope_calibrated"], kl["n_calibration"], BENCHMARK_SLOPE["select"]))
+    for target in ("forgetting_ce", "ft_loss"):
+        interval = fits[target]["interval"]
+        assert interval["slope"] == pytest.approx(interval["slope_calibrated"]), target
+    for f in (fits["forgetting_ce"]["interval"]["forecasts"]["in_time"],):
+        assert min(f["low"]) > 0  # L_f - H_base: forgetting never below the base's entropy
+
+
 def test_the_model_error_term_is_sized_for_what_the_band_and_the_seed_noise_leave_of_an_error():
     from forgetscope.laws.fit import model_error, widen
 
