@@ -292,6 +292,27 @@ def test_with_a_sweeps_law_as_prior_the_in_run_forecast_follows_the_laws_bend_at
     assert forecast["kl"] == pytest.approx(level * float(prior.kl(200)), rel=1e-9)
 
 
+def test_the_in_run_interval_with_a_prior_holds_how_uncertain_the_laws_growth_ahead_is(tmp_path):
+    # As `predict` widens its intervals by the law's bootstrap band, the in-run forecast widens
+    # by the spread of the resamples' growth from the last measurement to the planned step.
+    from forgetscope.laws.forecast import Query, forecast_run, run_prior
+    from forgetscope.laws.select import fit_sweep
+    from law_helpers import ARMS, write_sweep
+
+    fits = fit_sweep(write_sweep(tmp_path / "s", noise=0.1, arms=("all-linear",)), n_bootstrap=100, transfer_slope=0.0, kl_law="select")
+    query = Query(P=8 * ARMS["all-linear"][1], arm="all-linear", extrapolate=True)
+    prior = run_prior(fits, query)
+    spread = prior.growth_sd(20, 400)
+    assert spread > 0 and prior.growth_sd(20, 20) == 0.0
+    without = run_prior({**fits, "kl": {**fits["kl"], "bootstrap": []}}, query)
+    assert without.growth_sd(20, 400) == 0.0
+    steps = [0, 1, 4, 10, 20]
+    run = [0.0, *(float(prior.kl(s)) for s in steps[1:])]
+    wide, narrow = (forecast_run(steps, run, planned_steps=400, prior=p) for p in (prior, without))
+    assert wide["kl"] == pytest.approx(narrow["kl"])
+    assert wide["high"] / wide["low"] > narrow["high"] / narrow["low"]
+
+
 @pytest.mark.slow
 def test_train_law_gives_the_callback_the_sweeps_law_and_every_forecast_uses_it(llama_dir, eval_files, tmp_path, capsys):
     from forgetscope.laws.select import fit_sweep

@@ -255,15 +255,29 @@ class RunPrior:
     where: Resolved
     slope: float
 
-    def kl(self, steps) -> np.ndarray:
-        """The law's KL at `steps` (its value only: the prior needs no bootstrap band). An
-        anchored law's shape without its anchor: the run's own factor sets the level, and
-        the anchor's ramp toward the sweep's horizon is no part of a run's shape."""
+    def kl(self, steps, samples: int | None = None) -> np.ndarray:
+        """The law's KL at `steps`; with `samples`, at each of its first `samples` bootstrap
+        resamples (one row each). An anchored law's shape without its anchor: the run's own
+        factor sets the level, and the anchor's ramp toward the sweep's horizon is no part of
+        a run's shape."""
         fit = fit_from(self.fits["kl"])
         fit = fit.law if isinstance(fit, Anchored) else fit
         arm = fit.arms.index(self.where.arm) if fit.arms and self.where.arm in fit.arms else 0
         T = np.asarray(steps, dtype=float) * self.where.T_per_step
-        return np.asarray(fit.predict(self.where.P, T, arm=arm, replay=self.where.replay), dtype=float)
+        theta = None if samples is None else samples_from(self.fits["kl"], samples)
+        if theta is not None and len(theta) == 0:
+            return np.empty((0, *T.shape))
+        return np.asarray(fit.predict(self.where.P, T, theta, arm=arm, replay=self.where.replay), dtype=float)
+
+    def growth_sd(self, from_steps: float, to_steps: float, samples: int = 200) -> float:
+        """How uncertain the law's growth from `from_steps` to `to_steps` is: the standard
+        deviation of its log over the bootstrap resamples (0 without any), the prior's part of
+        what the bootstrap band is to `predict`'s intervals."""
+        ends = self.kl(np.array([from_steps, to_steps], dtype=float), samples)
+        if len(ends) < 2:
+            return 0.0
+        growth = np.log(np.maximum(ends[:, 1], 1e-300) / np.maximum(ends[:, 0], 1e-300))
+        return float(np.std(growth, ddof=1))
 
 
 def run_prior(fits: Fits, query: Query) -> RunPrior:
@@ -285,7 +299,8 @@ def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, poi
     With a `prior` (a sweep's law for this run, `run_prior`), only the run's own factor is
     fitted: its level is the mean of its measurements against the law's shape, and the slope
     ahead is the law's, from the last measurement to the planned step, with the law's
-    calibrated error per doubling of time in the interval. The run's own slope is not used:
+    calibrated error per doubling of time and the spread of its bootstrap resamples' growth
+    over that stretch in the interval. The run's own slope is not used:
     over a run's first steps it is steeper than later (the transient), and on the forecast
     benchmark blending it in (weighted by its standard error) made forecasts of the last step
     from the first quarter 84% off instead of 47%. Two measurements are enough with a prior.
@@ -325,16 +340,18 @@ def _forecast_with_prior(steps: np.ndarray, kl: np.ndarray, planned_steps: int, 
     x, y, x0 = np.log(steps), np.log(kl), np.log(planned_steps)
     ahead = max(x0 - x[-1], 1e-9)
     # The law's own slope from the last measurement to the planned step, and how uncertain it
-    # is: its calibrated 95% error per doubling of time, as a standard error of a log slope.
+    # is: its calibrated 95% error per doubling of time, as a standard error of a log slope,
+    # beside the spread of its bootstrap resamples' growth (as `predict` adds the band).
     slope = float(np.log(prior.kl(planned_steps) / prior.kl(steps[-1])) / ahead)
     law_se = max(prior.slope, 1e-6) / (1.96 * np.log(2.0))
+    band_sd = prior.growth_sd(steps[-1], planned_steps)
     # The run's level at its last measurement: its measurements against the law's shape.
     ratios = y - np.log(np.maximum(prior.kl(steps), 1e-300))
     level = float(ratios.mean() + np.log(prior.kl(steps[-1])))
     dof = max(len(x) - 1, 1)
     s = float(np.std(ratios, ddof=1)) if len(x) > 1 else 0.0
     mean = level + slope * ahead
-    half = stats.t.ppf(0.975, dof) * np.sqrt(s**2 * (1 + 1 / len(x)) + (ahead * law_se) ** 2)
+    half = stats.t.ppf(0.975, dof) * np.sqrt(s**2 * (1 + 1 / len(x)) + (ahead * law_se) ** 2 + band_sd**2)
     value = float(np.exp(mean))
     out = {"from_step": int(steps[-1]), "planned_steps": int(planned_steps), "kl": value,
            "low": float(np.exp(mean - half)), "high": float(np.exp(mean + half)), "slope": slope,
