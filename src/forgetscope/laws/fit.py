@@ -441,7 +441,8 @@ def widen(value, boot_low, boot_high, half, falling: bool = False) -> tuple[np.n
 def model_error(error, band_side, floor: float, falling: bool = False) -> np.ndarray:
     """The part of each log `error` that the interval's model-error term must cover: what
     the seed noise `floor` and the bootstrap band's side the measurement lies on
-    (`band_side`, in log) leave, combined as `widen` combines them."""
+    (`band_side`, in log; for a `falling` law, negative where the band's end lies beyond its
+    value) leave, combined as `widen` combines them."""
     error, band_side = np.abs(np.asarray(error, dtype=float)), np.asarray(band_side, dtype=float)
     beyond_band = np.maximum(error - band_side, 0.0) if falling else np.sqrt(np.maximum(error**2 - band_side**2, 0.0))
     return np.sqrt(np.maximum(beyond_band**2 - floor**2, 0.0))
