@@ -237,10 +237,12 @@ def _run_label(rows: pd.DataFrame) -> str:
 
 
 def _log_axes(ax: Axes) -> None:
-    """Log axes with few, non-overlapping labels."""
-    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+    """Log axes with few, non-overlapping labels; on one that spans less than a decade, at
+    1, 2 and 5 times the powers of ten, so that it keeps some."""
+    for axis, scale, (low, high) in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()), (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
         if scale == "log":
-            axis.set_major_locator(LogLocator(numticks=5))
+            narrow = low > 0 and high / low < 10
+            axis.set_major_locator(LogLocator(numticks=5, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
             axis.set_minor_formatter(NullFormatter())
     ax.tick_params(labelsize=7)
 
