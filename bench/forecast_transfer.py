@@ -128,7 +128,7 @@ def forecast_targets(name: str, fits: dict, transfer: tuple[float, int] | None =
     """Each target's forecast, as `predict --extrapolate` gives it. With `transfer` (a slope
     and how many targets needed it, measured without this scenario), the interval's slope is
     the pilot's own pooled with that, as `fit` pools its own with `BENCHMARK_SLOPE`."""
-    from forgetscope.laws.fit import model_error
+    from forgetscope.laws.fit import band_side, model_error
     from forgetscope.laws.forecast import Query, forecasts
     from forgetscope.laws.select import interval_slope
 
@@ -145,13 +145,13 @@ def forecast_targets(name: str, fits: dict, transfer: tuple[float, int] | None =
         # doublings beyond the pilot: in P (its arm's largest) and in steps (one learning rate a scenario)
         reach = max(np.log2(t["P"] / pilot["P"][t["arm"]]), 0.0) + np.log2(t["step"] / pilot["steps"])
         log_error = np.log(kl["value"] / t["kl"])
-        # the side of the bootstrap band the measurement lies on; the slope covers what it and the floor leave
-        side = np.log(kl["value"] / kl["bootstrap_low"] if log_error > 0 else kl["bootstrap_high"] / kl["value"])
+        # the slope covers what the band's side toward the measurement and the floor leave
+        side = band_side(log_error, kl["value"], kl["bootstrap_low"], kl["bootstrap_high"])
         floor = fits["kl"]["interval"].get("floor", 0.0)
         rows.append(t | {"forecast": kl["value"], "low": kl["low"], "high": kl["high"], "validated": kl["validated"],
                          "error": abs(kl["value"] - t["kl"]) / t["kl"], "inside": bool(kl["low"] <= t["kl"] <= kl["high"]),
                          "width": kl["high"] / kl["low"], "reach": float(reach),
-                         "needed_slope": float(model_error(log_error, max(side, 0.0), floor) / max(reach, 0.5))})
+                         "needed_slope": float(model_error(log_error, side, floor) / max(reach, 0.5))})
     return rows
 
 

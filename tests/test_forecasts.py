@@ -260,8 +260,13 @@ def test_the_benchmarks_slope_of_log_kl_widens_kls_intervals_and_no_others(known
 
 
 def test_the_model_error_term_is_sized_for_what_the_band_and_the_seed_noise_leave_of_an_error():
-    from forgetscope.laws.fit import model_error, widen
+    from forgetscope.laws.fit import band_side, model_error, widen
 
+    # the band's end toward the measurement: below for a forecast too high, above for one too low
+    assert band_side(0.5, 1.0, 0.8, 1.3) == pytest.approx(np.log(1 / 0.8))
+    assert band_side(-0.5, 1.0, 0.8, 1.3) == pytest.approx(np.log(1.3))
+    assert band_side(0.5, 1.0, 1.1, 1.3) == 0.0  # a rising law's band is widened around its value
+    assert band_side(0.5, 1.0, 1.1, 1.3, falling=True) == pytest.approx(np.log(1 / 1.1))  # a falling one's from its ends
     assert model_error(0.3, 0.5, 0.2) == 0.0  # inside the band: nothing left to cover
     assert model_error(-0.3, 0.1, 0.5) == 0.0  # inside the seed noise
     needed = float(model_error(1.0, 0.6, 0.3))

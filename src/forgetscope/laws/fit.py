@@ -438,6 +438,15 @@ def widen(value, boot_low, boot_high, half, falling: bool = False) -> tuple[np.n
     return value * np.exp(-np.hypot(below, half)), value * np.exp(np.hypot(above, half))
 
 
+def band_side(error, value, boot_low, boot_high, falling: bool = False) -> np.ndarray:
+    """The log distance from `value` to the bootstrap band's end on the side of a log
+    `error` (forecast over measured: the low end), as `widen` widens from it: for a rising law
+    never below 0, for a `falling` one negative where that end lies beyond `value`."""
+    value = np.maximum(np.asarray(value, dtype=float), 1e-300)
+    side = np.log(np.where(np.asarray(error) > 0, value / np.maximum(boot_low, 1e-300), np.asarray(boot_high, dtype=float) / value))
+    return side if falling else np.maximum(side, 0.0)
+
+
 def model_error(error, band_side, floor: float, falling: bool = False) -> np.ndarray:
     """The part of each log `error` that the interval's model-error term must cover: what
     the seed noise `floor` and the bootstrap band's side the measurement lies on

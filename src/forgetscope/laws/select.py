@@ -35,6 +35,7 @@ from forgetscope.laws.fit import (
     Law,
     anchor,
     anchor_resamples,
+    band_side,
     bootstrap,
     bootstrap_law,
     check_enough_data,
@@ -408,9 +409,7 @@ def _interval(best: dict, target: str, n_bootstrap: int, seed: int, transfer_slo
         value[split] = fit.predict(P[held], N[held], arm=arm[held], replay=_at(replay, held))
         bands[split] = _bootstrap_band(fit, rows, target, train, held, arm, replay, n_bootstrap, seed, value[split])
         error = np.log(np.maximum(value[split], 1e-300)) - np.log(y[held])
-        # the band's side toward the measurement; `widen` keeps a rising law's band around its value
-        side = np.log(np.where(error > 0, value[split] / np.maximum(bands[split][0], 1e-300), bands[split][1] / value[split]))
-        side = side if falling else np.maximum(side, 0.0)
+        side = band_side(error, value[split], *bands[split], falling)
         doublings[split] = sum(reach(P, N, modules, train & (N > 0), held))
         ratios[split] = model_error(error, side, floor, falling) / np.maximum(doublings[split], 0.5)
 
