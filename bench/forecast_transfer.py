@@ -19,6 +19,12 @@ median and largest error, the coverage of the intervals, their median width (hig
 and how many forecasts `predict` would have given without `--extrapolate` (with their median
 error). Then the in-run forecast (the callback's) of each target run's last KL from its
 first 25% and 50%, with the pilot's law as a prior and without.
+
+Leave one out: each scenario's forecasts past its pilot's steps slow as the other
+scenarios' target runs did (`saturation_relation`, `laws.fit.Saturation`), and its
+intervals take the slope the other scenarios' targets needed, so no scenario is judged by
+what it helped to set. The relation and the slope measured on every scenario are printed
+last: `BENCHMARK_SATURATION` and `BENCHMARK_SLOPE` in `forgetscope.laws.select`.
 """
 
 from __future__ import annotations
@@ -109,8 +115,32 @@ def pilot_summary(directory: Path) -> dict:
     return summary
 
 
-def fit_pilot(name: str, n_bootstrap: int = 200, kl_law: str = "average") -> tuple[dict, float]:
-    """The scenario's pilot fitted as `fit` does (into a scratch copy), and the seconds it took."""
+def saturation_points(name: str) -> list[tuple[float, float]]:
+    """`(log(KL / H_base), slope of log KL in log N over the next doubling)` of each target
+    run from the pilot's last step and from twice it: how growth slowed past the pilot."""
+    steps = pilot_summary(ROOT / name / "pilot")["steps"]
+    points = []
+    for records in target_runs(name).values():
+        kl = {r["step"]: r["kl"] for r in records}
+        for t in (steps, 2 * steps):
+            if kl.get(t, 0) > 0 and kl.get(2 * t, 0) > 0:
+                points.append((float(np.log(kl[t] / records[0]["base_entropy"])), float(np.log(kl[2 * t] / kl[t]) / np.log(2))))
+    return points
+
+
+def saturation_relation(names: list[str]) -> dict:
+    """`laws.fit.Saturation`'s `a` and `b` fitted by least squares to these scenarios' target
+    runs (`saturation_points`), with `BENCHMARK_SATURATION`'s weight."""
+    from forgetscope.laws.select import BENCHMARK_SATURATION
+
+    z, slope = np.array([p for name in names for p in saturation_points(name)]).T
+    b, a = np.polyfit(z, slope, 1)
+    return {"a": float(a), "b": float(b), "weight": BENCHMARK_SATURATION["weight"]}
+
+
+def fit_pilot(name: str, n_bootstrap: int = 200, kl_law: str = "average", saturation: dict | None = None) -> tuple[dict, float]:
+    """The scenario's pilot fitted as `fit` does (into a scratch copy), and the seconds it
+    took; `saturation` as `fit_sweep` takes it (default `BENCHMARK_SATURATION`)."""
     import shutil
     import tempfile
 
@@ -120,7 +150,7 @@ def fit_pilot(name: str, n_bootstrap: int = 200, kl_law: str = "average") -> tup
         copy = Path(scratch) / "pilot"
         shutil.copytree(ROOT / name / "pilot", copy, ignore=shutil.ignore_patterns("fits.json", "report*", "*.png", ".lock"))
         started = time.perf_counter()
-        fits = fit_sweep(copy, n_bootstrap=n_bootstrap, kl_law=kl_law)
+        fits = fit_sweep(copy, n_bootstrap=n_bootstrap, kl_law=kl_law, saturation=saturation)
         return fits, time.perf_counter() - started
 
 
@@ -162,12 +192,13 @@ def transfer_slope(rows: list[dict]) -> float:
 
 
 def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, kl_law: str = "average",
-           anchored: bool = True) -> dict:
+           anchored: bool = True, saturation: dict | None = None) -> dict:
     """Fit the scenario's pilot and forecast each of its targets; with `others` (the other
     scenarios' target rows), the intervals take the slope those needed (leave one out).
     `anchored=False`: the averaged law without its anchor (`kl.anchor`), to measure what the
-    anchor does (its interval slope stays the anchored law's)."""
-    fits, fit_seconds = fit_pilot(name, n_bootstrap, kl_law)
+    anchor does (its interval slope stays the anchored law's). `saturation`: as `fit_sweep`
+    takes it (`{}`: the law alone past the pilot's steps)."""
+    fits, fit_seconds = fit_pilot(name, n_bootstrap, kl_law, saturation)
     if not anchored:
         fits = {**fits, "kl": {k: v for k, v in fits["kl"].items() if k != "anchor"}}
     slope = None if others is None else transfer_slope(others)
@@ -177,10 +208,15 @@ def replay(name: str, n_bootstrap: int = 200, others: list[dict] | None = None, 
             "summary": summarise(rows), "in_run": in_run(fits, pilot, target_runs(name)), "fits": fits}
 
 
-def replay_all(names: list[str], n_bootstrap: int = 200, kl_law: str = "average", anchored: bool = True) -> list[dict]:
-    """Every scenario fitted once; its intervals then take the slope that the other
-    scenarios' targets needed, so no scenario's coverage is judged by a slope it set."""
-    first = {name: replay(name, n_bootstrap, kl_law=kl_law, anchored=anchored) for name in names}
+def replay_all(names: list[str], n_bootstrap: int = 200, kl_law: str = "average", anchored: bool = True,
+               saturating: bool = True) -> list[dict]:
+    """Every scenario fitted once, its forecasts past the pilot's steps slowing as the other
+    scenarios' target runs did (`saturation_relation`); its intervals then take the slope
+    that the other scenarios' targets needed, so no scenario is judged by what it set.
+    `saturating=False`: the law alone past the pilot's steps."""
+    first = {name: replay(name, n_bootstrap, kl_law=kl_law, anchored=anchored,
+                          saturation=saturation_relation([n for n in names if n != name]) if saturating else {})
+             for name in names}
     results = []
     for name in names:
         others = [row for other, result in first.items() if other != name for row in result["targets"]]
@@ -243,6 +279,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT, help="folder of scenarios (default: the benchmark's)")
     parser.add_argument("--kl-law", choices=("average", "select"), default="average", help="as `fit --kl-law`")
     parser.add_argument("--no-anchor", action="store_true", help="the averaged law without its anchor at the pilot's last measurements")
+    parser.add_argument("--no-saturation", action="store_true", help="the averaged law alone past the pilot's steps (no slowing with KL's level)")
     args = parser.parse_args()
     ROOT = args.root
     names = args.scenario or scenarios()
@@ -250,8 +287,9 @@ def main() -> None:
         for name in names:
             make(name)
     names = [name for name in names if (ROOT / name / "targets" / "records.jsonl").is_file()]
-    results = (replay_all(names, args.bootstrap, args.kl_law, not args.no_anchor) if len(names) > 1
-               else [replay(name, args.bootstrap, kl_law=args.kl_law, anchored=not args.no_anchor) for name in names])
+    results = (replay_all(names, args.bootstrap, args.kl_law, not args.no_anchor, not args.no_saturation) if len(names) > 1
+               else [replay(name, args.bootstrap, kl_law=args.kl_law, anchored=not args.no_anchor,
+                            saturation={} if args.no_saturation else None) for name in names])
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "fits"} for r in results], indent=1))
         return
@@ -273,6 +311,9 @@ def main() -> None:
     if len(results) > 1:
         print(f"\ninterval slope all scenarios' targets needed: {transfer_slope(every):.3f} "
               "(forgetscope.laws.select.BENCHMARK_SLOPE, per --kl-law)")
+        relation = saturation_relation([r["scenario"] for r in results])
+        print(f"KL's growth past the pilots, all scenarios' target runs: a {relation['a']:.3f}, b {relation['b']:.3f} "
+              "(forgetscope.laws.select.BENCHMARK_SATURATION)")
     print("\nin-run forecast of each target run's last KL (median error, coverage, median width):")
     for share in (0.25, 0.5):
         for label in ("prior", "alone"):

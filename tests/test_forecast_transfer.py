@@ -59,9 +59,9 @@ def test_the_figures_stay_within_what_was_measured(bench, results):
 
 def test_the_95_percent_intervals_hold_about_95_percent_of_the_targets_they_were_not_sized_on(bench, results):
     # Each scenario's intervals take the slope the other scenarios' targets needed. Sized as
-    # issued (bootstrap band, seed noise and model error together) they hold 95% of the 258
-    # (100 bootstrap resamples, median width 4.3); sized as if the model error stood alone,
-    # 98% at 6.2: wider than the errors needed.
+    # issued (bootstrap band, seed noise and model error together) they hold 95% of the 282
+    # (100 bootstrap resamples, median width 3.3); on the first 258, sized as if the model
+    # error stood alone, 98% at 6.2: wider than the errors needed.
     rows = []
     for result in results:
         others = [t for other in results if other is not result for t in other["targets"]]
@@ -92,8 +92,8 @@ def test_on_the_scenarios_made_after_it_was_fixed_the_anchor_is_about_even_and_i
     # The anchor (`laws.fit.Anchored`) was chosen on the eleven scenarios before these eighteen.
     # With fits that reach their minimum it is about even there: median 22.6% against 22.4%,
     # better on 73 of 144 targets; its worst miss is smaller (209% against 217%).
-    errors = {anchored: np.array([t["error"] for name in HELD_OUT_ANCHOR
-                                  for t in bench.replay(name, n_bootstrap=0, anchored=anchored)["targets"]])
+    errors = {anchored: np.array([t["error"] for name in HELD_OUT_ANCHOR  # the law alone past the pilots, as then
+                                  for t in bench.replay(name, n_bootstrap=0, anchored=anchored, saturation={})["targets"]])
               for anchored in (True, False)}
     assert len(errors[True]) == 144
     assert np.mean(errors[True] < errors[False]) >= 0.5
@@ -105,15 +105,27 @@ def test_on_the_scenarios_made_after_the_fits_were_fixed_they_err_less_than_befo
     # on the 186 targets before the sixth and seventh sets; on their 48 they erred 17.7%
     # (median), the fits of before (commit fd6934e) 21.0%: 12.2% against 25.3% on the sixth,
     # 25.9% against 17.7% on the seventh. Their worst miss is larger (157% against 141%).
-    rows = [t for name in HELD_OUT_FITS for t in bench.replay(name, n_bootstrap=0)["targets"]]
+    rows = [t for name in HELD_OUT_FITS for t in bench.replay(name, n_bootstrap=0, saturation={})["targets"]]  # the law alone, as then
     assert len(rows) == 48
     assert bench.summarise(rows)["median_error"] <= 0.19
+
+
+def test_on_the_scenarios_made_after_it_was_fixed_slowing_past_the_pilot_errs_less(bench):
+    # `laws.fit.Saturation` was fitted (and its weight chosen) on the first 32 scenarios; these
+    # three were configured and committed before it was written, and run after. On their 24
+    # targets: 14.4% median error, worst 103%, against 26.6% and 344% with the law alone.
+    errors = {label: [t["error"] for name in HELD_OUT_SATURATION
+                      for t in bench.replay(name, n_bootstrap=0, saturation=saturation)["targets"]]
+              for label, saturation in (("slowing", SATURATION_OF_THE_FIRST_32), ("alone", {}))}
+    assert len(errors["slowing"]) == 24
+    assert np.median(errors["slowing"]) <= 0.16 and np.median(errors["alone"]) >= 0.25, {k: np.median(v) for k, v in errors.items()}
+    assert max(errors["slowing"]) < max(errors["alone"]) / 2
 
 
 def test_what_predict_calls_validated_held_on_the_benchmark(bench, results):
     validated = [t for r in results for t in r["targets"] if t["validated"]]
     assert len(validated) >= 10
-    assert bench.summarise(validated)["median_error"] <= 0.2  # measured: 15.9% over 66 targets (largest 46%)
+    assert bench.summarise(validated)["median_error"] <= 0.2  # measured: 14.4% over 75 targets
 
 
 HELD_OUT = ("code-rslora-attn", "docs-lora-qv", "docs-rslora-mlp", "scripture-lora-attn")
@@ -121,8 +133,11 @@ HELD_OUT_ANCHOR = ("code-lora-qv", "docs-lora-all", "scripture-rslora-mlp", "cod
                    "code-lora-attn", "docs-lora-mlp", "scripture-lora-mlp", "code-lora-all", "docs-lora-attn", "scripture-rslora-attn",
                    "code-rslora-qv", "scripture-lora-qv", "docs-rslora-all", "scripture-lora-all", "code-lora-mlp-2e3", "docs-lora-attn-5e4")
 HELD_OUT_FITS = ("code-rslora-qv", "scripture-lora-qv", "docs-rslora-all", "scripture-lora-all", "code-lora-mlp-2e3", "docs-lora-attn-5e4")
-MEASURED = {"median_error": 0.237, "coverage": 0.950, "median_width": 4.23}
-"""The replay above (`fit` defaults, `--kl-law average`; 258 targets in 32 scenarios), as
-`bench/forecast_transfer.py` prints it but with each pilot's interval slope pooled with
-`BENCHMARK_SLOPE` (measured on every scenario, this one too) instead of the others'. The issue's
-targets (20%, 80%, 2.5) are not met: these guard what was reached, not what was asked."""
+HELD_OUT_SATURATION = ("code-lora-qv-5e4", "docs-rslora-mlp-2e3", "scripture-rslora-all-5e4")
+SATURATION_OF_THE_FIRST_32 = {"a": -0.395, "b": -0.350, "weight": 0.3}
+MEASURED = {"median_error": 0.167, "coverage": 0.957, "median_width": 3.30}
+"""The replay above (`fit` defaults, `--kl-law average`; 282 targets in 35 scenarios), as
+`bench/forecast_transfer.py` prints it but with each pilot's forecasts past its steps slowing
+by `BENCHMARK_SATURATION` and its interval slope pooled with `BENCHMARK_SLOPE` (both measured
+on every scenario, this one too) instead of the others'. The issue's width (2.5) is not met:
+these guard what was reached, not what was asked."""

@@ -295,6 +295,48 @@ def test_a_lowering_anchor_never_makes_a_rising_law_fall():
     assert np.all(np.diff(anchored.predict(4e4, grid)) > 0)
 
 
+def test_past_the_sweep_growth_slows_with_the_level_kl_has_reached():
+    from forgetscope.laws.fit import Saturation
+
+    slowing = Saturation(a=-0.4, b=-0.35, weight=0.0, base_entropy=5.0)
+    start = np.array([0.005, 0.05, 0.5])  # KL at the sweep's end
+    ratio = np.array([1.0, 1.01, 2.0, 4.0, 1e12])
+    continued = slowing.blend(np.ones((3, 5)), start[:, None], ratio[None, :])
+    z = np.log(start / 5.0)
+    local = np.log(continued[:, 1] / start) / np.log(1.01)
+    assert local == pytest.approx(-0.4 - 0.35 * z, rel=0.01)  # the slope where it starts: a + b log(KL / H_base)
+    assert np.all(np.diff(local) < 0)  # the higher KL has got, the slower it grows
+    assert continued[:, 0] == pytest.approx(start)
+    assert continued[:, -1] == pytest.approx(5.0 * np.exp(-0.4 / 0.35), rel=1e-3)  # it levels off at H_base exp(-a / b)
+    past = slowing.blend(np.ones(3), np.full(3, 4.0), ratio[1:4])
+    assert past == pytest.approx(4.0)  # a KL already past that level stays there: it never falls
+    law = np.array([0.2, 0.4])
+    assert Saturation(-0.4, -0.35, 1.0, 5.0).blend(law, np.array([0.1, 0.1]), np.array([2.0, 4.0])) == pytest.approx(law)
+    half = Saturation(-0.4, -0.35, 0.5, 5.0).blend(law, np.array([0.1, 0.1]), np.array([2.0, 4.0]))
+    assert half == pytest.approx(np.sqrt(law * Saturation(-0.4, -0.35, 0.0, 5.0).blend(law, np.array([0.1, 0.1]), np.array([2.0, 4.0]))))
+
+
+def test_the_averaged_law_slows_only_past_each_arms_longest_run_and_fits_json_keeps_how(tmp_path):
+    from forgetscope.laws.forecast import fit_from
+    from forgetscope.laws.select import BENCHMARK_SATURATION
+
+    directory = write_sweep(tmp_path / "s", noise=0.05, learning_rates=(5e-4, 1e-3, 2e-3))
+    fits = fit_sweep(directory, n_bootstrap=0)
+    saturation = fits["kl"]["anchor"]["saturation"]
+    assert {k: saturation[k] for k in BENCHMARK_SATURATION} == BENCHMARK_SATURATION and saturation["base_entropy"] == pytest.approx(H_BASE, rel=0.05)
+    law = fit_from(load_fits(directory)["kl"])
+    alone = fit_from({**fits["kl"], "anchor": {k: v for k, v in fits["kl"]["anchor"].items() if k != "saturation"}})
+    table = read_table(directory)
+    for name, rows in table.groupby("arm_name"):
+        arm = law.arms.index(name)
+        longest = rows["T"].max()
+        assert saturation["after"][arm] == pytest.approx(longest)  # the end of the arm's longest run (the highest rate's)
+        P = rows.P.max()
+        inside, beyond = np.geomspace(1, longest, 20), longest * np.array([2.0, 4.0])
+        assert law.predict(P, inside, arm=arm) == pytest.approx(alone.predict(P, inside, arm=arm))  # no measured step moves
+        assert not np.allclose(law.predict(P, beyond, arm=arm), alone.predict(P, beyond, arm=arm))
+
+
 def test_an_anchor_naming_arms_the_sweep_or_its_members_do_not_have_is_refused_in_one_line(tmp_path, capsys):
     directory = write_sweep(tmp_path / "s")
     fits = fit_sweep(directory, n_bootstrap=0)

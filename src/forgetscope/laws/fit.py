@@ -74,6 +74,43 @@ class Ensemble:
         return np.exp(np.mean(logs, axis=0))
 
 
+@dataclass(frozen=True)
+class Saturation:
+    """How KL's growth slows past the steps a sweep measured, as it nears what the base model
+    can lose: `d log KL / d log N = a + b log(KL / H_base)`, with `b < 0`, so that the slope
+    falls as KL rises and reaches 0 at `KL = H_base exp(-a / b)`.
+
+    A pilot's short runs show the steep early growth and not where it bends, so the laws
+    fitted to them carry the early slope forward. On the forecast benchmark the slope of log
+    KL over the doubling after a pilot's last step hardly followed the pilot's law (median
+    error 24.9% beyond the pilots' steps) and followed the level KL had reached (R² 0.73 over
+    the target runs; adding the step count explained nothing more): growth slows as KL rises,
+    whatever the step. `Anchored` continues the law past the end of each arm's longest run by
+    this relation from where the law stands there, and forecasts the geometric mean of the
+    two, the law's share `weight` (`laws.select.BENCHMARK_SATURATION`)."""
+
+    a: float
+    b: float
+    weight: float
+    """The law's share of the forecast past the horizon (in log space); the relation has the rest."""
+    base_entropy: float
+    """`H_base`, the base model's entropy on the eval text: KL's level is read relative to it."""
+    after: tuple[float, ...] = ()
+    """Per arm, the time past which it applies: the end of the arm's longest run (`anchor`
+    sets it), so that no measured step is forecast by it."""
+
+    def blend(self, law: np.ndarray, at_horizon: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """The forecast at `ratio` times the horizon, from the law's forecast there (`law`) and
+        at the horizon (`at_horizon`). The relation, integrated, is `z = z* + (z_h - z*)
+        (N / N_h)^b` in `z = log(KL / H_base)`, `z* = -a / b`; it never falls (a level past
+        `z*` stays where it is)."""
+        log_h = np.log(self.base_entropy)
+        start = np.log(np.maximum(at_horizon, 1e-300)) - log_h
+        ceiling = -self.a / self.b
+        continued = np.maximum(ceiling + (start - ceiling) * np.power(np.maximum(ratio, 1.0), self.b), start) + log_h
+        return np.exp(self.weight * np.log(np.maximum(law, 1e-300)) + (1.0 - self.weight) * continued)
+
+
 @dataclass
 class Anchored:
     """A law moved, per arm, onto where the runs it was fitted to ended: its forecasts times
@@ -103,11 +140,25 @@ class Anchored:
     the runs that resample drew (`anchor_resamples`): with them, a bootstrap band holds how
     well the law's shape is known beyond the anchor, not how far its level sat from the runs'
     ends, which the anchor removes."""
+    saturation: Saturation | None = None
+    """How forecasts continue past each arm's horizon (None: the law alone, as before)."""
 
     def predict(self, P, N, theta: np.ndarray | list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
         """The inner law's forecast times `exp(offset * weight)`: `weight` 0 up to the arm's
         `start`, 1 from its horizon on, linear in `log N` between. With bootstrap samples
-        `theta` (the first of `sample_offsets`' resamples), each moved by its own offsets."""
+        `theta` (the first of `sample_offsets`' resamples), each moved by its own offsets.
+        Past the arm's longest run, blended with the `saturation` relation continued from there."""
+        moved = self._moved(P, N, theta, arm, replay)
+        if self.saturation is None:
+            return moved
+        _, N, arm = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float),
+                                        np.asarray(0 if arm is None else arm, dtype=int))
+        after = np.asarray(self.saturation.after, dtype=float)[arm] if self.saturation.after else self.horizons[arm]
+        if not (N > after).any():
+            return moved
+        return np.where(N > after, self.saturation.blend(moved, self._moved(P, after, theta, arm, replay), N / after), moved)
+
+    def _moved(self, P, N, theta, arm, replay) -> np.ndarray:
         inner = self.law.predict(P, N, theta, arm=arm if self.law.arms else None, replay=replay)
         _, N, arm = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(N, dtype=float),
                                         np.asarray(0 if arm is None else arm, dtype=int))
@@ -119,10 +170,12 @@ class Anchored:
         return inner * np.exp(offsets * weight)
 
 
-def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...], replay=None) -> Anchored:
+def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...], replay=None,
+           saturation: Saturation | None = None) -> Anchored:
     """`law` anchored at the last measurement of each run (`groups`) of each of `arms`
-    (`arm_names`: each row's; `replay`: each row's replay fraction, for a law with the knob).
-    An arm without runs among these rows takes the mean offset of the others."""
+    (`arm_names`: each row's; `replay`: each row's replay fraction, for a law with the knob),
+    continued past each arm's horizon with `saturation`. An arm without runs among these rows
+    takes the mean offset of the others."""
     P, N, y, groups, last, index, inner_arm, fraction = _run_ends(law, P, N, y, groups, arm_names, arms, replay)
     residual = np.log(y[last]) - np.log(np.maximum(law.predict(P[last], N[last], arm=inner_arm, replay=fraction), 1e-300))
     offsets, horizons, starts = (np.empty(len(arms)) for _ in range(3))
@@ -138,7 +191,8 @@ def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...
             rise = float(np.min(np.diff(curves, axis=1)) / np.log(grid[1] / grid[0]))  # the law's smallest local slope in log-log
             if rise > 0:
                 starts[i] = min(starts[i], horizons[i] * np.exp(offsets[i] / (0.9 * rise)))
-    return Anchored(law, arms, offsets, horizons, starts)
+    ends = tuple(float(N[last][index == i].max()) if (index == i).any() else float(N[last].max()) for i in range(len(arms)))
+    return Anchored(law, arms, offsets, horizons, starts, saturation=None if saturation is None else replace(saturation, after=ends))
 
 
 def _run_ends(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...], replay):

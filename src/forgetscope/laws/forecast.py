@@ -17,9 +17,9 @@ import numpy as np
 from scipy import stats
 
 from forgetscope.errors import UserInputError
-from forgetscope.laws.fit import Anchored, Ensemble, Fit, Law, half_width, widen
+from forgetscope.laws.fit import Anchored, Ensemble, Fit, Law, Saturation, half_width, widen
 from forgetscope.laws.forms import FORMS
-from forgetscope.laws.schema import Fits, LawFit, MemberFit, Target
+from forgetscope.laws.schema import Fits, LawFit, MemberFit, SaturationFit, Target
 
 
 def fit_from(entry: LawFit) -> Law:
@@ -31,8 +31,15 @@ def fit_from(entry: LawFit) -> Law:
         horizons = np.array(at["horizons"], dtype=float)
         return Anchored(law, tuple(at["arms"]), np.array(at["offsets"], dtype=float), horizons,
                         np.array(at["starts"], dtype=float) if at.get("starts") else horizons / 2,
-                        np.array(at["sample_offsets"], dtype=float) if at.get("sample_offsets") else None)
+                        np.array(at["sample_offsets"], dtype=float) if at.get("sample_offsets") else None,
+                        _saturation(at.get("saturation")))
     return law
+
+
+def _saturation(entry: SaturationFit | None) -> Saturation | None:
+    if not entry:
+        return None
+    return Saturation(entry["a"], entry["b"], entry["weight"], entry["base_entropy"], tuple(entry.get("after", ())))
 
 
 def _one_fit(entry: LawFit | MemberFit) -> Fit:
@@ -269,6 +276,12 @@ class RunPrior:
             return np.empty((0, *T.shape))
         return np.asarray(fit.predict(self.where.P, T, theta, arm=arm, replay=self.where.replay), dtype=float)
 
+    @property
+    def saturation(self) -> Saturation | None:
+        """How the sweep's forecasts slow past its steps (`laws.fit.Saturation`), if they do."""
+        anchored = self.fits["kl"].get("anchor")
+        return _saturation(anchored.get("saturation") if anchored else None)
+
     def growth_sd(self, from_steps: float, to_steps: float, samples: int = 200) -> float:
         """How uncertain the law's growth from `from_steps` to `to_steps` is: the standard
         deviation of its log over the bootstrap resamples (0 without any), the prior's part of
@@ -351,6 +364,10 @@ def _forecast_with_prior(steps: np.ndarray, kl: np.ndarray, planned_steps: int, 
     dof = max(len(x) - 1, 1)
     s = float(np.std(ratios, ddof=1)) if len(x) > 1 else 0.0
     mean = level + slope * ahead
+    if prior.saturation is not None:  # the run's growth slows with the level it has reached, as `predict`'s does
+        mean = float(np.log(prior.saturation.blend(np.exp(mean), np.exp(level), np.exp(ahead))))
+        slope = (mean - level) / ahead
+        band_sd *= prior.saturation.weight  # the law's resamples move only its share of the forecast
     half = stats.t.ppf(0.975, dof) * np.sqrt(s**2 * (1 + 1 / len(x)) + (ahead * law_se) ** 2 + band_sd**2)
     value = float(np.exp(mean))
     out = {"from_step": int(steps[-1]), "planned_steps": int(planned_steps), "kl": value,

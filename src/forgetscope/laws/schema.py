@@ -47,6 +47,18 @@ class MemberEntry(_Open):
     replay: bool = False
 
 
+class SaturationEntry(_Open):
+    """How KL's forecasts continue past the sweep's steps (`laws.fit.Saturation`): the slope
+    of log KL falls as KL rises (`b` negative); `weight`, the law's share, lies in [0, 1]."""
+
+    a: float
+    b: float = Field(lt=0)
+    weight: float = Field(ge=0, le=1)
+    base_entropy: float = Field(gt=0)
+    after: list[float] = []
+    """Per arm, the time past which it applies (the end of the arm's longest run)."""
+
+
 class AnchorEntry(_Open):
     """Where a law was moved onto its runs' last measurements (`LawEntry.anchor`): one finite
     log offset and one positive horizon per arm."""
@@ -57,9 +69,13 @@ class AnchorEntry(_Open):
     starts: list[float] | None = None
     sample_offsets: list[list[float]] | None = None
     """The offsets of each bootstrap resample (one row per resample, one offset per arm)."""
+    saturation: SaturationEntry | None = None
+    """Past each arm's horizon (absent in files from before it: the law alone)."""
 
     @model_validator(mode="after")
     def _one_per_arm(self) -> AnchorEntry:
+        if self.saturation is not None and self.saturation.after and len(self.saturation.after) != len(self.arms):
+            raise ValueError(f"saturation.after has {len(self.saturation.after)} times; one per arm ({len(self.arms)})")
         starts = self.starts if self.starts is not None else [h / 2 for h in self.horizons]
         if not len(self.arms) == len(self.offsets) == len(self.horizons) == len(starts):
             raise ValueError(f"{len(self.arms)} arms, {len(self.offsets)} offsets, {len(self.horizons)} horizons and {len(starts)} starts: "
@@ -215,6 +231,19 @@ class Anchor(TypedDict, total=False):
     horizons: Required[list[float]]
     starts: list[float]
     sample_offsets: list[list[float]]
+    saturation: SaturationFit
+    """How forecasts continue past each arm's horizon (absent in files from before it)."""
+
+
+class SaturationFit(TypedDict):
+    """`laws.fit.Saturation`'s fields: the relation `d log KL / d log N = a + b log(KL /
+    base_entropy)` and the law's share `weight` of forecasts past the horizon."""
+
+    a: float
+    b: float
+    weight: float
+    base_entropy: float
+    after: list[float]
 
 
 class LawFit(TypedDict, total=False):
