@@ -99,7 +99,8 @@ def _anchor_text(entry: LawFit, before: str = "", after: str = "") -> str:
     if not anchor:
         return ""
     moves = ", ".join(f"x{np.exp(o):.2f}" + (f" ({escape(a)})" if len(anchor["arms"]) > 1 else "") for a, o in zip(anchor["arms"], anchor["offsets"]))
-    return f"{before}forecasts moved onto the runs' last measurements: {moves}{after}"
+    slowing = "; past them, slowing as KL rises" if anchor.get("saturation") else ""
+    return f"{before}forecasts moved onto the runs' last measurements: {moves}{slowing}{after}"
 
 
 def print_fit_tables(fits: Fits) -> None:

@@ -332,7 +332,8 @@ def _ensemble(tried: dict, labels: list[str], target: str, saturation: dict | No
     groups, names = rows.point_id.to_numpy(), rows.arm_name.to_numpy()
     arms = tuple(sorted(set(names)))  # the anchor's arms: every arm, pooled members or not
     arm = rows.arm_name.map(arms.index).to_numpy()
-    slowing = Saturation(**saturation, base_entropy=float(rows.base_entropy.median())) if saturation else None
+    entropy = float((rows.forgetting_ce - rows.kl).median())  # H_base, by the identity L_f = H_base + KL
+    slowing = Saturation(**saturation, base_entropy=entropy) if saturation and np.isfinite(entropy) and entropy > 0 else None
 
     def anchored(parts: list[Fit], train: np.ndarray) -> Anchored:
         return anchor(Ensemble(tuple(parts)), P[train], N[train], y[train], groups[train], names[train], arms, _at(replay, train),
