@@ -182,6 +182,12 @@ FITS: dict[str, str | bytes] = {
     "anchor-start-after-horizon": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], \"starts\": [200]}",
     "anchor-samples-ragged": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], \"sample_offsets\": [[0.1, 0.2]]}",
     "anchor-sample-huge": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], \"sample_offsets\": [[1e300]]}",
+    "saturation-rising": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], "
+                         "\"saturation\": {\"a\": -0.4, \"b\": 0.3, \"weight\": 0.3, \"base_entropy\": 5.0}}",
+    "saturation-weight-above-one": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], "
+                                   "\"saturation\": {\"a\": -0.4, \"b\": -0.3, \"weight\": 1.5, \"base_entropy\": 5.0}}",
+    "saturation-after-per-arm": "PATCH:kl.anchor={\"arms\": [\"all-linear\"], \"offsets\": [0.1], \"horizons\": [100], "
+                                "\"saturation\": {\"a\": -0.4, \"b\": -0.3, \"weight\": 0.3, \"base_entropy\": 5.0, \"after\": [100, 200]}}",
 }
 """`fits.json` contents that `predict`, `report` and `train --law` must refuse."""
 

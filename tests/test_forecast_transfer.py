@@ -55,6 +55,8 @@ def test_the_figures_stay_within_what_was_measured(bench, results):
     assert every["median_error"] <= MEASURED["median_error"] * 1.1 + 0.01, every
     assert every["coverage"] >= MEASURED["coverage"] - 0.05, every
     assert every["median_width"] <= MEASURED["median_width"] * 1.1, every
+    # The issue's targets on error and coverage are met; its width (2.5) is not.
+    assert every["median_error"] <= bench.TARGETS["median_error"] and every["coverage"] >= bench.TARGETS["coverage"], every
 
 
 def test_the_95_percent_intervals_hold_about_95_percent_of_the_targets_they_were_not_sized_on(bench, results):
@@ -140,4 +142,4 @@ MEASURED = {"median_error": 0.167, "coverage": 0.957, "median_width": 3.30}
 `bench/forecast_transfer.py` prints it but with each pilot's forecasts past its steps slowing
 by `BENCHMARK_SATURATION` and its interval slope pooled with `BENCHMARK_SLOPE` (both measured
 on every scenario, this one too) instead of the others'. The issue's width (2.5) is not met:
-these guard what was reached, not what was asked."""
+this guards what was reached, not what was asked."""

@@ -82,10 +82,10 @@ class Saturation:
 
     A pilot's short runs show the steep early growth and not where it bends, so the laws
     fitted to them carry the early slope forward. On the forecast benchmark the slope of log
-    KL over the doubling after a pilot's last step hardly followed the pilot's law (median
-    error 24.9% beyond the pilots' steps) and followed the level KL had reached (R² 0.73 over
-    the target runs; adding the step count explained nothing more): growth slows as KL rises,
-    whatever the step. `Anchored` continues the law past the end of each arm's longest run by
+    KL over each doubling past a pilot's last step hardly followed the pilot's law (median
+    errors 24% and 31% at 2x and 4x the pilots' steps) and followed the level KL had reached
+    (R² 0.73 over the target runs; adding the step count explained nothing more): growth
+    slows as KL rises, whatever the step. `Anchored` continues the law past the end of each arm's longest run by
     this relation from where the law stands there, and forecasts the geometric mean of the
     two, the law's share `weight` (`laws.select.BENCHMARK_SATURATION`)."""
 
@@ -141,7 +141,7 @@ class Anchored:
     well the law's shape is known beyond the anchor, not how far its level sat from the runs'
     ends, which the anchor removes."""
     saturation: Saturation | None = None
-    """How forecasts continue past each arm's horizon (None: the law alone, as before)."""
+    """How forecasts continue past the end of each arm's longest run (None: the law alone, as before)."""
 
     def predict(self, P, N, theta: np.ndarray | list[np.ndarray] | None = None, arm=None, replay=None) -> np.ndarray:
         """The inner law's forecast times `exp(offset * weight)`: `weight` 0 up to the arm's
@@ -174,8 +174,8 @@ def anchor(law: Fit | Ensemble, P, N, y, groups, arm_names, arms: tuple[str, ...
            saturation: Saturation | None = None) -> Anchored:
     """`law` anchored at the last measurement of each run (`groups`) of each of `arms`
     (`arm_names`: each row's; `replay`: each row's replay fraction, for a law with the knob),
-    continued past each arm's horizon with `saturation`. An arm without runs among these rows
-    takes the mean offset of the others."""
+    continued past the end of each arm's longest run with `saturation`. An arm without runs
+    among these rows takes the mean offset of the others."""
     P, N, y, groups, last, index, inner_arm, fraction = _run_ends(law, P, N, y, groups, arm_names, arms, replay)
     residual = np.log(y[last]) - np.log(np.maximum(law.predict(P[last], N[last], arm=inner_arm, replay=fraction), 1e-300))
     offsets, horizons, starts = (np.empty(len(arms)) for _ in range(3))

@@ -311,7 +311,9 @@ def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, poi
 
     With a `prior` (a sweep's law for this run, `run_prior`), only the run's own factor is
     fitted: its level is the mean of its measurements against the law's shape, and the slope
-    ahead is the law's, from the last measurement to the planned step, with the law's
+    ahead is the law's, from the last measurement to the planned step (where the sweep's
+    forecasts slow as KL rises, `laws.fit.Saturation`, blended the same way from the run's
+    own level, the law's resamples spread at its share), with the law's
     calibrated error per doubling of time and the spread of its bootstrap resamples' growth
     over that stretch in the interval. The run's own slope is not used:
     over a run's first steps it is steeper than later (the transient), and on the forecast

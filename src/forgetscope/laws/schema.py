@@ -11,7 +11,7 @@ report, `predict` and the CLI read from it, keyed as `fit` writes it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import Required, TypedDict
@@ -51,11 +51,11 @@ class SaturationEntry(_Open):
     """How KL's forecasts continue past the sweep's steps (`laws.fit.Saturation`): the slope
     of log KL falls as KL rises (`b` negative); `weight`, the law's share, lies in [0, 1]."""
 
-    a: float
-    b: float = Field(lt=0)
+    a: float = Field(allow_inf_nan=False)
+    b: float = Field(lt=0, allow_inf_nan=False)
     weight: float = Field(ge=0, le=1)
-    base_entropy: float = Field(gt=0)
-    after: list[float] = []
+    base_entropy: float = Field(gt=0, allow_inf_nan=False)
+    after: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = []
     """Per arm, the time past which it applies (the end of the arm's longest run)."""
 
 
@@ -70,7 +70,7 @@ class AnchorEntry(_Open):
     sample_offsets: list[list[float]] | None = None
     """The offsets of each bootstrap resample (one row per resample, one offset per arm)."""
     saturation: SaturationEntry | None = None
-    """Past each arm's horizon (absent in files from before it: the law alone)."""
+    """Past the end of each arm's longest run (absent in files from before it: the law alone)."""
 
     @model_validator(mode="after")
     def _one_per_arm(self) -> AnchorEntry:
@@ -232,12 +232,13 @@ class Anchor(TypedDict, total=False):
     starts: list[float]
     sample_offsets: list[list[float]]
     saturation: SaturationFit
-    """How forecasts continue past each arm's horizon (absent in files from before it)."""
+    """How forecasts continue past the end of each arm's longest run (absent in files from before it)."""
 
 
 class SaturationFit(TypedDict):
     """`laws.fit.Saturation`'s fields: the relation `d log KL / d log N = a + b log(KL /
-    base_entropy)` and the law's share `weight` of forecasts past the horizon."""
+    base_entropy)`, the law's share `weight` of forecasts past the sweep's steps, and per arm
+    the time `after` which it applies."""
 
     a: float
     b: float

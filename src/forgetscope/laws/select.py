@@ -242,8 +242,9 @@ BENCHMARK_SATURATION = {"a": -0.379, "b": -0.343, "weight": 0.3}
 the doubling from the pilot's last step and from twice it (`bench/forecast_transfer.py`
 prints it; 35 scenarios, 209 slopes); `weight`, the law's share past the sweep's steps,
 chosen on the first 32 scenarios (leave one out: 0.5 gave 19.1% median error, 0.3 16.7%,
-0 18.2%, the law alone 23.7%). Fitted on those 32 (`a` -0.395, `b` -0.350) it lowered the median error on the 24
-targets of the three scenarios run after it from 26.6% to 14.4% (`docs/results/forecasts.md`)."""
+0 18.2%, the law alone 23.7%). Fitted on those 32 (`a` -0.395, `b` -0.350) it lowered the
+median error on the 24 targets of the three scenarios run after it from 26.6% to 14.4%
+(`docs/results/forecasts.md`)."""
 
 
 def interval_slope(own: float, n_own: int, transfer: float, n_transfer: int = BENCHMARK_TARGETS) -> float:
@@ -323,8 +324,8 @@ where they follow none."""
 def _ensemble(tried: dict, labels: list[str], target: str, saturation: dict | None = None) -> dict:
     """The candidates `labels` (fitted to the same rows) as one: their forecasts averaged in
     log space on everything and on every split, scored as one candidate is, and continued
-    past each arm's horizon by the relation `saturation` (`a`, `b`, `weight`; KL's level read
-    against the rows' base entropy)."""
+    past the end of each arm's longest run by the relation `saturation` (`a`, `b`, `weight`;
+    KL's level read against the base entropy, `L_f - KL`)."""
     members = [tried[label] for label in labels]
     first = members[0]
     rows, replay = first["rows"], first["replay"]
