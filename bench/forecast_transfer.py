@@ -272,7 +272,7 @@ def line(label: str, s: dict) -> str:
 def main() -> None:
     global ROOT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="store_true", help="run (or resume) the sweeps first; 7 to 8 min a tiny scenario, 1 h 30 min to 2 h for all on 2 cores")
+    parser.add_argument("--run", action="store_true", help="run (or resume) the sweeps first; 7 to 10 min a tiny scenario, 5 to 6 h for all 35 on 2 cores")
     parser.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of each pilot's fit")
     parser.add_argument("--json", action="store_true", help="print every target as JSON instead of the tables")
