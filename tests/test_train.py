@@ -292,6 +292,26 @@ def test_with_a_sweeps_law_as_prior_the_in_run_forecast_follows_the_laws_bend_at
     assert forecast["kl"] == pytest.approx(level * float(prior.kl(200)), rel=1e-9)
 
 
+def test_with_a_prior_the_in_run_forecast_slows_only_past_the_sweeps_steps_as_predict_does(tmp_path):
+    from forgetscope.laws.forecast import Query, forecast_run, run_prior
+    from forgetscope.laws.select import fit_sweep
+    from law_helpers import ARMS, write_sweep
+
+    fits = fit_sweep(write_sweep(tmp_path / "s", noise=0.05, arms=("all-linear",)), n_bootstrap=0)  # the averaged law
+    anchor = fits["kl"]["anchor"]
+    alone = {**fits, "kl": {**fits["kl"], "anchor": {k: v for k, v in anchor.items() if k != "saturation"}}}
+    query = Query(P=8 * ARMS["all-linear"][1], arm="all-linear", extrapolate=True)
+    prior, law_only = run_prior(fits, query), run_prior(alone, query)
+    end = prior.slows_after()
+    assert end == pytest.approx(anchor["saturation"]["after"][0]) and law_only.slows_after() == float("inf")
+    steps = [0, 1, 4, 10, 20]
+    run = [0.0, *(1.3 * float(prior.kl(s)) for s in steps[1:])]
+    within = forecast_run(steps, run, planned_steps=int(end), prior=prior)
+    assert within["kl"] == pytest.approx(forecast_run(steps, run, planned_steps=int(end), prior=law_only)["kl"])
+    beyond, unslowed = (forecast_run(steps, run, planned_steps=int(8 * end), prior=p)["kl"] for p in (prior, law_only))
+    assert beyond != pytest.approx(unslowed)
+
+
 def test_the_in_run_interval_with_a_prior_holds_how_uncertain_the_laws_growth_ahead_is(tmp_path):
     # As `predict` widens its intervals by the law's bootstrap band, the in-run forecast widens
     # by the spread of the resamples' growth from the last measurement to the planned step.

@@ -282,6 +282,15 @@ class RunPrior:
         anchored = self.fits["kl"].get("anchor")
         return _saturation(anchored.get("saturation") if anchored else None)
 
+    def slows_after(self) -> float:
+        """This run's step past which the sweep's forecasts slow: the end of its arm's longest
+        run, in this run's steps (infinite where they never do)."""
+        anchored, slowing = self.fits["kl"].get("anchor"), self.saturation
+        if slowing is None or not slowing.after or not anchored:
+            return float("inf")
+        index = anchored["arms"].index(self.where.arm) if self.where.arm in anchored["arms"] else 0
+        return slowing.after[index] / self.where.T_per_step
+
     def growth_sd(self, from_steps: float, to_steps: float, samples: int = 200) -> float:
         """How uncertain the law's growth from `from_steps` to `to_steps` is: the standard
         deviation of its log over the bootstrap resamples (0 without any), the prior's part of
@@ -311,9 +320,9 @@ def forecast_run(steps, kl, planned_steps: int, budget: float | None = None, poi
 
     With a `prior` (a sweep's law for this run, `run_prior`), only the run's own factor is
     fitted: its level is the mean of its measurements against the law's shape, and the slope
-    ahead is the law's, from the last measurement to the planned step (where the sweep's
-    forecasts slow as KL rises, `laws.fit.Saturation`, blended the same way from the run's
-    own level, the law's resamples spread at its share), with the law's
+    ahead is the law's, from the last measurement to the planned step (past the sweep's steps,
+    where its forecasts slow as KL rises, `laws.fit.Saturation`, blended the same way from the
+    run's own level there, the law's resamples spread at its share), with the law's
     calibrated error per doubling of time and the spread of its bootstrap resamples' growth
     over that stretch in the interval. The run's own slope is not used:
     over a run's first steps it is steeper than later (the transient), and on the forecast
@@ -366,8 +375,12 @@ def _forecast_with_prior(steps: np.ndarray, kl: np.ndarray, planned_steps: int, 
     dof = max(len(x) - 1, 1)
     s = float(np.std(ratios, ddof=1)) if len(x) > 1 else 0.0
     mean = level + slope * ahead
-    if prior.saturation is not None:  # the run's growth slows with the level it has reached, as `predict`'s does
-        mean = float(np.log(prior.saturation.blend(np.exp(mean), np.exp(level), np.exp(ahead))))
+    # Past the sweep's steps its forecasts slow with the level KL has reached (as `predict`'s
+    # do), continued from the run's own level there; within them the law's shape holds.
+    start = max(x[-1], np.log(prior.slows_after()))
+    if prior.saturation is not None and x0 > start:
+        at_start = level + slope * (start - x[-1])
+        mean = float(np.log(prior.saturation.blend(np.exp(mean), np.exp(at_start), np.exp(x0 - start))))
         slope = (mean - level) / ahead
         band_sd *= prior.saturation.weight  # the law's resamples move only its share of the forecast
     half = stats.t.ppf(0.975, dof) * np.sqrt(s**2 * (1 + 1 / len(x)) + (ahead * law_se) ** 2 + band_sd**2)
